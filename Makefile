@@ -1,0 +1,40 @@
+# Two set-up commands on a fresh machine:  `make reports`  and  `make test`.
+# Each creates/updates .venv from nothing; see README "Choosing torch" for TORCH.
+PYTHON ?= python3
+VENV   ?= .venv
+# torch is installed before the package so that pip never resolves an unpinned `torch`
+# (which pulls a multi-GB CUDA build). 2.13.0 is the CPU wheel on this machine's disk;
+# elsewhere pip takes 2.13.0 from PyPI. Override, e.g.:  make TORCH="torch==2.9.1" reports
+TORCH  ?= torch==2.13.0
+MODEL  ?= minilm
+NOTEBOOKS ?=
+OUT    ?= reports
+# Tests and CI read the data mirror next to the checkout when it exists.
+SHARED_DATA := $(abspath ../shared/data)
+export BERTOLOGY_DATA ?= $(if $(wildcard $(SHARED_DATA)/MANIFEST.tsv),$(SHARED_DATA),)
+
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.bertology-installed
+
+.PHONY: venv reports reports-quick test bench clean-reports
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml Makefile
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --disable-pip-version-check --upgrade pip
+	$(BIN)/python -m pip install -q --disable-pip-version-check "$(TORCH)"
+	$(BIN)/python -m pip install -q --disable-pip-version-check -e ".[test,lab]"
+	$(BIN)/python -c "import torch, transformers, bertology; print('torch', torch.__version__, '| transformers', transformers.__version__)"
+	touch $@
+
+reports: $(STAMP)
+	$(BIN)/bertology run --model $(MODEL) --out $(OUT) $(if $(NOTEBOOKS),--notebooks $(NOTEBOOKS),)
+
+reports-quick: $(STAMP)
+	$(BIN)/bertology run --model $(MODEL) --out $(OUT) --quick $(if $(NOTEBOOKS),--notebooks $(NOTEBOOKS),)
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/bench_extract.py
