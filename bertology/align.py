@@ -1,0 +1,233 @@
+"""Words <-> word pieces, and word-level attention and states (Clark et al. 2019, §4.1).
+
+An input (one sentence, or a pair ``[CLS] A [SEP] B [SEP]``) is cut into *units*: each gold word
+is one unit made of its word pieces, and each special token ([CLS], [SEP]) is a unit of its own,
+so analyses can still ask how much a word attends to [SEP].
+
+Word-level attention follows Clark et al. §4.1: attention *to* a split word is the **sum** of
+the attention to its pieces, attention *from* a split word is the **mean** over its pieces, so
+every row still sums to 1. In matrix form, with ``P`` the pieces->units one-hot matrix
+(T x U) and ``M = diag(1/len) P^T`` the averaging matrix (U x T): ``W = M A P``.
+"""
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+CLS, SEP, WORD = "cls", "sep", "word"
+
+
+class AlignmentError(ValueError):
+    """Words could not be aligned to the tokenizer's pieces."""
+
+
+@dataclass
+class Encoding:
+    """One model input and its map from pieces to units (unpadded)."""
+
+    input_ids: np.ndarray  # (T,)
+    token_type_ids: np.ndarray  # (T,)
+    tokens: list[str]
+    unit_of_token: np.ndarray  # (T,) unit index of each piece
+    unit_kind: list[str]  # (U,) "cls" | "sep" | "word"
+    unit_word: np.ndarray  # (U,) index into the input's words (A then B), -1 for special units
+    unit_segment: np.ndarray  # (U,) 0 for [CLS]+A+first [SEP], 1 for B+last [SEP]
+    n_words: int  # words asked for
+    n_words_kept: int  # words that fit into the model's maximum length
+    words: list[str] = field(default_factory=list)
+
+    @property
+    def n_tokens(self) -> int:
+        return len(self.input_ids)
+
+    @property
+    def n_units(self) -> int:
+        return len(self.unit_kind)
+
+    @property
+    def truncated(self) -> bool:
+        return self.n_words_kept < self.n_words
+
+    @property
+    def word_units(self) -> np.ndarray:
+        """Unit index of each kept word, in word order."""
+        return np.flatnonzero(self.unit_word >= 0)
+
+    def unit_labels(self) -> list[str]:
+        labels = []
+        for kind, w in zip(self.unit_kind, self.unit_word):
+            labels.append("[CLS]" if kind == CLS else "[SEP]" if kind == SEP else self.words[w])
+        return labels
+
+    def pieces_per_unit(self) -> np.ndarray:
+        return np.bincount(self.unit_of_token, minlength=self.n_units)
+
+
+def encode_words(
+    tokenizer,
+    words_a: list[str],
+    words_b: list[str] | None = None,
+    max_length: int | None = None,
+) -> Encoding:
+    """Tokenize gold words (one sentence or a pair) and map every piece to its unit.
+
+    Words the tokenizer turns into no piece at all (e.g. lone control or zero-width characters)
+    are replaced by the unknown token so that every gold word keeps a unit. Inputs longer than
+    ``max_length`` pieces lose whole words from the end (of the longer segment, for pairs);
+    ``n_words_kept`` says how many words remain.
+    """
+    if not words_a or (words_b is not None and not words_b):
+        raise AlignmentError("cannot encode an empty sentence (no words)")
+    if not getattr(tokenizer, "is_fast", False):
+        raise AlignmentError("word alignment needs a fast tokenizer (one with word_ids())")
+    max_length = max_length or getattr(tokenizer, "model_max_length", 512)
+    words_a, words_b = _fill_empty(tokenizer, words_a), _fill_empty(tokenizer, words_b)
+    n_words = len(words_a) + (len(words_b) if words_b is not None else 0)
+    keep_a, keep_b = len(words_a), len(words_b) if words_b is not None else 0
+    while True:
+        enc = tokenizer(
+            words_a[:keep_a], words_b[:keep_b] if words_b is not None else None,
+            is_split_into_words=True, add_special_tokens=True, truncation=False,
+        )
+        if len(enc["input_ids"]) <= max_length:
+            break
+        if keep_a + keep_b <= 2:
+            raise AlignmentError(f"even two words exceed the maximum length of {max_length} pieces")
+        # drop whole words until it fits; pairs drop from the longer segment (like longest_first)
+        excess = len(enc["input_ids"]) - max_length
+        step = max(1, excess // 4)
+        if keep_b > keep_a:
+            keep_b = max(1, keep_b - step)
+        else:
+            keep_a = max(1, keep_a - step)
+
+    word_ids, seq_ids = enc.word_ids(), enc.sequence_ids()
+    ids = np.asarray(enc["input_ids"], dtype=np.int64)
+    tt = np.asarray(enc.get("token_type_ids", [0] * len(ids)), dtype=np.int64)
+    kept_words = list(words_a[:keep_a]) + (list(words_b[:keep_b]) if words_b is not None else [])
+    unit_of_token = np.empty(len(ids), dtype=np.int64)
+    unit_kind: list[str] = []
+    unit_word: list[int] = []
+    unit_seg: list[int] = []
+    prev_word = None
+    seen_sep = 0
+    for t, (w, s) in enumerate(zip(word_ids, seq_ids)):
+        if w is None:  # special token: its own unit
+            kind = CLS if t == 0 else SEP
+            unit_kind.append(kind)
+            unit_word.append(-1)
+            unit_seg.append(min(seen_sep, 1))
+            seen_sep += kind == SEP
+            prev_word = None
+        else:
+            gw = w + (keep_a if s == 1 else 0)
+            if gw != prev_word:
+                unit_kind.append(WORD)
+                unit_word.append(gw)
+                unit_seg.append(int(s or 0))
+                prev_word = gw
+        unit_of_token[t] = len(unit_kind) - 1
+    unit_word_arr = np.asarray(unit_word, dtype=np.int64)
+    found = sorted(set(unit_word_arr[unit_word_arr >= 0].tolist()))
+    if found != list(range(len(kept_words))):
+        raise AlignmentError(f"pieces do not cover the words contiguously: {kept_words[:8]}...")
+    return Encoding(
+        input_ids=ids,
+        token_type_ids=tt,
+        tokens=tokenizer.convert_ids_to_tokens(ids.tolist()),
+        unit_of_token=unit_of_token,
+        unit_kind=unit_kind,
+        unit_word=unit_word_arr,
+        unit_segment=np.asarray(unit_seg, dtype=np.int64),
+        n_words=n_words,
+        n_words_kept=len(kept_words),
+        words=kept_words,
+    )
+
+
+def _fill_empty(tokenizer, words):
+    if words is None:
+        return None
+    out = []
+    for w in words:
+        if not w or not w.strip() or not tokenizer.tokenize(w):
+            out.append(tokenizer.unk_token)
+        else:
+            out.append(w)
+    return out
+
+
+def token_level(enc: Encoding) -> Encoding:
+    """The same input with every piece as its own unit (for token-level analyses)."""
+    n = enc.n_tokens
+    word_of_token = enc.unit_word[enc.unit_of_token]
+    kind = [enc.unit_kind[u] for u in enc.unit_of_token]
+    return Encoding(
+        input_ids=enc.input_ids,
+        token_type_ids=enc.token_type_ids,
+        tokens=enc.tokens,
+        unit_of_token=np.arange(n),
+        unit_kind=kind,
+        unit_word=word_of_token,
+        unit_segment=enc.unit_segment[enc.unit_of_token],
+        n_words=enc.n_words,
+        n_words_kept=enc.n_words_kept,
+        words=enc.words,
+    )
+
+
+def warn_truncated(encodings: list[Encoding], what: str = "inputs") -> int:
+    """Emit one warning counting truncated inputs; return the count."""
+    n = sum(e.truncated for e in encodings)
+    if n:
+        dropped = sum(e.n_words - e.n_words_kept for e in encodings)
+        warnings.warn(
+            f"{n} of {len(encodings)} {what} exceeded the model's maximum length and were truncated "
+            f"({dropped} words dropped from their ends)",
+            stacklevel=2,
+        )
+    return n
+
+
+# ----------------------------------------------------------------------------- batched maps
+
+
+def pooling_matrices(encodings: list[Encoding], n_tokens: int, device=None, dtype=torch.float32):
+    """Padded ``to`` (B x T x U) sum matrices and ``from`` (B x U x T) mean matrices.
+
+    Padding pieces and padding units get zero rows/columns.
+    """
+    n_units = max(e.n_units for e in encodings)
+    to = torch.zeros(len(encodings), n_tokens, n_units, dtype=dtype)
+    for b, e in enumerate(encodings):
+        to[b, torch.arange(e.n_tokens), torch.as_tensor(e.unit_of_token)] = 1.0
+    counts = to.sum(1, keepdim=True).clamp_min(1.0)  # pieces per unit
+    frm = (to / counts).transpose(1, 2).contiguous()
+    return to.to(device), frm.to(device)
+
+
+def word_level_attention(attn: torch.Tensor, to: torch.Tensor, frm: torch.Tensor) -> torch.Tensor:
+    """``attn`` (B x L x H x T x T) -> units (B x L x H x U x U): mean over *from* pieces, sum over *to*."""
+    return torch.einsum("but,blhts,bsv->blhuv", frm, attn, to)
+
+
+def word_level_states(states: torch.Tensor, to: torch.Tensor, frm: torch.Tensor, encodings, pool: str = "mean"):
+    """``states`` (B x L x T x D) -> units (B x L x U x D) by ``mean``, ``first`` or ``last`` piece."""
+    if pool == "mean":
+        return torch.einsum("but,bltd->blud", frm, states)
+    if pool not in ("first", "last"):
+        raise ValueError(f"pool must be 'mean', 'first' or 'last', not {pool!r}")
+    index = torch.zeros(frm.shape[0], frm.shape[1], dtype=torch.long)
+    for b, e in enumerate(encodings):
+        order = np.arange(e.n_tokens) if pool == "first" else np.arange(e.n_tokens)[::-1]
+        pick = np.full(e.n_units, -1)
+        for t in order:
+            if pick[e.unit_of_token[t]] < 0:
+                pick[e.unit_of_token[t]] = t
+        index[b, : e.n_units] = torch.as_tensor(pick)
+    index = index.to(states.device)
+    gather = index[:, None, :, None].expand(-1, states.shape[1], -1, states.shape[-1])
+    return torch.gather(states, 2, gather)

@@ -1,0 +1,231 @@
+"""Surface-level attention patterns (Clark et al. 2019, §3, Figures 1-4).
+
+All statistics are streamed: :class:`AttentionPatterns` is a reducer for
+:func:`bertology.extract.extract` and keeps only per-head running sums. Run it at token level
+(``level="token"``) to match the paper, which measured attention between word pieces.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import torch
+
+from . import extract as _extract
+from .align import CLS, SEP, Encoding
+from .models import LoadedModel
+
+#: Tokens counted as punctuation in Clark et al. Fig. 2 ("." and ",").
+PUNCT = frozenset({".", ","})
+
+#: Metric names of :class:`AttentionPatterns`, with what they mean.
+PATTERN_METRICS = {
+    "to_cls": "mean attention to [CLS]",
+    "to_sep": "mean attention to [SEP] (both)",
+    "to_punct": "mean attention to '.' and ','",
+    "sep_to_sep": "attention from [SEP] tokens to [SEP]",
+    "other_to_sep": "attention from other tokens to [SEP]",
+    "to_prev": "attention to the previous token (i-1)",
+    "to_self": "attention to the current token (i)",
+    "to_next": "attention to the next token (i+1)",
+    "entropy": "attention entropy (nats)",
+    "entropy_from_cls": "entropy of attention from [CLS] (nats)",
+    "uniform_entropy": "entropy of uniform attention over the same inputs (nats)",
+}
+
+
+def _entropy(p: np.ndarray) -> np.ndarray:
+    """Shannon entropy in nats over the last axis (0 log 0 = 0)."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        logs = np.where(p > 0, np.log(np.where(p > 0, p, 1.0)), 0.0)
+    return -(p * logs).sum(-1)
+
+
+class AttentionPatterns:
+    """Reducer: per-head averages of where attention goes (Clark et al. §3, Fig. 2 and 4).
+
+    Every average is over query tokens of all inputs (token-weighted), as in the paper:
+    ``to_X`` = mean over queries q of sum_{k in X} A[q, k]. ``to_prev``/``to_next`` average
+    A[q, q-1] / A[q, q+1] over the queries that have such a neighbour (the original code swaps
+    the two labels; here previous means i-1). Entropies are in nats.
+    """
+
+    def __init__(self, n_layers: int, n_heads: int):
+        shape = (n_layers, n_heads)
+        self.sums = {m: np.zeros(shape) for m in PATTERN_METRICS}
+        self.counts = {m: 0 for m in PATTERN_METRICS}
+        self.n_inputs = 0
+
+    def _add(self, metric: str, per_head_sum: np.ndarray, count: int) -> None:
+        self.sums[metric] += per_head_sum
+        self.counts[metric] += count
+
+    def update(self, item: _extract.Item) -> None:
+        a = item.attention.astype(np.float64)  # (L, H, T, T)
+        e = item.encoding
+        n = a.shape[-1]
+        kind = np.asarray(e.unit_kind)
+        is_cls, is_sep = kind == CLS, kind == SEP
+        labels = e.tokens if n == e.n_tokens else e.unit_labels()
+        is_punct = np.array([t in PUNCT for t in labels])
+        self._add("to_cls", a[..., is_cls].sum(-1).sum(-1), n)
+        to_sep = a[..., is_sep].sum(-1)  # (L, H, T): per query
+        self._add("to_sep", to_sep.sum(-1), n)
+        self._add("sep_to_sep", to_sep[..., is_sep].sum(-1), int(is_sep.sum()))
+        self._add("other_to_sep", to_sep[..., ~is_sep].sum(-1), int((~is_sep).sum()))
+        self._add("to_punct", a[..., is_punct].sum(-1).sum(-1), n)
+        idx = np.arange(n)
+        self._add("to_prev", a[..., idx[1:], idx[1:] - 1].sum(-1), n - 1)
+        self._add("to_self", a[..., idx, idx].sum(-1), n)
+        self._add("to_next", a[..., idx[:-1], idx[:-1] + 1].sum(-1), n - 1)
+        self._add("entropy", _entropy(a).sum(-1), n)
+        self._add("entropy_from_cls", _entropy(a[..., is_cls, :]).sum(-1), int(is_cls.sum()))
+        self._add("uniform_entropy", np.full(a.shape[:2], n * np.log(n)), n)
+        self.n_inputs += 1
+
+    def result(self) -> pd.DataFrame:
+        """Tidy table: ``layer, head, metric, value, n`` (layer and head 0-indexed)."""
+        rows = []
+        for m, s in self.sums.items():
+            c = self.counts[m]
+            mean = s / c if c else np.full_like(s, np.nan)
+            L, H = mean.shape
+            for layer in range(L):
+                for head in range(H):
+                    rows.append((layer, head, m, float(mean[layer, head]), c))
+        return pd.DataFrame(rows, columns=["layer", "head", "metric", "value", "n"])
+
+
+class KeepExamples:
+    """Reducer that keeps the maps of a few chosen inputs (for figures)."""
+
+    def __init__(self, indices):
+        self.indices = set(indices)
+        self.items: dict[int, _extract.Item] = {}
+
+    def update(self, item: _extract.Item) -> None:
+        if item.index in self.indices:
+            self.items[item.index] = item
+
+    def result(self) -> dict[int, _extract.Item]:
+        return self.items
+
+
+def head_label(layer: int, head: int) -> str:
+    """Paper notation: 1-indexed ``layer-head``."""
+    return f"{layer + 1}-{head + 1}"
+
+
+def notable_heads(patterns: pd.DataFrame) -> pd.DataFrame:
+    """One head per behaviour, for the example maps of Clark et al. Fig. 1.
+
+    For each of: to_prev, to_next, to_sep, to_cls, to_punct (highest value) and broad attention
+    (highest entropy), the head that shows it most. Columns ``behaviour, layer, head, value, label``.
+    """
+    rows = []
+    wide = patterns.pivot_table(index=["layer", "head"], columns="metric", values="value")
+    for behaviour, metric in [
+        ("previous token", "to_prev"), ("next token", "to_next"), ("[SEP]", "to_sep"),
+        ("[CLS]", "to_cls"), ("punctuation", "to_punct"), ("broad", "entropy"),
+    ]:
+        (layer, head), value = wide[metric].idxmax(), wide[metric].max()
+        rows.append((behaviour, int(layer), int(head), float(value), head_label(layer, head)))
+    return pd.DataFrame(rows, columns=["behaviour", "layer", "head", "value", "label"])
+
+
+def layer_summary(patterns: pd.DataFrame) -> pd.DataFrame:
+    """Mean and max over the heads of each layer, per metric (``layer, metric, mean, max``)."""
+    g = patterns.groupby(["layer", "metric"])["value"]
+    return g.agg(["mean", "max"]).reset_index()
+
+
+# ----------------------------------------------------------------------------- Fig. 3
+
+
+@dataclass
+class GradientObjective:
+    name: str
+    description: str
+
+
+MLM_OBJECTIVE = GradientObjective("mlm", "masked-LM cross-entropy at masked positions (as in Clark et al.)")
+RECON_OBJECTIVE = GradientObjective(
+    "reconstruction",
+    "substitute objective (the model has no masked-LM head): squared distance between the last-layer "
+    "states of masked positions and the same positions' states on the unmasked input",
+)
+
+
+def gradient_importance(
+    loaded: LoadedModel,
+    encodings: list[Encoding],
+    objective: str = "auto",
+    mask_prob: float = 0.15,
+    seed: int = 0,
+    batch_size: int = 16,
+    progress: bool = True,
+) -> tuple[pd.DataFrame, GradientObjective]:
+    """Gradient-based importance of attention to [SEP], punctuation and other tokens
+    (Clark et al. 2019, §3.2, Fig. 3): mean |dL/dα_ij| by layer and by the kind of token j.
+
+    ``objective``: ``"mlm"`` (needs an MLM head), ``"reconstruction"`` (works for any encoder),
+    or ``"auto"`` (MLM when available). A fraction ``mask_prob`` of the word pieces of each input
+    (at least one) is replaced by [MASK], drawn with ``seed``. Returns a tidy table
+    ``layer, category, value, n`` and the objective used.
+    """
+    from tqdm.auto import tqdm
+
+    if objective == "auto":
+        objective = "mlm" if loaded.info.has_mlm_head else "reconstruction"
+    if objective == "mlm" and not loaded.info.has_mlm_head:
+        from .models import MissingHeadError
+
+        raise MissingHeadError(f"{loaded.info.name!r} has no masked-LM head; use objective='reconstruction'")
+    if objective not in ("mlm", "reconstruction"):
+        raise ValueError(f"objective must be 'auto', 'mlm' or 'reconstruction', not {objective!r}")
+    obj = MLM_OBJECTIVE if objective == "mlm" else RECON_OBJECTIVE
+    mask_id = loaded.tokenizer.mask_token_id
+    rng = np.random.default_rng(seed)
+    model, device = loaded.model, loaded.device
+    L = loaded.info.n_layers
+    sums = {c: np.zeros(L) for c in ("[SEP]", "punctuation", "other")}
+    counts = {c: np.zeros(L) for c in sums}
+    batches = _extract.length_buckets(encodings, batch_size)
+    for batch in tqdm(batches, desc="gradients", disable=not progress):
+        encs = [encodings[i] for i in batch]
+        inputs = _extract.collate(encs, device)
+        masked = torch.zeros_like(inputs["input_ids"], dtype=torch.bool)
+        key_cat = torch.zeros_like(inputs["input_ids"])  # 0 pad, 1 sep, 2 punct, 3 other
+        for b, e in enumerate(encs):
+            words = np.flatnonzero(e.unit_word[e.unit_of_token] >= 0)
+            k = max(1, int(round(mask_prob * len(words))))
+            masked[b, torch.as_tensor(rng.choice(words, size=k, replace=False))] = True
+            kinds = np.asarray(e.unit_kind)[e.unit_of_token]
+            cat = np.where(kinds == SEP, 1, np.where(np.isin(e.tokens, list(PUNCT)), 2, 3))
+            key_cat[b, : e.n_tokens] = torch.as_tensor(cat)
+        corrupted = dict(inputs, input_ids=inputs["input_ids"].masked_fill(masked, mask_id))
+        with torch.enable_grad():
+            out = model(**corrupted, output_attentions=True, output_hidden_states=obj is RECON_OBJECTIVE)
+            if obj is MLM_OBJECTIVE:
+                logits = out.logits[masked]
+                loss = torch.nn.functional.cross_entropy(logits, inputs["input_ids"][masked])
+            else:
+                with torch.no_grad():
+                    clean = model(**inputs, output_hidden_states=True).hidden_states[-1]
+                diff = out.hidden_states[-1][masked] - clean[masked]
+                loss = diff.pow(2).mean()
+            grads = torch.autograd.grad(loss, out.attentions)
+        query_ok = inputs["attention_mask"].bool()  # (B, T)
+        for layer, g in enumerate(grads):
+            g = g.abs().detach().mean(1)  # mean over heads: (B, T, T)
+            for c, code in (("[SEP]", 1), ("punctuation", 2), ("other", 3)):
+                sel = query_ok[:, :, None] & (key_cat == code)[:, None, :]
+                sums[c][layer] += g[sel].sum().item()
+                counts[c][layer] += sel.sum().item()
+    rows = [
+        (layer, c, sums[c][layer] / counts[c][layer] if counts[c][layer] else np.nan, int(counts[c][layer]))
+        for c in sums
+        for layer in range(L)
+    ]
+    return pd.DataFrame(rows, columns=["layer", "category", "value", "n"]), obj

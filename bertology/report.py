@@ -1,0 +1,542 @@
+"""Run the notebooks with papermill and publish them as HTML reports, plus an index page.
+
+Layout under ``out`` (default ``reports/``), for model slug ``M`` and notebook stem ``S``::
+
+    reports/index.html              static overview of every model and notebook
+    reports/runs.json               "M/S" -> {"latest": run record, "last_good": run record}
+    reports/M/S.ipynb, S.html       the executed notebook and its HTML rendering
+    reports/M/S/                    the notebook's output_dir: figures/, *.csv, results.json
+    reports/M/S.failed.ipynb        the executed notebook of the latest failed run, if any
+
+Notebooks run in ``reports/.staging/<random>/``; only a run that succeeds (and writes
+results.json) is moved into place, so a failing run never damages the last good report.
+"""
+from __future__ import annotations
+
+import contextlib
+import html
+import json
+import os
+import platform
+import re
+import shutil
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from datetime import datetime
+from importlib import metadata as importlib_metadata
+from pathlib import Path
+from typing import Any, Callable, Iterable
+from urllib.parse import quote
+
+from . import __version__
+from .io import atomic_write_json, atomic_write_text, replace_dir
+
+# Parameters every notebook declares; the runner sets them, so ``params`` may not.
+RESERVED_PARAMS = ("model", "quick", "seed", "device", "output_dir")
+HEADER_TAG = "bertology-report-header"
+_PAPERMILL_ERROR_TAG = "papermill-error-cell-tag"  # papermill's marker cells on failure
+_NOTEBOOK_RE = re.compile(r"^(\d\d)_[A-Za-z0-9_.-]+$")
+
+
+# --------------------------------------------------------------------------- notebooks
+def discover_notebooks(notebook_dir: str | os.PathLike = "notebooks") -> dict[str, Path]:
+    """Map both the two-digit prefix ("01") and the full stem ("01_attention_patterns") to paths.
+
+    A prefix shared by two notebooks is left out (ambiguous); their full stems still work.
+    """
+    paths = sorted(p for p in Path(notebook_dir).glob("*.ipynb") if _NOTEBOOK_RE.match(p.stem))
+    found: dict[str, Path] = {p.stem: p for p in paths}
+    prefixes: dict[str, list[Path]] = {}
+    for p in paths:
+        prefixes.setdefault(p.stem[:2], []).append(p)
+    for prefix, ps in prefixes.items():
+        if len(ps) == 1:
+            found.setdefault(prefix, ps[0])
+    return found
+
+
+def resolve_notebooks(selection: Iterable[str] | None, notebook_dir: str | os.PathLike = "notebooks") -> list[Path]:
+    """Turn a selection ("01", "1", "01_name", "01_name.ipynb" or a path) into ordered notebook paths.
+
+    ``None`` or empty selects every notebook in the directory, in name order.
+    """
+    found = discover_notebooks(notebook_dir)
+    unique = sorted(set(found.values()))
+    if not selection:
+        if not unique:
+            raise ValueError(f"no notebooks (NN_name.ipynb) found in {notebook_dir}")
+        return unique
+    chosen: list[Path] = []
+    unknown: list[str] = []
+    for item in selection:
+        key = str(item)
+        if key.endswith(".ipynb") and Path(key).is_file():
+            path = Path(key)
+        else:
+            key = Path(key).name.removesuffix(".ipynb")
+            if key.isdigit() and len(key) < 2:
+                key = key.zfill(2)
+            path = found.get(key)
+        if path is None:
+            unknown.append(str(item))
+        elif path not in chosen:
+            chosen.append(path)
+    if unknown:
+        available = ", ".join(p.stem for p in unique) or "(none)"
+        raise ValueError(
+            f"unknown notebook(s): {', '.join(unknown)}; available in {notebook_dir}: {available}"
+        )
+    return chosen
+
+
+def model_slug(model: str) -> str:
+    """Filesystem-safe folder name for a model: "org/name" -> "org--name", a local dir -> its last part."""
+    name = str(model).strip().replace("\\", "/")
+    is_path = name.startswith(("/", ".", "~")) or re.match(r"^[A-Za-z]:/", name) or os.path.isdir(os.path.expanduser(name))
+    if is_path:
+        slug = Path(name.rstrip("/")).name or "model"
+    else:
+        slug = name.strip("/").replace("/", "--")
+    slug = re.sub(r"[^A-Za-z0-9._-]+", "_", slug).lstrip(".")  # no hidden dirs, no clash with .staging
+    return slug or "model"
+
+
+# --------------------------------------------------------------------------- run records
+@dataclass
+class RunRecord:
+    notebook: str  # stem, e.g. "01_attention_patterns"
+    model: str
+    status: str  # "ok" | "failed"
+    elapsed: float  # seconds of notebook execution
+    started: str  # ISO time with offset
+    error: dict | None = None  # cell (1-based in the source notebook), exec_count, source, ename, evalue
+    html: str | None = None
+    ipynb: str | None = None
+    results: str | None = None
+    parameters: dict = field(default_factory=dict)
+    slug: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "ok"
+
+    def describe_error(self) -> str:
+        return describe_error(self.error)
+
+
+def describe_error(error: dict | None) -> str:
+    if not error:
+        return ""
+    where = []
+    if error.get("cell") is not None:
+        where.append(f"cell {error['cell']}")
+    if error.get("exec_count") is not None:
+        where.append(f"(In [{error['exec_count']}])")
+    text = " ".join(where)
+    if error.get("source"):
+        text += f" `{error['source']}`"
+    msg = f"{error.get('ename', 'Error')}: {error.get('evalue', '')}".rstrip(": ")
+    return f"{text}: {msg}" if text else msg
+
+
+# --------------------------------------------------------------------------- running
+def run_notebook(
+    nb_path: str | os.PathLike,
+    model: str,
+    out: str | os.PathLike = "reports",
+    quick: bool = False,
+    seed: int = 0,
+    device: str = "auto",
+    params: dict | None = None,
+    kernel_name: str | None = None,
+) -> RunRecord:
+    """Execute one notebook for one model; publish it under ``out/<slug>/`` only if it succeeds."""
+    import papermill as pm
+
+    nb_path = Path(nb_path).resolve()
+    stem, slug = nb_path.stem, model_slug(model)
+    out = Path(out)
+    model_dir = out / slug
+    params = dict(params or {})
+    clash = sorted(set(params) & set(RESERVED_PARAMS))
+    if clash:
+        raise ValueError(f"set {', '.join(clash)} with its own option, not as an extra parameter")
+
+    staging_root = out / ".staging"
+    staging_root.mkdir(parents=True, exist_ok=True)
+    model_dir.mkdir(parents=True, exist_ok=True)
+    # Staging lives under ``out`` so the final moves are same-filesystem renames.
+    stage = Path(tempfile.mkdtemp(prefix=f"{slug}-{stem}-", dir=staging_root))
+    stage_out = stage / stem
+    stage_out.mkdir()
+    stage_nb = stage / f"{stem}.ipynb"
+    run_params = {"model": model, "quick": bool(quick), "seed": seed, "device": device, **params}
+    record = RunRecord(
+        notebook=stem, model=model, status="failed", elapsed=0.0,
+        started=datetime.now().astimezone().isoformat(timespec="seconds"),
+        parameters={**run_params, "output_dir": str(model_dir / stem)}, slug=slug,
+    )
+    t0 = time.perf_counter()
+    try:
+        try:
+            pm.execute_notebook(
+                str(nb_path), str(stage_nb),
+                parameters={**run_params, "output_dir": str(stage_out.resolve())},
+                cwd=str(nb_path.parent), kernel_name=kernel_name,
+                progress_bar=False, log_output=False, request_save_on_cell_execute=False,
+            )
+            record.elapsed = time.perf_counter() - t0
+            results = _read_results(stage_out / "results.json")
+            _add_header(stage_nb, record, results.get("meta") or {})
+            _to_html(stage_nb, stage / f"{stem}.html")
+        except Exception as exc:  # any failure: keep the last good report, save what ran
+            record.elapsed = record.elapsed or time.perf_counter() - t0
+            record.error = _error_info(exc, stage_nb)
+            if stage_nb.exists():
+                failed = model_dir / f"{stem}.failed.ipynb"
+                os.replace(stage_nb, failed)
+                record.ipynb = str(failed)
+        else:
+            replace_dir(stage_out, model_dir / stem)
+            os.replace(stage_nb, model_dir / f"{stem}.ipynb")
+            os.replace(stage / f"{stem}.html", model_dir / f"{stem}.html")
+            (model_dir / f"{stem}.failed.ipynb").unlink(missing_ok=True)  # stale after a success
+            record.status = "ok"
+            record.html = str(model_dir / f"{stem}.html")
+            record.ipynb = str(model_dir / f"{stem}.ipynb")
+            record.results = str(model_dir / stem / "results.json")
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+        with contextlib.suppress(OSError):
+            staging_root.rmdir()  # only succeeds when no other run is staging
+    _update_runs(out, record)
+    return record
+
+
+def run(
+    notebooks: Iterable[str | os.PathLike],
+    model: str = "minilm",
+    out: str | os.PathLike = "reports",
+    quick: bool = False,
+    seed: int = 0,
+    device: str = "auto",
+    params: dict | None = None,
+    kernel_name: str | None = None,
+    on_start: Callable[[Path], Any] | None = None,
+    on_done: Callable[[RunRecord], Any] | None = None,
+) -> list[RunRecord]:
+    """Run notebooks in order, carrying on after failures, then rebuild the index."""
+    records = []
+    try:
+        for nb in notebooks:
+            if on_start:
+                on_start(Path(nb))
+            rec = run_notebook(nb, model, out=out, quick=quick, seed=seed, device=device,
+                               params=params, kernel_name=kernel_name)
+            records.append(rec)
+            if on_done:
+                on_done(rec)
+    finally:
+        write_index(out)  # also after Ctrl-C, so the finished runs are listed
+    return records
+
+
+class NotebookFailure(Exception):
+    """A run that executed without an exception but did not produce a usable report."""
+
+
+def _read_results(path: Path) -> dict:
+    if not path.is_file():
+        raise NotebookFailure("notebook wrote no results.json")
+    try:
+        results = json.loads(path.read_text(encoding="utf-8"))
+    except ValueError as exc:
+        raise NotebookFailure(f"results.json is not valid JSON: {exc}") from None
+    if not isinstance(results, dict):
+        raise NotebookFailure("results.json is not a JSON object")
+    return results
+
+
+def _error_info(exc: Exception, executed: Path) -> dict:
+    """Where and why a run failed; the cell number counts all cells of the source notebook from 1."""
+    from papermill.exceptions import PapermillExecutionError
+
+    if isinstance(exc, PapermillExecutionError):
+        lines = [ln.strip() for ln in (exc.source or "").splitlines() if ln.strip()]
+        return {
+            "cell": _source_cell_number(executed, exc.cell_index),
+            "exec_count": exc.exec_count,
+            "source": lines[0] if lines else "",
+            "ename": exc.ename,
+            "evalue": exc.evalue,
+        }
+    ename = "" if isinstance(exc, NotebookFailure) else type(exc).__name__
+    return {"cell": None, "exec_count": None, "source": "", "ename": ename or "NotebookFailure",
+            "evalue": str(exc)}
+
+
+def _source_cell_number(executed: Path, cell_index: int) -> int | None:
+    """papermill's index counts its injected-parameters cell; undo that to point into the source."""
+    import nbformat
+
+    try:
+        nb = nbformat.read(str(executed), as_version=4)
+    except Exception:
+        return None
+    cells = [c for c in nb.cells if _PAPERMILL_ERROR_TAG not in c.metadata.get("tags", [])]
+    injected = sum(1 for c in cells[:cell_index] if "injected-parameters" in c.metadata.get("tags", []))
+    return cell_index - injected + 1
+
+
+# --------------------------------------------------------------------------- header + HTML
+def _version(dist: str) -> str:
+    try:
+        return importlib_metadata.version(dist)
+    except importlib_metadata.PackageNotFoundError:
+        return "not installed"
+
+
+def _fmt_elapsed(seconds: float | None) -> str:
+    if seconds is None:
+        return ""
+    if seconds < 60:
+        return f"{seconds:.1f} s"
+    m, s = divmod(round(seconds), 60)
+    return f"{m} min {s:02d} s" if m < 60 else f"{m // 60} h {m % 60:02d} min"
+
+
+def _fmt_value(value: Any) -> str:
+    if value is None or value == "" or value == {} or value == []:
+        return "—"
+    if isinstance(value, dict):
+        return ", ".join(f"{k}: {_fmt_value(v)}" for k, v in value.items())
+    if isinstance(value, (list, tuple)):
+        return ", ".join(_fmt_value(v) for v in value)
+    if isinstance(value, float):
+        return f"{value:g}"
+    return str(value)
+
+
+def _md(text: Any) -> str:
+    # Values come from notebooks; keep them from being read as markdown or HTML.
+    return re.sub(r"([\\`*_\[\]<>|#])", r"\\\1", _fmt_value(text))
+
+
+def header_markdown(record: RunRecord, meta: dict) -> str:
+    """The report header: what ran, on what, with which software, and how to read layer-head names."""
+    versions = meta.get("versions") if isinstance(meta.get("versions"), dict) else {}
+    # Prefer what the kernel reported in results.json; fall back to the runner's environment.
+    py = versions.get("python") or platform.python_version()
+    torch_v = versions.get("torch") or meta.get("torch_version") or _version("torch")
+    tf_v = versions.get("transformers") or meta.get("transformers_version") or _version("transformers")
+    pkg_v = (meta.get("version") or meta.get("package_version") or meta.get("bertology_version")
+             or versions.get("bertology") or __version__)
+    p = record.parameters
+    lines = [
+        f"# {_md(record.notebook)} — {_md(meta.get('model') or record.model)}",
+        "",
+        "| | |",
+        "|---|---|",
+        f"| model | {_md(meta.get('model') or record.model)} (revision {_md(meta.get('model_revision'))}) |",
+        f"| data | {_md(meta.get('data'))} |",
+        f"| sizes | {_md(meta.get('sizes'))} |",
+        f"| seed | {_md(meta.get('seed', p.get('seed')))} |",
+        f"| device | {_md(meta.get('device') or p.get('device'))} |",
+        f"| quick mode | {'yes' if p.get('quick') else 'no'} |",
+        f"| software | bertology {_md(pkg_v)}, Python {_md(py)}, torch {_md(torch_v)}, transformers {_md(tf_v)} |",
+        f"| run | started {_md(record.started)}, took {_md(_fmt_elapsed(record.elapsed))} |",
+        "",
+        "Layers and heads are printed 1-indexed as `layer-head` (e.g. `8-10` is the 10th head of "
+        "the 8th layer), as the papers write them; code and tables index them from 0.",
+        "",
+        f"Figures, tables and `results.json` are in the folder `{record.notebook.replace('`', '')}/` next to this "
+        "report (the notebook ran in a staging folder and was moved there after it succeeded).",
+    ]
+    notes = [n for n in (meta.get("notes") or []) if n]
+    if notes:
+        lines += ["", "**Notes**", ""] + [f"- {_md(n)}" for n in notes]
+    deviations = [d for d in (meta.get("deviations") or []) if d]
+    if deviations:
+        lines += ["", "**Where this run deviates from the paper**", ""] + [f"- {_md(d)}" for d in deviations]
+    return "\n".join(lines)
+
+
+def _add_header(nb_file: Path, record: RunRecord, meta: dict) -> None:
+    import nbformat
+
+    nb = nbformat.read(str(nb_file), as_version=4)
+    nb.cells = [c for c in nb.cells if HEADER_TAG not in c.metadata.get("tags", [])]
+    cell = nbformat.v4.new_markdown_cell(header_markdown(record, meta), metadata={"tags": [HEADER_TAG]})
+    if (nb.nbformat, nb.nbformat_minor) < (4, 5):
+        cell.pop("id", None)  # cell ids are invalid before nbformat 4.5
+    nb.cells.insert(0, cell)
+    nbformat.write(nb, str(nb_file))
+
+
+def _to_html(nb_file: Path, html_file: Path) -> None:
+    import nbformat
+    from nbconvert import HTMLExporter
+
+    nb = nbformat.read(str(nb_file), as_version=4)
+    body, _ = HTMLExporter(template_name="lab").from_notebook_node(nb)
+    html_file.write_text(body, encoding="utf-8")
+
+
+# --------------------------------------------------------------------------- run log
+@contextlib.contextmanager
+def _locked(path: Path):
+    """Serialize read-modify-write of runs.json between concurrent runners (POSIX only)."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows: best effort
+        yield
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def _record_json(record: RunRecord, out: Path) -> dict:
+    data = asdict(record)
+
+    def rel(path: str) -> str:  # relative to ``out``, so the reports folder can move as a whole
+        return Path(os.path.relpath(Path(path).resolve(), out.resolve())).as_posix()
+
+    for key in ("html", "ipynb", "results"):
+        if data[key]:
+            data[key] = rel(data[key])
+    if data["parameters"].get("output_dir"):
+        data["parameters"]["output_dir"] = rel(data["parameters"]["output_dir"])
+    data["elapsed"] = round(record.elapsed, 3)
+    return data
+
+
+def read_runs(out: str | os.PathLike = "reports") -> dict:
+    path = Path(out) / "runs.json"
+    try:
+        runs = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return runs if isinstance(runs, dict) else {}
+
+
+def _update_runs(out: Path, record: RunRecord) -> None:
+    key = f"{record.slug}/{record.notebook}"
+    with _locked(out / ".runs.lock"):
+        runs = read_runs(out)
+        prev = runs.get(key) or {}
+        entry = _record_json(record, out)
+        runs[key] = {"latest": entry, "last_good": entry if record.ok else prev.get("last_good")}
+        atomic_write_json(out / "runs.json", dict(sorted(runs.items())))
+
+
+# --------------------------------------------------------------------------- index page
+_CSS = """
+body{font:15px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:2rem auto;max-width:72rem;
+padding:0 1rem;color:#1f2328;background:#fff}
+h1{font-size:1.6rem;margin-bottom:.2rem}h2{font-size:1.25rem;margin-top:2rem;border-bottom:1px solid #d0d7de}
+.sub{color:#59636e;margin-top:0}table{border-collapse:collapse;width:100%;margin-top:.5rem}
+th,td{text-align:left;vertical-align:top;padding:.45rem .6rem;border-bottom:1px solid #e5e7eb}
+th{background:#f6f8fa;font-weight:600}td.num{white-space:nowrap}a{color:#0969da;text-decoration:none}
+a:hover{text-decoration:underline}.ok{color:#1a7f37;font-weight:600}.failed{color:#cf222e;font-weight:600}
+.err{color:#59636e;font-size:.9em;display:block;max-width:28rem;overflow-wrap:anywhere}
+.links a{margin-right:.6rem;white-space:nowrap}img.thumb{max-width:160px;max-height:110px;border:1px solid #d0d7de}
+code{font-size:.9em}
+"""
+
+
+def _href(rel: str) -> str:
+    return html.escape(quote(rel), quote=True)
+
+
+def _link(out: Path, rel: str, label: str) -> str:
+    return f'<a href="{_href(rel)}">{html.escape(label)}</a>' if (out / rel).exists() else ""
+
+
+def _data_summary(results_file: Path) -> str:
+    try:
+        meta = json.loads(results_file.read_text(encoding="utf-8")).get("meta") or {}
+    except (OSError, ValueError, AttributeError):
+        return ""
+    parts = [_fmt_value(meta.get("data"))] if meta.get("data") else []
+    if meta.get("sizes"):
+        parts.append(_fmt_value(meta["sizes"]))
+    return "; ".join(parts)
+
+
+def _index_rows(out: Path) -> dict[str, dict[str, dict]]:
+    """model slug -> stem -> {"latest", "last_good"}; reports on disk without a run record count too."""
+    models: dict[str, dict[str, dict]] = {}
+    for key, entry in read_runs(out).items():
+        if isinstance(entry, dict) and "/" in key:
+            slug, stem = key.split("/", 1)
+            models.setdefault(slug, {})[stem] = entry
+    for html_file in out.glob("*/*.html"):
+        slug, stem = html_file.parent.name, html_file.stem
+        if not slug.startswith(".") and stem not in models.get(slug, {}):
+            models.setdefault(slug, {})[stem] = {"latest": None, "last_good": None}
+    return models
+
+
+def write_index(out: str | os.PathLike = "reports") -> Path:
+    """Write ``out/index.html``: one table per model with status, timing, data, links and a thumbnail."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    esc = html.escape
+    sections = []
+    for slug, stems in sorted(_index_rows(out).items()):
+        rows = []
+        for stem, entry in sorted(stems.items()):
+            latest, good = entry.get("latest") or {}, entry.get("last_good") or {}
+            status = latest.get("status") or ("ok" if (out / slug / f"{stem}.html").exists() else "unknown")
+            status_html = f'<span class="{esc(status)}">{esc(status)}</span>'
+            if status == "failed":
+                status_html += f'<span class="err">{esc(describe_error(latest.get("error")))}</span>'
+                if good:
+                    status_html += f'<span class="err">showing the last good run ({esc(good.get("started", ""))})</span>'
+            shown = good if status == "failed" else latest
+            links = [
+                _link(out, f"{slug}/{stem}.html", "HTML"),
+                _link(out, f"{slug}/{stem}.ipynb", "ipynb"),
+                _link(out, f"{slug}/{stem}/results.json", "results.json"),
+                _link(out, f"{slug}/{stem}/figures", "figures"),
+                _link(out, f"{slug}/{stem}.failed.ipynb", "failed ipynb"),
+            ]
+            pngs = sorted((out / slug / stem / "figures").glob("*.png"))
+            thumb = ""
+            if pngs:
+                rel = f"{slug}/{stem}/figures/{pngs[0].name}"
+                thumb = f'<a href="{_href(rel)}"><img class="thumb" src="{_href(rel)}" alt="{esc(pngs[0].stem)}" loading="lazy"></a>'
+            name = _link(out, f"{slug}/{stem}.html", stem) or esc(stem)
+            rows.append(
+                "<tr>"
+                f"<td>{name}</td><td>{status_html}</td>"
+                f"<td class=num>{esc(str(latest.get('started', '')).replace('T', ' '))}</td>"
+                f"<td class=num>{esc(_fmt_elapsed(latest.get('elapsed')))}</td>"
+                f"<td>{esc(_data_summary(out / slug / stem / 'results.json'))}</td>"
+                f'<td class="links">{" ".join(l for l in links if l)}</td>'
+                f"<td>{thumb}</td></tr>"
+            )
+        model_names = {e["latest"]["model"] for e in stems.values() if e.get("latest") and e["latest"].get("model")}
+        title = esc(", ".join(sorted(model_names)) or slug)
+        sections.append(
+            f"<h2>{title}</h2>\n<table><thead><tr><th>Notebook</th><th>Status</th><th>Started</th>"
+            "<th>Elapsed</th><th>Data</th><th>Files</th><th>Figure</th></tr></thead><tbody>\n"
+            + "\n".join(rows) + "\n</tbody></table>"
+        )
+    body = "\n".join(sections) or "<p>No reports yet. Run <code>bertology run</code>.</p>"
+    page = (
+        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+        '<meta name="viewport" content="width=device-width, initial-scale=1">'
+        f"<title>bertology reports</title><style>{_CSS}</style></head><body>\n"
+        "<h1>bertology reports</h1>\n"
+        f'<p class="sub">Index written {esc(datetime.now().astimezone().isoformat(timespec="seconds"))} '
+        f"by bertology {esc(__version__)}. Layers and heads are printed 1-indexed as layer-head.</p>\n"
+        f"{body}\n</body></html>\n"
+    )
+    return atomic_write_text(out / "index.html", page)

@@ -1,0 +1,217 @@
+"""The notebook runner: papermill execution, report layout, failure isolation, index, CLI parsing.
+
+Each run starts a Jupyter kernel (a few seconds), so the kernel-backed tests share runs where they can.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import nbformat
+import pytest
+
+from bertology import cli, report
+
+FIXTURES = Path(__file__).parent / "fixtures" / "notebooks"
+
+
+def _snapshot(root: Path, pattern: str) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.glob(pattern)) if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def nb_dir(tmp_path_factory) -> Path:
+    d = tmp_path_factory.mktemp("notebooks")
+    for nb in FIXTURES.glob("*.ipynb"):
+        shutil.copy(nb, d / nb.name)
+    return d
+
+
+@pytest.fixture(scope="module")
+def ok_run(nb_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("reports")
+    rec = report.run_notebook(nb_dir / "01_ok.ipynb", "minilm", out=out, seed=7, params={"n_items": 3})
+    return rec, out
+
+
+# ---------------------------------------------------------------- pure helpers
+@pytest.mark.parametrize(
+    "name, slug",
+    [
+        ("minilm", "minilm"),
+        ("bert-base-uncased", "bert-base-uncased"),
+        ("google-bert/bert-base-cased", "google-bert--bert-base-cased"),
+        ("/some/local/dir", "dir"),
+        ("/some/local/dir/", "dir"),
+        ("./models/tiny", "tiny"),
+        ("org/we ird:name", "org--we_ird_name"),
+    ],
+)
+def test_model_slug(name, slug):
+    assert report.model_slug(name) == slug
+
+
+def test_discover_and_resolve(nb_dir):
+    found = report.discover_notebooks(nb_dir)
+    assert found["01"] == found["01_ok"] == nb_dir / "01_ok.ipynb"
+    assert found["02"] == nb_dir / "02_fails.ipynb"
+    assert report.resolve_notebooks(None, nb_dir) == [nb_dir / "01_ok.ipynb", nb_dir / "02_fails.ipynb"]
+    # order follows the selection; duplicates collapse; "2" means "02"
+    assert report.resolve_notebooks(["2", "01_ok", "02_fails.ipynb"], nb_dir) == [
+        nb_dir / "02_fails.ipynb", nb_dir / "01_ok.ipynb"]
+
+
+def test_resolve_unknown_lists_available(nb_dir):
+    with pytest.raises(ValueError) as err:
+        report.resolve_notebooks(["07", "01"], nb_dir)
+    msg = str(err.value)
+    assert "07" in msg and "01_ok" in msg and "02_fails" in msg
+
+
+def test_resolve_unknown_via_cli_is_usage_error(nb_dir, capsys):
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["run", "--notebook-dir", str(nb_dir), "--notebooks", "99"])
+    assert exc.value.code == 2
+    assert "unknown notebook" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("layers=[1, 2]", ("layers", [1, 2])),
+        ("n=3", ("n", 3)),
+        ("frac=0.5", ("frac", 0.5)),
+        ("flag=true", ("flag", True)),
+        ("name=hello world", ("name", "hello world")),
+        ("path=a=b", ("path", "a=b")),
+        ("empty=", ("empty", "")),
+        ("s=\"3\"", ("s", "3")),
+    ],
+)
+def test_parse_param(text, expected):
+    assert cli.parse_param(text) == expected
+
+
+@pytest.mark.parametrize("bad, message", [("noequals", "KEY=VALUE"), ("1x=2", "identifier")])
+def test_bad_param_is_usage_error(bad, message, nb_dir, capsys):
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["run", "--notebook-dir", str(nb_dir), "-p", bad])
+    assert exc.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_reserved_param_is_usage_error(nb_dir, capsys):
+    with pytest.raises(SystemExit):
+        cli.main(["run", "--notebook-dir", str(nb_dir), "-p", "seed=3"])
+    assert "--seed" in capsys.readouterr().err
+
+
+def test_list(nb_dir, capsys):
+    assert cli.main(["list", "--notebook-dir", str(nb_dir)]) == 0
+    out = capsys.readouterr().out
+    assert "01_ok" in out and "02_fails" in out
+
+
+def test_index_escapes_and_handles_empty(tmp_path):
+    assert "No reports yet" in report.write_index(tmp_path).read_text()
+    (tmp_path / "runs.json").write_text(json.dumps({"m/03_x": {"latest": {
+        "notebook": "03_x", "model": "<b>evil</b>", "status": "failed", "elapsed": 1.0, "started": "t",
+        "error": {"cell": 2, "exec_count": 1, "source": "x<y", "ename": "E", "evalue": "<script>"}},
+        "last_good": None}}))
+    page = report.write_index(tmp_path).read_text()
+    assert "<script>" not in page and "&lt;script&gt;" in page and "&lt;b&gt;evil" in page
+    assert "cell 2 (In [1])" in page
+
+
+# ---------------------------------------------------------------- kernel-backed runs
+def test_ok_run_layout_and_results(ok_run, nb_dir):
+    rec, out = ok_run
+    assert rec.status == "ok" and rec.error is None and rec.elapsed > 0
+    base = out / "minilm"
+    for rel in ("01_ok.html", "01_ok.ipynb", "01_ok/results.json", "01_ok/items.csv", "01_ok/figures/dot.png"):
+        assert (base / rel).is_file(), rel
+    assert Path(rec.html) == base / "01_ok.html" and Path(rec.results) == base / "01_ok" / "results.json"
+    assert not (out / ".staging").exists()
+
+    results = json.loads((base / "01_ok" / "results.json").read_text())
+    # the injected parameters reached the notebook, which ran in its own folder
+    assert results["meta"]["seed"] == 7 and results["meta"]["model"] == "minilm"
+    assert len(results["tables"]["items"]) == 3
+    assert Path(results["meta"]["cwd"]).resolve() == nb_dir.resolve()
+
+
+def test_ok_run_header_cell(ok_run):
+    rec, out = ok_run
+    nb = nbformat.read(out / "minilm" / "01_ok.ipynb", as_version=4)
+    header = nb.cells[0]
+    assert header.cell_type == "markdown" and report.HEADER_TAG in header.metadata["tags"]
+    text = header.source
+    assert "minilm" in text and "| seed | 7 |" in text and "fixture-rev" in text
+    assert "items: 3" in text and "1-indexed" in text and "layer-head" in text
+    assert "fixture deviation from the paper" in text
+    assert "transformers" in text and "torch" in text
+    # the HTML carries the header and the notebook's output
+    page = (out / "minilm" / "01_ok.html").read_text()
+    assert "fixture deviation from the paper" in page and "3 items for minilm, seed 7" in page
+
+
+def test_ok_run_log_and_index(ok_run):
+    rec, out = ok_run
+    runs = json.loads((out / "runs.json").read_text())
+    entry = runs["minilm/01_ok"]
+    assert entry["latest"]["status"] == "ok" and entry["last_good"] == entry["latest"]
+    assert entry["latest"]["html"] == "minilm/01_ok.html"
+    assert entry["latest"]["parameters"]["seed"] == 7
+    page = report.write_index(out).read_text()
+    assert 'href="minilm/01_ok.html"' in page
+    assert 'src="minilm/01_ok/figures/dot.png"' in page
+    assert "fixture items" in page
+
+
+def test_failure_keeps_last_good_report(nb_dir, tmp_path, capsys):
+    # A good notebook and a failing one under the same stem, in two notebook folders.
+    good_dir, bad_dir, out = tmp_path / "good", tmp_path / "bad", tmp_path / "reports"
+    good_dir.mkdir(), bad_dir.mkdir()
+    shutil.copy(nb_dir / "01_ok.ipynb", good_dir / "02_fails.ipynb")
+    shutil.copy(nb_dir / "02_fails.ipynb", bad_dir / "02_fails.ipynb")
+
+    assert cli.main(["run", "--notebook-dir", str(good_dir), "--out", str(out), "--notebooks", "02"]) == 0
+    before = _snapshot(out / "minilm", "02_fails*") | _snapshot(out / "minilm", "02_fails/**/*")
+    assert {"02_fails.html", "02_fails.ipynb", "02_fails/results.json"} <= set(before)
+    capsys.readouterr()
+
+    code = cli.main(["run", "--notebook-dir", str(bad_dir), "--out", str(out), "--notebooks", "02", "--seed", "5"])
+    assert code != 0
+    printed = capsys.readouterr()
+    # cell 5 of the source notebook; In [4] because papermill's injected-parameters cell also ran
+    assert "02_fails" in printed.err and "cell 5 (In [4])" in printed.err
+    assert "ValueError: boom (seed=5)" in printed.err
+    assert printed.out.startswith("failed")
+
+    after = _snapshot(out / "minilm", "02_fails*") | _snapshot(out / "minilm", "02_fails/**/*")
+    failed_nb = after.pop("02_fails.failed.ipynb")
+    assert after == before  # the good report is untouched, byte for byte
+    assert b"boom (seed=5)" in failed_nb
+    assert not (out / ".staging").exists()
+
+    entry = json.loads((out / "runs.json").read_text())["minilm/02_fails"]
+    assert entry["latest"]["status"] == "failed"
+    assert entry["latest"]["error"] == {"cell": 5, "exec_count": 4, "source": 'raise ValueError(f"boom (seed={seed})")',
+                                        "ename": "ValueError", "evalue": "boom (seed=5)"}
+    assert entry["last_good"]["status"] == "ok"
+    page = (out / "index.html").read_text()
+    assert "failed" in page and "cell 5 (In [4])" in page
+    assert 'href="minilm/02_fails.html"' in page  # still links the last good report
+
+
+def test_missing_results_json_is_failure(ok_run, nb_dir):
+    _, out = ok_run
+    before = _snapshot(out / "minilm", "01_ok*")
+    rec = report.run_notebook(nb_dir / "01_ok.ipynb", "minilm", out=out, params={"write_results": False})
+    assert rec.status == "failed"
+    assert rec.error["evalue"] == "notebook wrote no results.json" and rec.error["cell"] is None
+    assert (out / "minilm" / "01_ok.failed.ipynb").is_file()
+    after = _snapshot(out / "minilm", "01_ok*")
+    after.pop("01_ok.failed.ipynb")
+    assert after == before
