@@ -185,9 +185,8 @@ def gradient_importance(
     if objective not in ("mlm", "reconstruction"):
         raise ValueError(f"objective must be 'auto', 'mlm' or 'reconstruction', not {objective!r}")
     obj = MLM_OBJECTIVE if objective == "mlm" else RECON_OBJECTIVE
-    mask_id = loaded.tokenizer.mask_token_id
     rng = np.random.default_rng(seed)
-    model, device = loaded.model, loaded.device
+    device = loaded.device
     L = loaded.info.n_layers
     sums = {c: np.zeros(L) for c in ("[SEP]", "punctuation", "other")}
     counts = {c: np.zeros(L) for c in sums}
@@ -204,18 +203,7 @@ def gradient_importance(
             kinds = np.asarray(e.unit_kind)[e.unit_of_token]
             cat = np.where(kinds == SEP, 1, np.where(np.isin(e.tokens, list(PUNCT)), 2, 3))
             key_cat[b, : e.n_tokens] = torch.as_tensor(cat)
-        corrupted = dict(inputs, input_ids=inputs["input_ids"].masked_fill(masked, mask_id))
-        with torch.enable_grad():
-            out = model(**corrupted, output_attentions=True, output_hidden_states=obj is RECON_OBJECTIVE)
-            if obj is MLM_OBJECTIVE:
-                logits = out.logits[masked]
-                loss = torch.nn.functional.cross_entropy(logits, inputs["input_ids"][masked])
-            else:
-                with torch.no_grad():
-                    clean = model(**inputs, output_hidden_states=True).hidden_states[-1]
-                diff = out.hidden_states[-1][masked] - clean[masked]
-                loss = diff.pow(2).mean()
-            grads = torch.autograd.grad(loss, out.attentions)
+        grads = attention_gradients(loaded, inputs, masked, obj)
         query_ok = inputs["attention_mask"].bool()  # (B, T)
         for layer, g in enumerate(grads):
             g = g.abs().detach().mean(1)  # mean over heads: (B, T, T)
@@ -229,3 +217,23 @@ def gradient_importance(
         for layer in range(L)
     ]
     return pd.DataFrame(rows, columns=["layer", "category", "value", "n"]), obj
+
+
+def attention_gradients(loaded: LoadedModel, inputs: dict, masked: torch.Tensor, objective: GradientObjective):
+    """dL/dα for every layer's attention (tuple of B x H x T x T), for one padded batch.
+
+    ``masked`` (B x T, bool) marks the pieces replaced by [MASK]; the loss is the MLM
+    cross-entropy of the original pieces there, or the reconstruction substitute
+    (see :data:`RECON_OBJECTIVE`), averaged over masked pieces.
+    """
+    model = loaded.model
+    corrupted = dict(inputs, input_ids=inputs["input_ids"].masked_fill(masked, loaded.tokenizer.mask_token_id))
+    with torch.enable_grad():
+        out = model(**corrupted, output_attentions=True, output_hidden_states=objective is RECON_OBJECTIVE)
+        if objective is MLM_OBJECTIVE:
+            loss = torch.nn.functional.cross_entropy(out.logits[masked], inputs["input_ids"][masked])
+        else:
+            with torch.no_grad():
+                clean = model(**inputs, output_hidden_states=True).hidden_states[-1]
+            loss = (out.hidden_states[-1][masked] - clean[masked]).pow(2).mean()
+        return torch.autograd.grad(loss, out.attentions)

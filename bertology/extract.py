@@ -117,7 +117,7 @@ def extract(
     batch_size: int = 32,
     max_tokens: int = 8192,
     cache_dir: str | os.PathLike | None = None,
-    cache_dtype: str = "float16",
+    cache_dtype: str = "float32",
     progress: bool = True,
     desc: str = "extract",
 ) -> ExtractStats:

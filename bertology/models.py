@@ -348,6 +348,8 @@ def _bertology_attention(module, query, key, value, attention_mask, scaling=None
     else:
         ids, mask = module._bertology_inputs
         weights = planted(module.layer_idx, ids, mask).to(value.dtype)
+        # a leaf in the graph, so gradients with respect to planted attention exist too
+        weights = weights.detach().requires_grad_(torch.is_grad_enabled())
     head_mask = getattr(module, "_bertology_head_mask", None)
     if head_mask is not None:  # ξ_h multiplies the head's attention, hence its output
         weights = weights * head_mask.view(1, -1, 1, 1)

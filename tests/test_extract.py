@@ -1,0 +1,99 @@
+import numpy as np
+import pytest
+import torch
+
+from bertology import extract as ex
+from bertology.attention import KeepExamples
+
+SENTS = [["The", "unaffordable", "house", "stood", "empty", "."], ["Dogs", "bark", "."],
+         (["It", "rained", "."], ["We", "stayed", "inside", "."]), ["A"] + ["very"] * 12 + ["long", "one", "."]]
+
+
+class Collect:
+    def __init__(self):
+        self.items = {}
+
+    def update(self, item):
+        self.items[item.index] = item
+
+    def result(self):
+        return self.items
+
+
+def test_token_level_extraction_equals_direct_model_call(minilm):
+    col = Collect()
+    ex.extract(minilm, SENTS, col, level="token", hidden_states=True, batch_size=3, progress=False)
+    for i, x in enumerate(SENTS):
+        a, b = (x if isinstance(x, tuple) else (x, None))
+        enc = minilm.tokenizer(a, b, is_split_into_words=True, return_tensors="pt")
+        with torch.no_grad():
+            out = minilm.model(**enc, output_attentions=True, output_hidden_states=True)
+        direct = torch.stack(out.attentions, 1)[0].numpy()
+        assert np.allclose(col.items[i].attention, direct, atol=2e-5)
+        assert np.allclose(col.items[i].hidden, torch.stack(out.hidden_states, 1)[0].numpy(), atol=2e-4)
+
+
+def test_word_level_extraction_matches_token_level_by_hand(minilm):
+    tok, word = Collect(), Collect()
+    ex.extract(minilm, SENTS[:1], tok, level="token", progress=False)
+    ex.extract(minilm, SENTS[:1], word, level="word", progress=False)
+    a, w = tok.items[0].attention, word.items[0].attention
+    # "unaffordable" is pieces 2..5 (una ##ff ##ord ##able) and unit 2
+    assert w.shape[-1] == 8 and a.shape[-1] == 11
+    assert np.allclose(w[3, 7, 1, 2], a[3, 7, 1, 2:6].sum(), atol=1e-5)
+    assert np.allclose(w[3, 7, 2, 3], a[3, 7, 2:6, 6].mean(), atol=1e-5)
+    assert np.allclose(w.sum(-1), 1.0, atol=1e-5)
+
+
+def test_buckets_respect_batch_size_and_token_budget(tokenizer):
+    encs = ex.encode_inputs(tokenizer, [["w"] * n for n in (3, 30, 4, 29, 5, 2)], 512)
+    batches = ex.length_buckets(encs, batch_size=2, max_tokens=10_000)
+    assert batches == [[5, 0], [2, 4], [3, 1]]
+    tight = ex.length_buckets(encs, batch_size=8, max_tokens=40)  # lengths 4,5,6,7 then 31,32
+    assert tight == [[5, 0, 2, 4], [3], [1]]
+
+
+def test_cache_replays_identical_arrays_and_recomputes_corruption(minilm, tmp_path):
+    first, second, third = Collect(), Collect(), Collect()
+    s1 = ex.extract(minilm, SENTS, first, hidden_states=True, cache_dir=tmp_path, progress=False)
+    s2 = ex.extract(minilm, SENTS, second, hidden_states=True, cache_dir=tmp_path, progress=False)
+    assert not s1.from_cache and s2.from_cache and s1.cache_path == s2.cache_path
+    for i in range(len(SENTS)):
+        assert np.array_equal(first.items[i].attention, second.items[i].attention)
+        assert np.array_equal(first.items[i].hidden, second.items[i].hidden)
+    shard = sorted((tmp_path / s1.cache_path.split("/")[-1]).glob("shard-*.safetensors"))[0]
+    data = bytearray(shard.read_bytes())
+    data[-5] ^= 0xFF
+    shard.write_bytes(bytes(data))
+    s3 = ex.extract(minilm, SENTS, third, hidden_states=True, cache_dir=tmp_path, progress=False)
+    assert not s3.from_cache
+    assert all(np.array_equal(first.items[i].attention, third.items[i].attention) for i in range(len(SENTS)))
+    # a different option is a different entry
+    s4 = ex.extract(minilm, SENTS, Collect(), level="token", cache_dir=tmp_path, progress=False)
+    assert s4.cache_path != s1.cache_path
+
+
+def test_unfinished_cache_entry_is_ignored(minilm, tmp_path):
+    s = ex.extract(minilm, SENTS[:2], Collect(), cache_dir=tmp_path, progress=False)
+    (tmp_path / s.cache_path.split("/")[-1] / "index.json").unlink()
+    again = ex.extract(minilm, SENTS[:2], Collect(), cache_dir=tmp_path, progress=False)
+    assert not again.from_cache
+
+
+def test_keep_examples_and_truncation_count(minilm):
+    keep = KeepExamples([1])
+    long = ["unaffordable"] * 200  # 800 pieces > 512
+    stats = None
+    with pytest.warns(UserWarning, match="truncated"):
+        stats = ex.extract(minilm, [SENTS[0], long], keep, progress=False)
+    assert stats.n_truncated == 1 and list(keep.items) == [1]
+    assert keep.items[1].encoding.n_words_kept == 127  # (512 - 2) // 4
+
+
+def test_bad_requests(minilm):
+    with pytest.raises(ValueError, match="level"):
+        ex.extract(minilm, SENTS, Collect(), level="sentence")
+    with pytest.raises(ValueError, match="nothing to extract"):
+        ex.extract(minilm, SENTS, Collect(), attention=False)
+    with pytest.raises(ValueError, match="input 1: cannot encode an empty sentence"):
+        ex.extract(minilm, [["ok"], []], Collect())
