@@ -96,6 +96,44 @@ class Run:
         """Where this run departs from the paper (model, data, method); shown in the report header."""
         self.meta.setdefault("deviations", []).append(text)
 
+    @property
+    def cache_dir(self) -> Path:
+        """Feature cache of this machine (``$BERTOLOGY_CACHE/features``)."""
+        from .extract import default_cache_dir
+
+        return default_cache_dir()
+
+    def treebank(self, data: str = "auto", split: str = "dev", limit: int | None = None):
+        """Load gold-parsed sentences and record where they came from.
+
+        ``data="auto"`` takes UD English EWT (mirror, cache or download) and falls back to the
+        sample treebank shipped in the package when EWT cannot be had, saying so in the report.
+        """
+        from .data import DataUnavailableError, load_treebank
+
+        names = {"ewt": "UD English EWT", "gum": "UD English GUM", "sample": "bertology sample treebank"}
+        if data == "auto":
+            try:
+                sents, data = load_treebank("ewt", split, limit=limit), "ewt"
+            except DataUnavailableError as exc:
+                self.note(f"UD English EWT is not available here ({str(exc).splitlines()[0]}); "
+                          "using the sample treebank shipped with bertology.")
+                sents, data = load_treebank("sample", split, limit=limit), "sample"
+        else:
+            if not isinstance(data, str) or not data:
+                raise ParameterError(f"parameter 'data' must be 'auto', 'ewt', 'gum', 'sample' or a path, got {data!r}")
+            sents = load_treebank(data, split, limit=limit)
+        label = names.get(data, str(data))
+        self.set_data(f"{label} ({split})" if data in names else label, sentences=len(sents))
+        return sents
+
+    def sentence_pairs(self, data: str = "auto", split: str = "dev", n_pairs: int | None = None):
+        """Pairs of consecutive sentences for ``[CLS] A [SEP] B [SEP]`` inputs (Clark et al. §3)."""
+        from .data import sentence_pairs
+
+        pairs = sentence_pairs(self.treebank(data, split))
+        return pairs[:n_pairs] if n_pairs else pairs
+
     def set_data(self, description: str, **sizes) -> None:
         self.meta["data"] = description
         self.meta.setdefault("sizes", {}).update(sizes)
@@ -125,8 +163,12 @@ def _records(df: pd.DataFrame) -> list[dict]:
 
 
 def start(notebook: str, model: str = "minilm", seed: int = 0, quick: bool = False, device: str = "auto",
-          output_dir: str | Path = ".", **sizes) -> Run:
-    """Check parameters, seed every generator, load the model and open the run record."""
+          output_dir: str | Path = ".", paper_model: str = "bert-base-uncased", **sizes) -> Run:
+    """Check parameters, seed every generator, load the model and open the run record.
+
+    ``paper_model`` is the model the reproduced paper used; running another one is recorded as
+    a deviation in the report header.
+    """
     check_params(model, seed, quick, device, output_dir, **sizes)
     from .plots import set_style
 
@@ -149,4 +191,8 @@ def start(notebook: str, model: str = "minilm", seed: int = 0, quick: bool = Fal
         "notes": [],
         "deviations": [],
     }
-    return Run(notebook, loaded, out, seed, quick, str(loaded.device), meta)
+    run = Run(notebook, loaded, out, seed, quick, str(loaded.device), meta)
+    if info.name != paper_model:
+        run.deviation(f"Model: {info.name} ({info.n_layers} layers x {info.n_heads} heads, "
+                      f"{'with' if info.has_mlm_head else 'without'} masked-LM head); the paper used {paper_model}.")
+    return run

@@ -132,7 +132,7 @@ def layer_lines(summary: pd.DataFrame, metrics: dict[str, str], stat: str = "mea
 # ----------------------------------------------------------------------------- interactive views
 
 
-def head_view(attention: np.ndarray, labels: list[str], sentence_b_start: int | None = None, decimals: int = 3):
+def head_view(attention: np.ndarray, labels: list[str], sentence_b_start: int | None = None, decimals: int = 2):
     """Interactive bertviz head view of one input's (layers x heads x U x U) attention.
 
     Returns an ``IPython.display.HTML`` object; values are rounded to keep the page small.
@@ -140,7 +140,8 @@ def head_view(attention: np.ndarray, labels: list[str], sentence_b_start: int | 
     import torch
     from bertviz import head_view as _head_view
 
-    att = np.round(np.asarray(attention, dtype=np.float32), decimals)
+    # float64 so that the rounded values print as short decimals in the page's JSON
+    att = np.round(np.asarray(attention, dtype=np.float64), decimals)
     layers = tuple(torch.as_tensor(att[layer][None]) for layer in range(att.shape[0]))
     return _head_view(layers, list(labels), sentence_b_start=sentence_b_start, html_action="return")
 
