@@ -1,0 +1,84 @@
+"""End to end: `bertology run --quick` on the default model, as CI and `make reports` run it."""
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from bertology import cli
+from bertology.notebook import ParameterError, check_params
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def quick_reports(tmp_path_factory):
+    out = tmp_path_factory.mktemp("reports")
+    code = cli.main(["run", "--notebooks", "01", "--quick", "--out", str(out),
+                     "--notebook-dir", str(ROOT / "notebooks")])
+    return code, out
+
+
+@pytest.mark.slow
+def test_notebook_01_quick_report(quick_reports):
+    code, out = quick_reports
+    assert code == 0
+    base = out / "minilm"
+    html = (base / "01_attention_patterns.html").read_text()
+    assert "Where this run deviates from the paper" in html and "What this run shows" in html
+    res = json.loads((base / "01_attention_patterns" / "results.json").read_text())
+    assert res["meta"]["model"] == "minilm" and res["meta"]["quick"] is True
+    assert res["meta"]["sizes"]["n_pairs"] == 48
+    patterns = res["tables"]["attention_patterns"]
+    assert len(patterns) == 6 * 12 * 11  # layers x heads x metrics
+    # the three positional shares of one head can never exceed the whole attention
+    by = {(r["layer"], r["head"], r["metric"]): r["value"] for r in patterns}
+    for layer in range(6):
+        for head in range(12):
+            assert by[(layer, head, "to_cls")] + by[(layer, head, "to_sep")] <= 1 + 1e-6
+            assert 0 <= by[(layer, head, "entropy")] <= by[(layer, head, "uniform_entropy")] + 1e-6
+    grads = res["tables"]["gradient_importance"]
+    assert {g["category"] for g in grads} == {"[SEP]", "punctuation", "other"}
+    assert all(math.isfinite(g["value"]) and g["value"] > 0 for g in grads)
+    assert res["values"]["gradient_objective"] == "reconstruction"  # MiniLM has no MLM head
+    for name in ("fig2_special_tokens", "fig3_gradient_importance", "fig4_entropy", "fig1_example_heads"):
+        assert (base / "01_attention_patterns" / "figures" / f"{name}.png").stat().st_size > 10_000
+        assert (base / "01_attention_patterns" / "figures" / f"{name}.svg").exists()
+    assert "01_attention_patterns.html" in (out / "index.html").read_text()
+
+
+@pytest.mark.slow
+def test_wrong_parameter_fails_clearly_and_keeps_good_report(quick_reports, capsys):
+    code, out = quick_reports
+    good = (out / "minilm" / "01_attention_patterns.html").read_bytes()
+    bad = cli.main(["run", "--notebooks", "01", "--quick", "--out", str(out), "-p", "n_pairs=0",
+                    "--notebook-dir", str(ROOT / "notebooks")])
+    assert bad != 0
+    err = capsys.readouterr().err
+    assert "ParameterError" in err and "n_pairs" in err
+    assert (out / "minilm" / "01_attention_patterns.html").read_bytes() == good
+
+
+def test_check_params_names_the_parameter():
+    check_params("minilm", 0, False, "auto", ".", n_pairs=10)
+    for kwargs, name in [
+        (dict(model="", seed=0, quick=False, device="auto", output_dir="."), "model"),
+        (dict(model="m", seed=-1, quick=False, device="auto", output_dir="."), "seed"),
+        (dict(model="m", seed=0, quick="yes", device="auto", output_dir="."), "quick"),
+        (dict(model="m", seed=0, quick=False, device="gpu", output_dir="."), "device"),
+        (dict(model="m", seed=0, quick=False, device="auto", output_dir=".", n_pairs=2.5), "n_pairs"),
+    ]:
+        with pytest.raises(ParameterError, match=name):
+            check_params(**kwargs)
+
+
+def test_every_notebook_is_clean_and_parameterized():
+    for nb in sorted((ROOT / "notebooks").glob("*.ipynb")):
+        doc = json.loads(nb.read_text())
+        assert doc["metadata"]["kernelspec"]["language"] == "python", nb.name
+        tagged = [c for c in doc["cells"] if "parameters" in c.get("metadata", {}).get("tags", [])]
+        assert len(tagged) == 1, nb.name
+        src = "".join(tagged[0]["source"])
+        for p in ("model", "quick", "seed", "device", "output_dir"):
+            assert f"{p} =" in src, (nb.name, p)
+        assert all(not c.get("outputs") for c in doc["cells"] if c["cell_type"] == "code"), nb.name
