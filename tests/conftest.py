@@ -43,3 +43,49 @@ def planted(tokenizer):
 
     return plant_attention(random_bert(tokenizer, n_layers=2, n_heads=4, mlm=True, seed=0),
                            pattern_cls_prev_uniform_last)
+
+
+def plant_word_targets(loaded, sentences, targets_fn, n_heads):
+    """Plant attention per input: ``targets_fn(sentence, encoding) -> (H, T, T)`` token-level maps.
+
+    The pattern looks each input up by its word-piece ids, so batching and padding are real.
+    """
+    import numpy as np
+
+    from bertology.extract import encode_inputs
+    from bertology.models import plant_attention
+
+    encs = encode_inputs(loaded.tokenizer, [s.words for s in sentences], loaded.info.max_length)
+    table = {tuple(e.input_ids.tolist()): np.asarray(targets_fn(s, e), dtype=np.float32)
+             for s, e in zip(sentences, encs)}
+
+    def pattern(layer, ids, mask):
+        B, T = ids.shape
+        w = torch.zeros(B, n_heads, T, T)
+        for b in range(B):
+            n = int(mask[b].sum())
+            t = torch.as_tensor(table[tuple(ids[b, :n].tolist())])
+            w[b, :, :n, :n] = t
+        return w
+
+    return plant_attention(loaded, pattern), encs
+
+
+def to_gold_head_and_previous(sentence, enc):
+    """Head 0: every piece of word d attends to the first piece of d's gold head (root word and
+    special tokens: to [CLS]). Head 1: every piece attends to the previous piece ([CLS] to itself)."""
+    import numpy as np
+
+    T = enc.n_tokens
+    first_piece = {}
+    for t, u in enumerate(enc.unit_of_token):
+        w = enc.unit_word[u]
+        if w >= 0 and w not in first_piece:
+            first_piece[w] = t
+    out = np.zeros((2, T, T))
+    for t, u in enumerate(enc.unit_of_token):
+        w = enc.unit_word[u]
+        h = sentence.heads[w] - 1 if w >= 0 else -1
+        out[0, t, first_piece[h] if h >= 0 else 0] = 1.0
+        out[1, t, max(t - 1, 0)] = 1.0
+    return out
