@@ -154,3 +154,62 @@ def table_html(df: pd.DataFrame, caption: str | None = None, floatfmt: str = "{:
 
 def to_json_safe(df: pd.DataFrame) -> list[dict]:
     return json.loads(df.to_json(orient="records"))
+
+
+def relation_heads_vs_baseline(best: pd.DataFrame, max_relations: int = 20):
+    """Clark et al. Table 1 as a figure: best head's accuracy per relation against the best
+    fixed-offset baseline (labels: best head ``layer-head`` and baseline offset)."""
+    d = best.head(max_relations)
+    fig, ax = plt.subplots(figsize=(7, 0.32 * len(d) + 1.2))
+    y = np.arange(len(d))
+    pal = sns.color_palette(PALETTE)
+    ax.barh(y - 0.2, d["accuracy"], height=0.4, color=pal[0], label="best head")
+    ax.barh(y + 0.2, d["baseline_accuracy"], height=0.4, color=pal[7], label="best fixed offset")
+    for yi, (acc, head, direction) in enumerate(zip(d["accuracy"], d["head"], d["direction"])):
+        ax.text(acc + 0.01, yi - 0.2, f"{head} ({direction})", va="center", fontsize=7)
+    for yi, (acc, off) in enumerate(zip(d["baseline_accuracy"], d["baseline_offset"])):
+        ax.text(acc + 0.01, yi + 0.2, f"offset {off:+d}", va="center", fontsize=7, color="0.35")
+    ax.set_yticks(y, [f"{r} (n={c})" for r, c in zip(d["relation"], d["count"])], fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xlim(0, 1.18)
+    ax.set_xlabel("accuracy")
+    ax.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def attention_with_arcs(maps: list[tuple[str, np.ndarray, list[tuple[int, int]]]], labels: list[str], ncols: int = 2):
+    """Word-level maps of chosen heads (rows attend to columns) with gold arcs outlined:
+    each ``(title, matrix, [(row, col), ...])`` marks the cells a perfect head would fill (cf. Fig. 5)."""
+    from matplotlib.patches import Rectangle
+
+    n = len(maps)
+    ncols = min(ncols, n)
+    nrows = -(-n // ncols)
+    k = len(labels)
+    size = 0.24 * k + 1.6
+    fig, axes = plt.subplots(nrows, ncols, figsize=(size * ncols, size * nrows), squeeze=False)
+    for ax, (title, m, cells) in zip(axes.flat, maps):
+        sns.heatmap(m, ax=ax, cmap="Blues", vmin=0, vmax=1, cbar=False, square=True,
+                    xticklabels=labels, yticklabels=labels)
+        for r, c in cells:
+            ax.add_patch(Rectangle((c, r), 1, 1, fill=False, edgecolor="crimson", lw=1.4))
+        ax.set_title(title, fontsize=9)
+        ax.tick_params(labelsize=7)
+    for ax in list(axes.flat)[n:]:
+        ax.remove()
+    fig.tight_layout()
+    return fig
+
+
+def head_accuracy_grid(heads: pd.DataFrame, relation: str, direction: str = "dep->head"):
+    """Accuracy of every head (layer x head) for one relation, as a heatmap."""
+    d = heads[(heads.relation == relation) & (heads.direction == direction)]
+    grid = d.pivot(index="layer", columns="head", values="accuracy")
+    grid.index, grid.columns = grid.index + 1, grid.columns + 1
+    fig, ax = plt.subplots(figsize=(0.42 * grid.shape[1] + 1.5, 0.38 * grid.shape[0] + 1.0))
+    sns.heatmap(grid, ax=ax, cmap="viridis", vmin=0, vmax=1, annot=grid.shape[1] <= 16, fmt=".2f",
+                annot_kws={"fontsize": 6})
+    ax.set_title(f"{relation}, {direction}", fontsize=10)
+    fig.tight_layout()
+    return fig
