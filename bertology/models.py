@@ -232,20 +232,24 @@ def load_model(
         rev = _fingerprint_dir(Path(source))
     else:
         rev = getattr(config, "_commit_hash", None) or revision or "unknown"
-    info = ModelInfo(
-        name=name_or_path,
+    return LoadedModel(tokenizer, model, _facts(name_or_path, source, str(rev), config, tokenizer, has_head))
+
+
+def _facts(name, source, revision, config, tokenizer, has_mlm_head, random_init=False) -> ModelInfo:
+    return ModelInfo(
+        name=name,
         source=source,
-        revision=str(rev),
+        revision=revision,
         model_type=config.model_type,
         n_layers=config.num_hidden_layers,
         n_heads=config.num_attention_heads,
         hidden_size=config.hidden_size,
         vocab_size=config.vocab_size,
         max_length=_max_length(tokenizer, config),
-        has_mlm_head=has_head,
+        has_mlm_head=has_mlm_head,
         uncased=_is_uncased(tokenizer),
+        random_init=random_init,
     )
-    return LoadedModel(tokenizer, model, info)
 
 
 def _from_pretrained(cls, source, kwargs):
@@ -314,20 +318,7 @@ def _random_from_config(config, tokenizer, mlm: bool, seed: int, name: str, devi
         model = (AutoModelForMaskedLM if mlm else AutoModel).from_config(config, attn_implementation="eager")
     model.eval().to(resolve_device(device))
     digest = hashlib.sha256(json.dumps(config.to_dict(), sort_keys=True, default=str).encode()).hexdigest()[:12]
-    info = ModelInfo(
-        name=name,
-        source="random",
-        revision=f"random-{digest}-seed{seed}",
-        model_type=config.model_type,
-        n_layers=config.num_hidden_layers,
-        n_heads=config.num_attention_heads,
-        hidden_size=config.hidden_size,
-        vocab_size=config.vocab_size,
-        max_length=_max_length(tokenizer, config),
-        has_mlm_head=mlm,
-        uncased=_is_uncased(tokenizer),
-        random_init=True,
-    )
+    info = _facts(name, "random", f"random-{digest}-seed{seed}", config, tokenizer, mlm, random_init=True)
     return LoadedModel(tokenizer, model, info)
 
 
