@@ -1,0 +1,280 @@
+"""Clustering attention heads by how alike they attend (Clark et al. 2019, §6, Fig. 6).
+
+Two heads are close when, for the same query token, they spread attention the same way: the
+distance is the Jensen-Shannon divergence (natural log, so it lies in [0, ln 2]) between their
+attention rows, averaged over every query unit of every input. :class:`HeadDistances` streams it
+as a reducer for :func:`bertology.extract.extract`; the rest works on the finished N x N matrix
+(N = layers x heads, heads in layer-major order, ``i = layer * n_heads + head``): a 2-D MDS map
+(Fig. 6), behaviour labels for colouring it, an average-linkage dendrogram, and a permutation
+test of the Primer's question "do heads in the same layer behave alike?".
+"""
+from __future__ import annotations
+
+import inspect
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import torch
+from scipy.special import xlogy
+
+from .attention import head_label
+
+#: Memory budget of one pairwise block, in elements. On CPU a block that stays in cache (2**16
+#: float32 = 256 KiB) was 2-3x faster than a large one; a GPU wants large blocks (few launches).
+CHUNK_ELEMENTS = {"numpy": 1 << 16, "torch": 1 << 24}
+
+
+def pairwise_js(attention: np.ndarray, *, chunk_elements: int | None = None, device=None,
+                dtype: str = "float32") -> np.ndarray:
+    """Sum over query units of JS(head i's row, head j's row) for one input: an N x N float64 array.
+
+    ``attention`` is (layers, heads, T, T) or (N, T, T) with rows summing to 1. Uses
+    JS(p, q) = ln 2 + (sum p ln p + sum q ln q)/2 - (sum s ln s)/2 with s = p + q, so each pair
+    costs one log per (query, key) and the per-head terms are computed once. Pairs are done in
+    blocks of at most max(``chunk_elements``, N) values (heads x heads x (query, key) cells), only
+    for j >= the block's first head, so memory is bounded for any N and T. Only the upper triangle
+    (i < j) of the return value is meaningful.
+
+    On CPU (``device`` None or "cpu") this runs in numpy: torch's thread pool stalls on many small
+    ops when the cores are busy (measured 10-100x slower on a loaded 2-core machine). Any other
+    torch ``device`` (e.g. "cuda") runs the blocks there with torch.
+    """
+    att = np.asarray(attention)
+    n, t = int(np.prod(att.shape[:-2])), att.shape[-2]
+    flat = att.reshape(n, -1)  # (N, T*K): the sum runs over queries and keys alike
+    f64 = flat.astype(np.float64)
+    self_term = xlogy(f64, f64).sum(1)  # sum over queries of sum_k p ln p, per head
+    if device is None or torch.device(device).type == "cpu":
+        a, backend = flat.astype(dtype, copy=False), "numpy"
+        out = np.zeros((n, n))
+        tiny = np.finfo(dtype).tiny
+
+        def s_log_s(s):  # sum of s ln s over the last axis; clamping makes 0 ln 0 = 0
+            ls = np.maximum(s, tiny)
+            np.log(ls, out=ls)
+            ls *= s
+            return ls.sum(-1)
+    else:
+        a, backend = torch.as_tensor(flat).to(device=device, dtype=getattr(torch, dtype)), "torch"
+        out = torch.zeros(n, n, dtype=torch.float64, device=device)
+        tiny = torch.finfo(a.dtype).tiny
+
+        def s_log_s(s):
+            return s.clamp_min(tiny).log_().mul_(s).sum(-1, dtype=torch.float64)
+
+    budget = chunk_elements or CHUNK_ELEMENTS[backend]
+    width = max(1, min(a.shape[1], budget // n))  # cells per block: one head against all N fits
+    for c0 in range(0, a.shape[1], width):
+        ac = a[:, c0:c0 + width]
+        i0 = 0
+        while i0 < n:  # later blocks pair with fewer heads, so they may hold more rows
+            i1 = min(n, i0 + max(1, budget // ((n - i0) * ac.shape[1])))
+            out[i0:i1, i0:] += s_log_s(ac[i0:i1, None] + ac[None, i0:])  # s: (c, n - i0, width)
+            i0 = i1
+    if backend == "torch":
+        out = out.cpu().numpy()
+    return t * math.log(2) + 0.5 * (self_term[:, None] + self_term[None, :]) - 0.5 * out
+
+
+def _symmetric(upper: np.ndarray) -> np.ndarray:
+    u = np.triu(upper, 1)
+    return u + u.T
+
+
+@dataclass
+class HeadDistanceResult:
+    """Mean JS divergence between every pair of heads (symmetric, zero diagonal, nats)."""
+
+    matrix: np.ndarray  # (N, N), N = n_layers * n_heads, layer-major
+    n_layers: int
+    n_heads: int
+    n_queries: int  # query units averaged over
+    n_inputs: int
+
+    @property
+    def labels(self) -> list[str]:
+        return [head_label(i // self.n_heads, i % self.n_heads) for i in range(len(self.matrix))]
+
+    def table(self) -> pd.DataFrame:
+        """Tidy: one row per unordered pair (i < j): ``layer_a, head_a, layer_b, head_b, value, n``."""
+        i, j = np.triu_indices(len(self.matrix), 1)
+        h = self.n_heads
+        return pd.DataFrame({"layer_a": i // h, "head_a": i % h, "layer_b": j // h, "head_b": j % h,
+                             "value": self.matrix[i, j], "n": self.n_queries})
+
+    def frame(self) -> pd.DataFrame:
+        """The matrix as a DataFrame indexed by ``layer-head`` labels."""
+        return pd.DataFrame(self.matrix, index=self.labels, columns=self.labels)
+
+    def mds(self, seed: int = 0) -> pd.DataFrame:
+        """2-D MDS coordinates: ``layer, head, label, x, y``."""
+        xy = mds_embedding(self.matrix, seed)
+        idx = np.arange(len(self.matrix))
+        return pd.DataFrame({"layer": idx // self.n_heads, "head": idx % self.n_heads,
+                             "label": self.labels, "x": xy[:, 0], "y": xy[:, 1]})
+
+
+class HeadDistances:
+    """Reducer: JS divergence between all pairs of heads, averaged over query units (§6).
+
+    Clark et al. define the distance as a *sum* over tokens; here it is the mean, which only
+    rescales the matrix (so MDS and the clustering look the same) but keeps values in [0, ln 2]
+    and comparable across corpus sizes. Every query unit counts, [CLS] and [SEP] included, and
+    longer inputs weigh more (token-weighted, like :class:`~bertology.attention.AttentionPatterns`).
+    Keeps one N x N running sum. ``device`` (e.g. ``loaded.device``) moves the pairwise work to
+    a GPU when it is one, worth it for large N; on CPU it runs in numpy.
+    """
+
+    def __init__(self, n_layers: int, n_heads: int, *, chunk_elements: int | None = None,
+                 device=None, dtype: str = "float32"):
+        self.n_layers, self.n_heads = n_layers, n_heads
+        n = n_layers * n_heads
+        self.sums = np.zeros((n, n))
+        self.n_queries = 0
+        self.n_inputs = 0
+        self.kw = dict(chunk_elements=chunk_elements, device=device, dtype=dtype)
+
+    def update(self, item) -> None:
+        a = item.attention
+        if a.shape[:2] != (self.n_layers, self.n_heads):
+            raise ValueError(f"attention has {a.shape[:2]} layers x heads, expected {(self.n_layers, self.n_heads)}")
+        self.sums += pairwise_js(a, **self.kw)
+        self.n_queries += a.shape[-2]
+        self.n_inputs += 1
+
+    def result(self) -> HeadDistanceResult:
+        if not self.n_queries:
+            raise ValueError("HeadDistances saw no inputs")
+        # float32 rounding can leave tiny negative values where two heads are identical
+        d = np.clip(_symmetric(self.sums) / self.n_queries, 0.0, math.log(2))
+        return HeadDistanceResult(d, self.n_layers, self.n_heads, self.n_queries, self.n_inputs)
+
+
+# ----------------------------------------------------------------------------- embedding, clustering
+
+
+def mds_embedding(distance: np.ndarray, seed: int = 0, n_components: int = 2) -> np.ndarray:
+    """Metric MDS of a precomputed distance matrix (scikit-learn SMACOF), deterministic for ``seed``."""
+    from sklearn.manifold import MDS
+
+    params = inspect.signature(MDS).parameters
+    if "metric_mds" in params:  # scikit-learn >= 1.8 renamed the options
+        mds = MDS(n_components, metric="precomputed", metric_mds=True, init="classical_mds",
+                  random_state=seed, n_init=1, normalized_stress="auto")
+    else:
+        mds = MDS(n_components, dissimilarity="precomputed", metric=True, n_init=4, random_state=seed,
+                  normalized_stress="auto")
+    return mds.fit_transform(np.asarray(distance, dtype=np.float64))
+
+
+def head_linkage(distance: np.ndarray, labels: list[str], method: str = "average"):
+    """Hierarchical clustering (scipy ``linkage``) of the heads: ``(Z, labels)`` for a dendrogram."""
+    from scipy.cluster.hierarchy import linkage
+    from scipy.spatial.distance import squareform
+
+    d = np.asarray(distance, dtype=np.float64)
+    z = linkage(squareform(_symmetric(d), checks=False), method=method)
+    return z, list(labels)
+
+
+# ----------------------------------------------------------------------------- behaviours
+
+#: Behaviour -> metric of :class:`~bertology.attention.AttentionPatterns` it is read from.
+BEHAVIOUR_METRICS = {"[CLS]": "to_cls", "[SEP]": "to_sep", "punctuation": "to_punct",
+                     "previous token": "to_prev", "next token": "to_next"}
+
+
+def head_behaviours(patterns: pd.DataFrame, extra: dict | None = None, share: float = 0.5,
+                    broad: float = 0.8) -> pd.DataFrame:
+    """Label each head with its dominant surface behaviour, to colour Fig. 6.
+
+    A head is "[CLS]" / "[SEP]" / "punctuation" / "previous token" / "next token" when more than
+    ``share`` (default one half, as Clark et al. §3.1 count heads) of its average attention goes
+    there (the largest such share wins); otherwise "broad" when its mean entropy is at least
+    ``broad`` times that of uniform attention over the same inputs; otherwise "other".
+    ``extra`` maps heads to labels that override these (e.g. syntactic heads from notebook 02):
+    keys are ``(layer, head)`` 0-indexed or ``"layer-head"`` strings 1-indexed.
+    Returns ``layer, head, behaviour``.
+    """
+    wide = patterns.pivot_table(index=["layer", "head"], columns="metric", values="value")
+    shares = wide[list(BEHAVIOUR_METRICS.values())].set_axis(list(BEHAVIOUR_METRICS), axis=1)
+    label = shares.idxmax(axis=1).where(shares.max(axis=1) > share)
+    is_broad = wide["entropy"] >= broad * wide["uniform_entropy"]
+    label = label.fillna(pd.Series(np.where(is_broad, "broad", "other"), index=wide.index))
+    for key, name in (extra or {}).items():
+        if isinstance(key, str):
+            layer, head = (int(x) - 1 for x in key.split("-"))
+            key = (layer, head)
+        if key not in label.index:
+            raise KeyError(f"head {key} is not in the patterns table")
+        label[key] = name
+    return label.rename("behaviour").reset_index()
+
+
+# ----------------------------------------------------------------------------- same layer, alike?
+
+
+def _layers(distance: np.ndarray, n_heads: int) -> np.ndarray:
+    n = len(distance)
+    if n % n_heads:
+        raise ValueError(f"{n} heads is not a whole number of layers of {n_heads}")
+    return np.repeat(np.arange(n // n_heads), n_heads)
+
+
+def layer_block_means(distance: np.ndarray, n_heads: int) -> pd.DataFrame:
+    """Mean distance between the heads of layer a and of layer b (a == b: distinct pairs only):
+    ``layer_a, layer_b, value``."""
+    d = np.asarray(distance, dtype=np.float64)
+    lay = _layers(d, n_heads)
+    L = lay[-1] + 1
+    blocks = d.reshape(L, n_heads, L, n_heads).sum((1, 3))
+    pairs = np.full((L, L), float(n_heads * n_heads))
+    np.fill_diagonal(pairs, n_heads * (n_heads - 1))  # the zero diagonal is not a pair
+    a, b = np.meshgrid(np.arange(L), np.arange(L), indexing="ij")
+    with np.errstate(invalid="ignore", divide="ignore"):
+        means = blocks / pairs
+    return pd.DataFrame({"layer_a": a.ravel(), "layer_b": b.ravel(), "value": means.ravel()})
+
+
+def layer_similarity(distance: np.ndarray, n_heads: int, n_permutations: int = 1000, seed: int = 0) -> dict:
+    """Are heads of the same layer closer to each other than to heads of other layers?
+
+    Statistic: mean between-layer minus mean within-layer distance over distinct head pairs.
+    Null: layer labels permuted over heads (layer sizes kept), ``n_permutations`` draws with
+    ``seed``. One-sided p = (1 + #{null >= observed}) / (1 + n_permutations), so it is never 0.
+    """
+    d = _symmetric(np.asarray(distance, dtype=np.float64))
+    lay = _layers(d, n_heads)
+    n = len(d)
+    n_within = int(sum(np.bincount(lay) * (np.bincount(lay) - 1)))  # ordered pairs
+    n_between = n * (n - 1) - n_within
+    if not n_within or not n_between:
+        raise ValueError("need at least two layers with two heads each")
+    total = d.sum()
+
+    def stat(labels: np.ndarray) -> np.ndarray:  # labels: (P, N) -> (P,) between - within
+        within = np.einsum("ij,pij->p", d, labels[:, :, None] == labels[:, None, :])
+        return (total - within) / n_between - within / n_within
+
+    observed = float(stat(lay[None])[0])
+    rng = np.random.default_rng(seed)
+    null = np.empty(n_permutations)
+    step = max(1, (1 << 22) // (n * n))  # bound the (P, N, N) mask
+    for p0 in range(0, n_permutations, step):
+        k = min(step, n_permutations - p0)
+        null[p0:p0 + k] = stat(np.stack([rng.permutation(lay) for _ in range(k)]))
+    # a tolerance so that exact ties (e.g. all-equal distances) are not lost to rounding
+    tol = 1e-12 * max(1.0, abs(observed))
+    within = d[lay[:, None] == lay[None, :]].sum() / n_within
+    return {
+        "within_mean": float(within),
+        "between_mean": float((total - within * n_within) / n_between),
+        "difference": observed,
+        "null_mean": float(null.mean()) if n_permutations else math.nan,
+        "null_sd": float(null.std()) if n_permutations else math.nan,
+        "p_value": float((1 + np.sum(null >= observed - tol)) / (1 + n_permutations)),
+        "n_permutations": n_permutations,
+        "n_heads": n,
+    }

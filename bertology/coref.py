@@ -1,0 +1,455 @@
+"""Coreference heads (Clark et al. 2019, §4.3 / Table 2), on UD English GUM instead of CoNLL-2012.
+
+Pipeline::
+
+    docs = read_mentions(load_treebank("gum", "dev"))      # documents with gold mentions
+    wins = make_windows(docs, tokenizer, max_length)       # whole sentences per model input
+    heads = coref_heads(loaded, wins)                      # or: extract(..., CorefHeads(wins, L, H))
+    base = coref_baselines(wins)
+    coref_table(heads, base)                               # a Table 2 for this model and data
+
+**Antecedent selection accuracy** (Clark et al.): for each mention ``m`` that has an antecedent,
+does the attention row of ``m``'s head word, restricted to the *candidates* ``C(m)`` (words
+before the head word that are not part of ``m``; [CLS]/[SEP] excluded), peak on the head word of
+one of ``m``'s antecedents? Definitions used throughout:
+
+- an *antecedent* of ``m`` is another mention of the same entity that starts before ``m`` and
+  whose head word lies in ``C(m)``; only antecedents inside the same window count;
+- the attended word is the arg-max over ``C(m)``; ties go to the earliest word (``argmax``), and a
+  row that puts exactly zero attention on every candidate selects nothing and counts as wrong.
+"""
+from __future__ import annotations
+
+import itertools
+import re
+from dataclasses import dataclass, field, replace
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+
+from . import align
+from .attention import head_label
+from .data.conllu_io import Sentence
+
+PRONOUN, PROPER, NOMINAL = "pronoun", "proper", "nominal"
+#: Row order of every table: all mentions, then Clark's three mention types.
+MENTION_TYPES = ("all", PRONOUN, PROPER, NOMINAL)
+
+#: Field order inside one GUM ``Entity`` bracket (the file header says
+#: ``# global.Entity = GRP-etype-infstat-salience-centering-minspan-link-identity``).
+GUM_ENTITY_FIELDS = ("GRP", "etype", "infstat", "salience", "centering", "minspan", "link", "identity")
+
+#: Clark et al. (2019), Table 2 (p. 7): accuracy (%) at selecting a correct antecedent for a
+#: coreferent mention, BERT-base on **CoNLL-2012** with documents truncated to 128 tokens.
+#: Columns: all, pronoun, proper, nominal. The neural system (Wiseman et al. 2015) is marked in the
+#: paper as only roughly comparable (whole documents, its own mention detection). Transcribed from
+#: two independent summaries of the paper found with the search tool (they agree with each other);
+#: not checked against the PDF itself. A reference point for another model and corpus, not a target.
+CLARK_TABLE2 = {
+    "nearest mention": (27, 29, 29, 19),
+    "head-word match": (52, 47, 67, 40),
+    "rule-based (Lee et al. 2011 sieves)": (69, 70, 77, 60),
+    "neural coref (Wiseman et al. 2015)*": (83, None, None, None),
+    "BERT-base head 5-4": (65, 64, 73, 58),
+}
+
+
+def clark_table2() -> pd.DataFrame:
+    """:data:`CLARK_TABLE2` as a frame (rows: systems; columns: all, pronoun, proper, nominal)."""
+    return pd.DataFrame.from_dict(CLARK_TABLE2, orient="index", columns=list(MENTION_TYPES), dtype=float)
+
+
+# ----------------------------------------------------------------------------- mentions
+
+
+@dataclass(frozen=True)
+class Mention:
+    """One mention. Word indices are 0-based in the document (in a :class:`Window`: in the window)."""
+
+    entity: str  # entity (coreference group) id, unique within the document
+    start: int  # first word
+    end: int  # last word (inclusive)
+    words: tuple[int, ...]  # all its words; start..end unless the mention is discontinuous
+    head: int  # head word (see read_mentions)
+    sentence: int  # index, in the document, of the sentence holding its first word
+    mention_type: str  # "pronoun" | "proper" | "nominal"
+    entity_size: int = 1  # mentions of this entity in the whole document (1 = singleton)
+    etype: str | None = None  # GUM entity type (person, place, ...)
+    link: str | None = None  # GUM link type (coref, ana, appos, pred, sgl, ...)
+
+
+@dataclass
+class Document:
+    doc_id: str | None
+    sentences: list[Sentence]
+    offsets: list[int]  # document index of each sentence's first word
+    mentions: list[Mention] = field(default_factory=list)
+
+    @property
+    def words(self) -> list[str]:
+        return [w for s in self.sentences for w in s.words]
+
+
+# "(id-attrs" or "(id-attrs)" opens (and maybe closes) a mention; "id)" closes one. Several may be
+# glued together on one word, e.g. "(7-abstract-...-coref(3-abstract-...-coref)" or "7)6)5)".
+_BRACKET = re.compile(r"\(([^()]+)(\))?|([^()]+)\)")
+# CorefUD marks the parts of a discontinuous mention as "e5[1/2]", "e5[2/2]".
+_PART = re.compile(r"^(.*?)(?:\[(\d+)/(\d+)\])?$")
+
+
+def read_mentions(sentences: Sequence[Sentence], fields: Sequence[str] = GUM_ENTITY_FIELDS) -> list[Document]:
+    """Group sentences into documents (consecutive runs of one ``doc_id``) and read their mentions
+    from the ``Entity`` MISC annotation (CorefUD / GUM bracket format; ``fields`` names the
+    hyphen-separated parts of an opening bracket, the first being the entity id).
+
+    Choices:
+
+    - **Brackets**: a word may carry several; a closing ``id)`` closes the most recent open
+      mention of that entity. Parts of a discontinuous mention (``id[i/n]``) are merged into one
+      mention whose ``words`` skip the gap. Brackets left open at the end of a document are ignored.
+    - **Head word**: the candidates are the words named by the ``minspan`` (GUM) or ``head``
+      (CorefUD) field, 1-based positions within the mention; without that field, all words of the
+      mention. The head is the candidate closest to the root of its dependency tree (for a span:
+      its syntactic head, the word whose head lies outside the span); ties go to the last one, as
+      English noun phrases are head-final. Several minspan words occur for coordinations and names.
+    - **Mention type** (Clark's three classes), from the head word: ``pronoun`` if its UPOS is
+      PRON, or DET standing on its own (a DET head whose relation is not ``det*``: "this", "both");
+      ``proper`` if PROPN; ``nominal`` otherwise (nouns, numbers, and GUM's event/discourse-deixis
+      mentions headed by verbs).
+    - All mentions are kept, including GUM's singletons, appositions (``link`` ``appos``) and
+      predicatives (``pred``), which CoNLL-2012 does not annotate; ``entity_size`` and ``link`` let
+      an analysis filter them.
+    """
+    docs = []
+    for doc_id, group in itertools.groupby(sentences, key=lambda s: s.doc_id):
+        sents = list(group)
+        offsets = list(itertools.accumulate([0] + [s.n for s in sents[:-1]]))
+        doc = Document(doc_id, sents, offsets)
+        doc.mentions = _doc_mentions(doc, tuple(fields))
+        docs.append(doc)
+    return docs
+
+
+def _doc_mentions(doc: Document, fields: tuple[str, ...]) -> list[Mention]:
+    upos = [u for s in doc.sentences for u in s.upos]
+    deprel = [d for s in doc.sentences for d in s.deprels]
+    depth = [d for s in doc.sentences for d in _depths(s.heads)]
+    sent_of = [i for i, s in enumerate(doc.sentences) for _ in range(s.n)]
+    stacks: dict[str, list[dict]] = {}  # entity id -> open brackets, innermost last
+    pending: dict[tuple[str, str], dict] = {}  # discontinuous mention awaiting its later parts
+    spans = []  # (entity, words, attributes) in order of completion
+    for off, s in zip(doc.offsets, doc.sentences):
+        for i, misc in enumerate(s.misc):
+            value = (misc or {}).get("Entity")
+            for m in _BRACKET.finditer(value or ""):
+                opener, closed, closer = m.groups()
+                if opener is not None:
+                    parts = opener.split("-", len(fields) - 1)
+                    eid, part, n_parts = _PART.match(parts[0]).groups()
+                    b = {"eid": eid, "start": off + i, "part": part, "n": n_parts,
+                         "attrs": dict(zip(fields[1:], parts[1:]))}
+                    stacks.setdefault(eid, []).append(b)
+                else:
+                    eid = _PART.match(closer).group(1)
+                if opener is None or closed:
+                    if not stacks.get(eid):
+                        continue  # a closer without an opener: malformed, skip it
+                    b = stacks[eid].pop()
+                    words = list(range(b["start"], off + i + 1))
+                    if b["n"] is not None:  # a part of a discontinuous mention
+                        key = (eid, b["n"])
+                        first = pending.setdefault(key, {"words": [], "attrs": b["attrs"]})
+                        first["words"] += words
+                        if b["part"] != b["n"]:
+                            continue
+                        words, b["attrs"] = sorted(set(pending.pop(key)["words"])), first["attrs"]
+                    spans.append((eid, words, b["attrs"]))
+    sizes: dict[str, int] = {}
+    for eid, _, _ in spans:
+        sizes[eid] = sizes.get(eid, 0) + 1
+    mentions = []
+    for eid, words, attrs in spans:
+        cands = words
+        spec = attrs.get("minspan") or attrs.get("head")
+        if spec:
+            idx = [int(x) - 1 for x in spec.split(",") if x.isdigit()]
+            cands = [words[k] for k in idx if 0 <= k < len(words)] or words
+        head = min(reversed(cands), key=lambda w: depth[w])  # shallowest; ties -> last
+        mentions.append(Mention(
+            entity=eid, start=words[0], end=words[-1], words=tuple(words), head=head,
+            sentence=sent_of[words[0]], mention_type=_mention_type(upos[head], deprel[head]),
+            entity_size=sizes[eid], etype=attrs.get("etype"), link=attrs.get("link"),
+        ))
+    mentions.sort(key=lambda m: (m.start, -m.end))  # document order, outer mention first
+    return mentions
+
+
+def _depths(heads: list[int]) -> list[int]:
+    """Distance of each word from the root (heads are 1-based, 0 = root)."""
+    out = []
+    for i in range(1, len(heads) + 1):
+        d, w = 0, i
+        while heads[w - 1] != 0 and d <= len(heads):  # the bound guards against cycles
+            w, d = heads[w - 1], d + 1
+        out.append(d)
+    return out
+
+
+def _mention_type(upos: str, deprel: str) -> str:
+    if upos == "PRON" or (upos == "DET" and not deprel.startswith("det")):
+        return PRONOUN
+    return PROPER if upos == "PROPN" else NOMINAL
+
+
+# ----------------------------------------------------------------------------- windows
+
+
+@dataclass
+class Window:
+    """One model input ``[CLS] words [SEP]``: consecutive whole sentences of one document.
+    ``mentions`` are the document's mentions lying wholly inside, re-indexed to the window."""
+
+    doc_id: str | None
+    sentences: list[int]  # indices of the document's sentences
+    offset: int  # document index of the window's first word
+    words: list[str]
+    mentions: list[Mention]
+    n_pieces: int  # word pieces including the special tokens
+
+
+class Windows(list):
+    """A list of :class:`Window` plus what windowing lost.
+
+    ``n_sentences_dropped`` / ``n_mentions_dropped``: sentences too long for the model on their
+    own (and mentions inside them or crossing a window boundary). ``n_coreferent``: mentions with
+    an antecedent in their whole document; ``n_evaluated``: mentions with an antecedent in their
+    window (the ones scored); the difference lost its antecedents to a window boundary or a drop.
+    """
+
+    def __init__(self, windows=(), **stats):
+        super().__init__(windows)
+        self.n_documents = stats.get("n_documents", 0)
+        self.n_sentences = stats.get("n_sentences", 0)
+        self.n_sentences_dropped = stats.get("n_sentences_dropped", 0)
+        self.n_mentions = stats.get("n_mentions", 0)
+        self.n_mentions_dropped = stats.get("n_mentions_dropped", 0)
+        self.n_coreferent = stats.get("n_coreferent", 0)
+        self.n_evaluated = stats.get("n_evaluated", 0)
+
+    def summary(self) -> dict:
+        keys = ("n_documents", "n_sentences", "n_sentences_dropped", "n_mentions", "n_mentions_dropped",
+                "n_coreferent", "n_evaluated")
+        return {"n_windows": len(self), **{k: getattr(self, k) for k in keys}}
+
+    def inputs(self) -> list[list[str]]:
+        """The inputs for :func:`bertology.extract.extract`, in window order."""
+        return [w.words for w in self]
+
+
+def make_windows(documents: Sequence[Document], tokenizer, max_length: int) -> Windows:
+    """Cut each document greedily into windows of consecutive whole sentences whose word pieces,
+    with [CLS] and [SEP], fit into ``max_length``. Windows do not overlap, so a mention whose
+    antecedents fall into an earlier window is not scored (Clark et al. instead truncated each
+    document to its first 128 pieces; ``max_length=128`` with the first window per document would
+    mimic that). A sentence longer than ``max_length`` on its own is dropped and counted.
+    """
+    n_special = tokenizer.num_special_tokens_to_add(pair=False)
+    budget = max_length - n_special
+    out, stats = [], dict(n_documents=len(documents), n_sentences=0, n_sentences_dropped=0,
+                          n_mentions=0, n_mentions_dropped=0, n_coreferent=0, n_evaluated=0)
+    for doc in documents:
+        sizes = [_n_pieces(tokenizer, s.words) for s in doc.sentences]
+        groups, cur, used = [], [], 0
+        for i, n in enumerate(sizes):
+            if cur and (used + n > budget or n > budget):
+                groups.append(cur)
+                cur, used = [], 0
+            if n > budget:
+                stats["n_sentences_dropped"] += 1
+                continue
+            cur.append(i)
+            used += n
+        if cur:
+            groups.append(cur)
+        kept = 0
+        for g in groups:
+            lo = doc.offsets[g[0]]
+            hi = doc.offsets[g[-1]] + doc.sentences[g[-1]].n
+            ms = [_shift(m, -lo) for m in doc.mentions if lo <= m.start and m.end < hi]
+            kept += len(ms)
+            words = [w for i in g for w in doc.sentences[i].words]
+            out.append(Window(doc.doc_id, g, lo, words, ms, sum(sizes[i] for i in g) + n_special))
+            stats["n_evaluated"] += len(_links(ms))
+        stats["n_sentences"] += len(doc.sentences)
+        stats["n_mentions"] += len(doc.mentions)
+        stats["n_mentions_dropped"] += len(doc.mentions) - kept
+        stats["n_coreferent"] += len(_links(doc.mentions))
+    return Windows(out, **stats)
+
+
+def _n_pieces(tokenizer, words: list[str]) -> int:
+    # as align.encode_words sees them: words without any piece become the unknown token
+    words = align._fill_empty(tokenizer, list(words))
+    return len(tokenizer(words, is_split_into_words=True, add_special_tokens=False)["input_ids"])
+
+
+def _shift(m: Mention, by: int) -> Mention:
+    return replace(m, start=m.start + by, end=m.end + by, words=tuple(w + by for w in m.words), head=m.head + by)
+
+
+# ----------------------------------------------------------------------------- scoring
+
+
+@dataclass
+class _Link:
+    mention: Mention
+    antecedent_heads: frozenset[int]
+    preceding: list[Mention]  # mentions before it whose head is a candidate, in document order
+
+
+def _links(mentions: Sequence[Mention]) -> list[_Link]:
+    """The mentions that have an antecedent (see the module docstring), in document order."""
+    out = []
+    for m in mentions:
+        own = set(m.words)
+        prev = [a for a in mentions if a.start < m.start and a.head < m.head and a.head not in own]
+        ante = frozenset(a.head for a in prev if a.entity == m.entity)
+        if ante:
+            out.append(_Link(m, ante, prev))
+    return out
+
+
+class CorefHeads:
+    """Reducer: antecedent selection accuracy of every head, overall and by mention type.
+
+    Give :func:`bertology.extract.extract` ``windows.inputs()`` at word level, so that
+    ``item.index`` is the window's position in ``windows``. Word-level attention follows
+    Clark et al. §4.1 (from a split word: mean over its pieces; to it: sum).
+    """
+
+    def __init__(self, windows: Sequence[Window], n_layers: int, n_heads: int):
+        self.shape = (n_layers, n_heads)
+        self.correct = np.zeros((len(MENTION_TYPES), n_layers, n_heads), dtype=np.int64)
+        self.count = np.zeros(len(MENTION_TYPES), dtype=np.int64)
+        self.n_skipped = 0  # scored mentions lost to truncation by the model's length limit
+        self._prep = [self._prepare(w) for w in windows]
+
+    @staticmethod
+    def _prepare(w: Window):
+        links = _links(w.mentions)
+        if not links:
+            return None
+        n = len(w.words)
+        q = np.array([lk.mention.head for lk in links])
+        cand = np.arange(n)[None, :] < q[:, None]  # words before the head word ...
+        gold = np.zeros((len(links), n), dtype=bool)
+        for r, lk in enumerate(links):
+            cand[r, list(lk.mention.words)] = False  # ... outside the mention itself
+            gold[r, list(lk.antecedent_heads)] = True
+        kind = np.array([MENTION_TYPES.index(lk.mention.mention_type) for lk in links])
+        return q, cand, gold, kind
+
+    def update(self, item) -> None:
+        prep = self._prep[item.index]
+        if prep is None:
+            return
+        if item.attention.shape[:2] != self.shape:
+            raise ValueError(f"attention has {item.attention.shape[:2]} layers x heads, expected {self.shape}")
+        q, cand, gold, kind = prep
+        wu = item.encoding.word_units  # unit of each kept word
+        keep = q < len(wu)
+        self.n_skipped += int((~keep).sum())
+        q, cand, gold, kind = q[keep], cand[keep, : len(wu)], gold[keep, : len(wu)], kind[keep]
+        if not len(q):
+            return
+        rows = item.attention[:, :, wu[q]][..., wu]  # (L, H, M, words)
+        scores = np.where(cand, rows, -np.inf)
+        pick = scores.argmax(-1)  # (L, H, M); ties -> earliest word
+        top = np.take_along_axis(scores, pick[..., None], -1)[..., 0]
+        ok = gold[np.arange(len(q)), pick] & (top > 0)
+        self.correct[0] += ok.sum(-1)
+        self.count[0] += len(q)
+        for k in range(1, len(MENTION_TYPES)):
+            self.correct[k] += ok[..., kind == k].sum(-1)
+            self.count[k] += int((kind == k).sum())
+
+    def result(self) -> pd.DataFrame:
+        """Tidy table ``layer, head, mention_type, correct, count, accuracy`` (0-indexed)."""
+        L, H = self.shape
+        rows = [
+            (layer, head, t, int(self.correct[k, layer, head]), int(self.count[k]),
+             self.correct[k, layer, head] / self.count[k] if self.count[k] else np.nan)
+            for layer in range(L) for head in range(H) for k, t in enumerate(MENTION_TYPES)
+        ]
+        return pd.DataFrame(rows, columns=["layer", "head", "mention_type", "correct", "count", "accuracy"])
+
+
+def coref_heads(loaded, windows: Windows, batch_size: int = 4, max_tokens: int = 2048, progress: bool = True,
+                **extract_kwargs) -> pd.DataFrame:
+    """Run :class:`CorefHeads` over ``windows`` with :func:`bertology.extract.extract`.
+
+    Windows are long (up to the model's maximum length), so batches are kept small: each holds
+    layers x heads x T x T attention probabilities at once.
+    """
+    from .extract import extract
+
+    red = CorefHeads(windows, loaded.info.n_layers, loaded.info.n_heads)
+    extract(loaded, windows.inputs(), red, level="word", batch_size=batch_size, max_tokens=max_tokens,
+            progress=progress, desc="coref", **extract_kwargs)
+    return red.result()
+
+
+def coref_baselines(windows: Sequence[Window], include_singletons: bool = False) -> pd.DataFrame:
+    """Accuracy of two string/position baselines on the same mentions as :class:`CorefHeads`.
+
+    Each picks the head word of one preceding mention (a mention starting before ``m`` whose head
+    word is a candidate of ``m``); it is correct if that word is the head of an antecedent:
+
+    - ``nearest mention``: the preceding mention whose head word is closest to ``m``;
+    - ``head-word match``: the closest preceding mention whose head word equals ``m``'s
+      (case-insensitive), else the nearest mention.
+
+    CoNLL-2012, where Clark et al. ran them, annotates no singletons, so by default mentions of
+    entities mentioned only once in their document are not candidates; ``include_singletons=True``
+    lets GUM's singletons compete too. Returns ``baseline, mention_type, correct, count, accuracy``.
+    """
+    tally = {(b, t): [0, 0] for b in ("nearest mention", "head-word match") for t in MENTION_TYPES}
+    for w in windows:
+        low = [x.lower() for x in w.words]
+        for lk in _links(w.mentions):
+            m = lk.mention
+            prev = [a for a in lk.preceding if include_singletons or a.entity_size > 1]
+            nearest = max(a.head for a in prev)  # an antecedent is always among them
+            same = [a.head for a in prev if low[a.head] == low[m.head]]
+            picks = {"nearest mention": nearest, "head-word match": max(same) if same else nearest}
+            for b, pick in picks.items():
+                for t in ("all", m.mention_type):
+                    tally[b, t][0] += pick in lk.antecedent_heads
+                    tally[b, t][1] += 1
+    rows = [(b, t, c, n, c / n if n else np.nan) for (b, t), (c, n) in tally.items()]
+    return pd.DataFrame(rows, columns=["baseline", "mention_type", "correct", "count", "accuracy"])
+
+
+def best_coref_heads(df: pd.DataFrame, by: str = "all", top: int = 1) -> pd.DataFrame:
+    """The ``top`` heads by accuracy on ``by`` (a mention type or ``"all"``), one row each with
+    the accuracy on every mention type: ``layer, head, label, all, pronoun, proper, nominal``.
+    Ties go to the lower layer, then the lower head."""
+    wide = df.pivot_table(index=["layer", "head"], columns="mention_type", values="accuracy", dropna=False)
+    wide = wide.reindex(columns=list(MENTION_TYPES)).sort_values(by, ascending=False, kind="stable")
+    out = wide.head(top).reset_index()
+    out.insert(2, "label", [head_label(layer, head) for layer, head in zip(out["layer"], out["head"])])
+    out.columns.name = None
+    return out
+
+
+def coref_table(heads: pd.DataFrame, baselines: pd.DataFrame, top: int = 1) -> pd.DataFrame:
+    """A Table 2 for this run: accuracy (%) of the baselines and the ``top`` heads (by "all"),
+    columns all, pronoun, proper, nominal, plus ``n`` (mentions scored)."""
+    base = baselines.pivot_table(index="baseline", columns="mention_type", values="accuracy", sort=False)
+    best = best_coref_heads(heads, top=top).set_index("label")[list(MENTION_TYPES)]
+    best.index = [f"head {label}" for label in best.index]
+    out = (pd.concat([base.reindex(columns=list(MENTION_TYPES)), best]) * 100).round(1)
+    out["n"] = int(baselines.loc[baselines.mention_type == "all", "count"].iloc[0])
+    out.columns.name = None
+    return out
