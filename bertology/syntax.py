@@ -157,3 +157,13 @@ def best_heads(heads: pd.DataFrame, baselines: pd.DataFrame, min_count: int = 10
 def gold_arcs(sentence: Sentence) -> list[tuple[int, int, str]]:
     """``(dependent, head, relation)`` with 0-indexed words; arcs to ROOT left out (for figures)."""
     return [(d, h - 1, r) for d, (h, r) in enumerate(zip(sentence.heads, sentence.deprels)) if h > 0]
+
+
+def syntactic_heads(best: pd.DataFrame, margin: float = 0.1) -> dict[tuple[int, int], str]:
+    """Heads that beat their relation's best offset baseline by ``margin`` (absolute accuracy),
+    as ``{(layer, head): "syntax: rel"}``; a head best for several relations keeps the most frequent."""
+    out: dict[tuple[int, int], str] = {}
+    good = best[(best.relation != ALL) & (best.accuracy - best.baseline_accuracy >= margin)]
+    for r in good.sort_values("count", ascending=False).itertuples():
+        out.setdefault((int(r.layer), int(r.head_index)), f"syntax: {r.relation}")
+    return out

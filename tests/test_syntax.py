@@ -75,3 +75,12 @@ def test_best_heads_table(result):
     assert best.loc["all", "baseline_offset"] == 1 and best.loc["all", "baseline_accuracy"] == 4 / 8
     assert best.loc["obj", "stanford"] == "dobj"
     assert list(best.index)[0] == "all"
+
+
+def test_syntactic_heads_margin(result):
+    best = syntax.best_heads(result.result(), result.baselines(), min_count=1)
+    heads = syntax.syntactic_heads(best, margin=0.1)
+    # head 1-1 is perfect; it is the best head of every relation, labelled by the most frequent
+    # relation that beats its baseline by 0.1: det (2 arcs; amod/nsubj also 2 -> first by count order)
+    assert list(heads) == [(0, 0)] and heads[(0, 0)].startswith("syntax: ")
+    assert syntax.syntactic_heads(best, margin=1.01) == {}
