@@ -29,7 +29,9 @@ def plot_mds(coords: pd.DataFrame, hue: str = "behaviour", annotate: bool = Fals
         present = list(pd.unique(d[hue]))
         order = [b for b in BEHAVIOUR_ORDER if b in present] + [b for b in present if b not in BEHAVIOUR_ORDER]
         # "other" in grey, so the labelled behaviours stand out
-        colours = dict(zip([b for b in order if b != "other"], sns.color_palette(PALETTE, len(order))))
+        # the colourblind palette has 10 colours; more categories (many syntactic heads) need tab20
+        palette = sns.color_palette(PALETTE if len(order) <= 10 else "tab20", len(order))
+        colours = dict(zip([b for b in order if b != "other"], palette))
         colours["other"] = (0.75, 0.75, 0.75)
         kw = dict(hue_order=order, palette={b: colours[b] for b in order})
     sns.scatterplot(data=d, x="x", y="y", hue=hue, s=36, edgecolor="none", alpha=0.85, ax=ax, **kw)
