@@ -213,3 +213,32 @@ def head_accuracy_grid(heads: pd.DataFrame, relation: str, direction: str = "dep
     ax.set_title(f"{relation}, {direction}", fontsize=10)
     fig.tight_layout()
     return fig
+
+
+def probe_uas(uas: pd.DataFrame, reference: pd.DataFrame | None = None):
+    """Clark et al. Table 3 as a figure: UAS of each probe on each model (bars), with the paper's
+    BERT-base/WSJ values as reference ticks where a row corresponds (``reference.ours``)."""
+    d = uas.assign(system=[p if m == "-" else f"{p} · {m}" for p, m in zip(uas["probe"], uas["model"])])
+    fig, ax = plt.subplots(figsize=(7, 0.45 * len(d) + 1.2))
+    y = np.arange(len(d))
+    ax.barh(y, d["uas"], color=sns.color_palette(PALETTE)[0], height=0.6, label="this run")
+    if reference is not None:
+        ref = {}
+        for r in reference.itertuples():
+            for i, (p, m) in enumerate(zip(d["probe"], d["model"])):
+                want = r.ours
+                if want and (want == p or (want.startswith(p + " on the +random-init") and "random-init" in m)) \
+                        and ("random-init" in m) == ("random-init" in want):
+                    ref[i] = r.uas
+        if ref:
+            ax.scatter(list(ref.values()), list(ref.keys()), marker="|", s=300, color="crimson", zorder=3,
+                       label="Clark et al. BERT-base, WSJ")
+    for yi, v in enumerate(d["uas"]):
+        ax.text(v + 0.01, yi, f"{v:.1%}", va="center", fontsize=8)
+    ax.set_yticks(y, d["system"], fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xlim(0, 1)
+    ax.set_xlabel("UAS (punctuation excluded)")
+    ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    return fig
