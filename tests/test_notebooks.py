@@ -1,6 +1,8 @@
 """End to end: `bertology run --quick` on the default model, as CI and `make reports` run it."""
 import json
 import math
+
+import numpy as np
 from pathlib import Path
 
 import pytest
@@ -82,3 +84,33 @@ def test_every_notebook_is_clean_and_parameterized():
         for p in ("model", "quick", "seed", "device", "output_dir"):
             assert f"{p} =" in src, (nb.name, p)
         assert all(not c.get("outputs") for c in doc["cells"] if c["cell_type"] == "code"), nb.name
+
+
+@pytest.mark.slow
+def test_notebooks_02_03_quick_reports(tmp_path):
+    code = cli.main(["run", "--notebooks", "02", "03", "--quick", "--out", str(tmp_path),
+                     "--notebook-dir", str(ROOT / "notebooks")])
+    assert code == 0
+    base = tmp_path / "minilm"
+    r2 = json.loads((base / "02_attention_heads_syntax" / "results.json").read_text())
+    best = {r["relation"]: r for r in r2["tables"]["relation_heads_best"]}
+    assert best["all"]["count"] == max(r["count"] for r in best.values())
+    for r in best.values():  # the best head can never do worse than 0 or better than 1; baseline likewise
+        assert 0 <= r["baseline_accuracy"] <= 1 and 0 <= r["accuracy"] <= 1
+    # per-head table: every head, both directions, for every relation seen
+    n_rel = len({r["relation"] for r in r2["tables"]["relation_heads"]})
+    assert len(r2["tables"]["relation_heads"]) == n_rel * 2 * 6 * 12
+    uas = {(r["probe"], r["model"]): r["uas"] for r in r2["tables"]["parser_probe_uas"]}
+    assert set(p for p, _ in uas) == {"right-branching", "attn", "attn+word"}
+    if "ud-english-gum" in str(r2["meta"].get("deviations")) or r2["tables"].get("coref_table"):
+        systems = {r["system"] for r in r2["tables"]["coref_table"]}
+        assert {"nearest mention", "head-word match"} <= systems
+    r3 = json.loads((base / "03_head_clustering" / "results.json").read_text())
+    same = r3["values"]["layer_similarity"]
+    assert 0 < same["p_value"] <= 1 and same["n_heads"] == 72
+    pairs = r3["tables"]["head_distances"]
+    assert len(pairs) == 72 * 71 // 2 and all(0 <= p["value"] <= np.log(2) + 1e-9 for p in pairs)
+    assert len(r3["tables"]["mds_coordinates"]) == 72
+    for nb, fig in [("02_attention_heads_syntax", "table1_best_heads_vs_baseline"),
+                    ("03_head_clustering", "fig6_mds_behaviour")]:
+        assert (base / nb / "figures" / f"{fig}.png").stat().st_size > 10_000
