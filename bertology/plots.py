@@ -133,17 +133,16 @@ def layer_lines(summary: pd.DataFrame, metrics: dict[str, str], stat: str = "mea
 
 
 def head_view(attention: np.ndarray, labels: list[str], sentence_b_start: int | None = None, decimals: int = 2):
-    """Interactive bertviz head view of one input's (layers x heads x U x U) attention.
+    """Interactive head view of one input's (layers x heads x U x U) attention.
 
-    Returns an ``IPython.display.HTML`` object; values are rounded to keep the page small.
+    Returns an ``IPython.display.HTML`` object holding a self-contained view (``views.head_view_html``:
+    no external scripts, works offline and in exported reports); values are rounded to ``decimals``.
     """
-    import torch
-    from bertviz import head_view as _head_view
+    from IPython.display import HTML
 
-    # float64 so that the rounded values print as short decimals in the page's JSON
-    att = np.round(np.asarray(attention, dtype=np.float64), decimals)
-    layers = tuple(torch.as_tensor(att[layer][None]) for layer in range(att.shape[0]))
-    return _head_view(layers, list(labels), sentence_b_start=sentence_b_start, html_action="return")
+    from .views import head_view_html
+
+    return HTML(head_view_html(attention, labels, decimals=decimals, sentence_b_start=sentence_b_start))
 
 
 def table_html(df: pd.DataFrame, caption: str | None = None, floatfmt: str = "{:.3f}") -> str:

@@ -374,12 +374,45 @@ def _add_header(nb_file: Path, record: RunRecord, meta: dict) -> None:
     nbformat.write(nb, str(nb_file))
 
 
-def _to_html(nb_file: Path, html_file: Path) -> None:
-    import nbformat
+# nbconvert's lab template loads require.js, MathJax, mermaid and the widget manager from CDNs;
+# a report must render with no network, so those blocks are emptied. Our notebooks use no math,
+# no mermaid and no widgets. CSS and images are inlined by nbconvert.
+_OFFLINE_TEMPLATE = """{%- extends 'index.html.j2' -%}
+{%- block html_head_js_requirejs -%}{%- endblock html_head_js_requirejs -%}
+{%- block jupyter_widgets -%}{%- endblock jupyter_widgets -%}
+{%- block html_head_js_mathjax -%}{%- endblock html_head_js_mathjax -%}
+{%- block html_head_js_mermaidjs -%}{%- endblock html_head_js_mermaidjs -%}
+"""
+# a tag that loads something from the network: <script src=http...>, <link href=http...>, <img src=//...>
+EXTERNAL_LOAD_RE = re.compile(
+    r"<(?:script|link|img|iframe|source|video|audio|embed)\b[^>]*?\b(?:src|href)\s*=\s*[\"']?(?:https?:)?//",
+    re.IGNORECASE,
+)
+
+
+def html_exporter():
+    """An ``HTMLExporter`` (lab template) whose output loads nothing from the network."""
+    from jinja2 import DictLoader
     from nbconvert import HTMLExporter
 
+    return HTMLExporter(
+        template_name="lab",
+        template_file="bertology_offline.html.j2",
+        extra_loaders=[DictLoader({"bertology_offline.html.j2": _OFFLINE_TEMPLATE})],
+        embed_images=True,  # markdown images too (output images are inlined anyway)
+    )
+
+
+def external_loads(page: str) -> list[str]:
+    """The tags of an HTML page that would load a resource from the network (empty when self-contained)."""
+    return [m.group(0) for m in EXTERNAL_LOAD_RE.finditer(page)]
+
+
+def _to_html(nb_file: Path, html_file: Path) -> None:
+    import nbformat
+
     nb = nbformat.read(str(nb_file), as_version=4)
-    body, _ = HTMLExporter(template_name="lab").from_notebook_node(nb)
+    body, _ = html_exporter().from_notebook_node(nb)
     html_file.write_text(body, encoding="utf-8")
 
 
