@@ -78,16 +78,23 @@ class Run:
         self.tables[name] = df
         return df
 
-    def figure(self, fig, name: str):
-        """Save a figure as ``figures/<name>.png`` and ``.svg``; return it for display."""
+    def figure(self, fig, name: str, key: bool = False):
+        """Save a figure as ``figures/<name>.png`` and ``.svg``; return it for display.
+        ``key=True`` makes it the report's thumbnail in the index."""
         from .plots import save_figure
 
         save_figure(fig, self.output_dir, name)
         self.meta.setdefault("figures", []).append(name)
+        if key:
+            self.meta["key_figure"] = name
         return fig
 
     def value(self, key: str, value) -> None:
         self.values[key] = value
+
+    def key(self, name: str, value: float) -> None:
+        """A headline number; ``reports/index.html`` puts these side by side across models."""
+        self.values.setdefault("key_numbers", {})[name] = None if value is None else round(float(value), 4)
 
     def note(self, text: str) -> None:
         self.meta.setdefault("notes", []).append(text)

@@ -145,6 +145,15 @@ def head_view(attention: np.ndarray, labels: list[str], sentence_b_start: int | 
     return HTML(head_view_html(attention, labels, decimals=decimals, sentence_b_start=sentence_b_start))
 
 
+def model_view(attention: np.ndarray, labels: list[str], decimals: int = 2):
+    """Every head of one input as a grid of small maps (``views.model_view_html``), offline-safe."""
+    from IPython.display import HTML
+
+    from .views import model_view_html
+
+    return HTML(model_view_html(attention, labels, decimals=decimals))
+
+
 def table_html(df: pd.DataFrame, caption: str | None = None, floatfmt: str = "{:.3f}") -> str:
     """A small HTML table for notebook display."""
     styled = df.to_html(index=False, float_format=floatfmt.format, border=0, escape=True)

@@ -29,6 +29,8 @@ from pathlib import Path
 from typing import Any, Callable, Iterable
 from urllib.parse import quote
 
+import pandas as pd
+
 from . import __version__
 from .io import atomic_write_json, atomic_write_text, replace_dir
 
@@ -502,6 +504,31 @@ def _data_summary(results_file: Path) -> str:
     return "; ".join(parts)
 
 
+def _results(results_file: Path) -> dict:
+    try:
+        doc = json.loads(results_file.read_text(encoding="utf-8"))
+        return doc if isinstance(doc, dict) else {}
+    except (OSError, ValueError):
+        return {}
+
+
+def comparison_table(out: Path) -> pd.DataFrame:
+    """Key numbers (``values.key_numbers`` of each results.json) side by side: one row per
+    notebook and number, one column per model."""
+    rows = {}
+    for slug, stems in _index_rows(out).items():
+        for stem in stems:
+            doc = _results(out / slug / stem / "results.json")
+            model = (doc.get("meta") or {}).get("model", slug)
+            for name, value in ((doc.get("values") or {}).get("key_numbers") or {}).items():
+                rows.setdefault((stem, name), {})[model] = value
+    if not rows:
+        return pd.DataFrame()
+    table = pd.DataFrame.from_dict(rows, orient="index")
+    table.index = pd.MultiIndex.from_tuples(table.index, names=["notebook", "number"])
+    return table.sort_index(level=0, sort_remaining=False)
+
+
 def _index_rows(out: Path) -> dict[str, dict[str, dict]]:
     """model slug -> stem -> {"latest", "last_good"}; reports on disk without a run record count too."""
     models: dict[str, dict[str, dict]] = {}
@@ -541,6 +568,8 @@ def write_index(out: str | os.PathLike = "reports") -> Path:
                 _link(out, f"{slug}/{stem}.failed.ipynb", "failed ipynb"),
             ]
             pngs = sorted((out / slug / stem / "figures").glob("*.png"))
+            key_fig = (_results(out / slug / stem / "results.json").get("meta") or {}).get("key_figure")
+            pngs = [p for p in pngs if p.stem == key_fig] or pngs  # the report's key figure first
             thumb = ""
             if pngs:
                 rel = f"{slug}/{stem}/figures/{pngs[0].name}"
@@ -562,6 +591,16 @@ def write_index(out: str | os.PathLike = "reports") -> Path:
             "<th>Elapsed</th><th>Data</th><th>Files</th><th>Figure</th></tr></thead><tbody>\n"
             + "\n".join(rows) + "\n</tbody></table>"
         )
+    compare = comparison_table(out)
+    if compare.shape[1] >= 2:  # several models: their headline numbers side by side
+        head = "".join(f"<th>{esc(str(c))}</th>" for c in compare.columns)
+        body_rows = "".join(
+            f"<tr><td>{esc(nb)}</td><td>{esc(name)}</td>"
+            + "".join(f"<td class=num>{'' if pd.isna(v) else f'{v:.3f}'}</td>" for v in vals) + "</tr>"
+            for (nb, name), vals in zip(compare.index, compare.to_numpy())
+        )
+        sections.insert(0, "<h2>Models side by side</h2>\n<table><thead><tr><th>Notebook</th><th>Key number</th>"
+                        f"{head}</tr></thead><tbody>{body_rows}</tbody></table>")
     body = "\n".join(sections) or "<p>No reports yet. Run <code>bertology run</code>.</p>"
     page = (
         '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'

@@ -270,3 +270,112 @@ _JS = r"""
   start();
 })();
 """
+
+
+def model_view_html(attention, labels, decimals: int = 2, element_id: str | None = None,
+                    title: str | None = None, tile: int = 110) -> str:
+    """All heads of one input at a glance (cf. bertviz's model view): a layers x heads grid of small
+    attention matrices drawn on canvases (rows attend to columns). Click a tile to enlarge it with
+    token labels; the PNG button downloads the grid. Same compact embedding as :func:`head_view_html`."""
+    labels = [str(t) for t in labels]
+    payload = encode_attention(attention, decimals)
+    if len(labels) != payload["n"]:
+        raise ValueError(f"{len(labels)} labels for {payload['n']} tokens")
+    payload["labels"] = labels
+    payload["tile"] = int(tile)
+    vid = element_id or f"mv-{uuid.uuid4().hex[:12]}"
+    if not re.fullmatch(r"[A-Za-z][A-Za-z0-9_-]*", vid):
+        raise ValueError(f"bad element id {vid!r}")
+    caption = html.escape(title or "Model view (rows attend to columns; layer-head, 1-indexed)")
+    return (
+        f'<div id="{vid}" class="mv-view">'
+        f"<style>{_MV_CSS.replace('#ID', '#' + vid)}</style>"
+        f'<div class="mv-bar"><b>{caption}</b> <button type="button" class="mv-png">PNG</button></div>'
+        '<div class="bv-fallback">Interactive model view: run (or trust) the notebook to display it.</div>'
+        '<div class="mv-grid"></div><div class="mv-zoom"></div>'
+        f'<script type="application/json" id="{vid}-data">{_json_for_script(payload)}</script>'
+        f"<script>{_MV_JS.replace('__ID__', vid)}</script>"
+        "</div>"
+    )
+
+
+_MV_CSS = """
+#ID{font:12px/1.3 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;color:#1f2328;margin:.5em 0}
+#ID .mv-grid{display:grid;gap:4px;align-items:center}
+#ID .mv-grid canvas{border:1px solid #d0d7de;cursor:zoom-in;image-rendering:pixelated}
+#ID .mv-lab{font-size:11px;color:#59636e;text-align:center}
+#ID .bv-fallback{color:#59636e;font-style:italic}
+#ID[data-mv-rendered] .bv-fallback{display:none}
+#ID .mv-zoom canvas{border:1px solid #d0d7de;margin-top:6px}
+"""
+
+_MV_JS = r"""
+(function () {
+  var ID = "__ID__", tries = 0;
+  var me = document.currentScript, host = me && me.parentNode && me.parentNode.id === ID ? me.parentNode : null;
+  function start() {
+    var root = host || document.getElementById(ID);
+    if (!root) { if (tries++ < 50) { setTimeout(start, 100); } return; }
+    if (root.getAttribute("data-mv-rendered")) { return; }
+    var d = JSON.parse(root.querySelector('script[type="application/json"]').textContent);
+    var bin = atob(d.data), L = d.layers, H = d.heads, n = d.n, scale = d.scale, T = d.tile;
+    function val(l, h, i, j) {
+      var k = ((l * H + h) * n + i) * n + j;
+      return d.dtype === "u1" ? bin.charCodeAt(k) / scale
+        : (bin.charCodeAt(2 * k) | (bin.charCodeAt(2 * k + 1) << 8)) / scale;
+    }
+    function paint(canvas, l, h, size, withLabels) {
+      var pad = withLabels ? 90 : 0, cell = size / n;
+      canvas.width = size + pad; canvas.height = size + pad;
+      var ctx = canvas.getContext("2d");
+      ctx.fillStyle = "#fff"; ctx.fillRect(0, 0, canvas.width, canvas.height);
+      for (var i = 0; i < n; i++) {
+        for (var j = 0; j < n; j++) {
+          var v = val(l, h, i, j);
+          if (v > 0) { ctx.fillStyle = "rgba(1,115,178," + v + ")"; ctx.fillRect(pad + j * cell, pad + i * cell, cell + 0.5, cell + 0.5); }
+        }
+      }
+      if (withLabels) {
+        ctx.fillStyle = "#1f2328"; ctx.font = Math.min(11, cell) + "px sans-serif"; ctx.textAlign = "right";
+        for (i = 0; i < n; i++) { ctx.fillText(d.labels[i].slice(0, 12), pad - 3, pad + (i + 0.75) * cell); }
+        for (j = 0; j < n; j++) {
+          ctx.save(); ctx.translate(pad + (j + 0.75) * cell, pad - 3); ctx.rotate(-Math.PI / 2);
+          ctx.textAlign = "left"; ctx.fillText(d.labels[j].slice(0, 12), 0, 0); ctx.restore();
+        }
+      }
+    }
+    var grid = root.querySelector(".mv-grid"), zoom = root.querySelector(".mv-zoom"), painted = 0;
+    grid.style.gridTemplateColumns = "2.5em repeat(" + H + ", " + (T + 2) + "px)";
+    grid.appendChild(document.createElement("span"));
+    for (var h = 0; h < H; h++) { var s = document.createElement("span"); s.className = "mv-lab"; s.textContent = "head " + (h + 1); grid.appendChild(s); }
+    for (var l = 0; l < L; l++) {
+      var lab = document.createElement("span"); lab.className = "mv-lab"; lab.textContent = "layer " + (l + 1); grid.appendChild(lab);
+      for (h = 0; h < H; h++) {
+        var c = document.createElement("canvas");
+        c.title = (l + 1) + "-" + (h + 1);
+        paint(c, l, h, T, false); painted++;
+        (function (l, h) {
+          c.addEventListener("click", function () {
+            zoom.innerHTML = "<div class='mv-lab'>head " + (l + 1) + "-" + (h + 1) + "</div>";
+            var big = document.createElement("canvas"); zoom.appendChild(big);
+            paint(big, l, h, Math.max(240, Math.min(560, 14 * n)), true);
+          });
+        })(l, h);
+        grid.appendChild(c);
+      }
+    }
+    root.querySelector(".mv-png").addEventListener("click", function () {
+      var out = document.createElement("canvas"), gap = 4, lab = 16;
+      out.width = H * (T + gap) + lab; out.height = L * (T + gap) + lab;
+      var ctx = out.getContext("2d"); ctx.fillStyle = "#fff"; ctx.fillRect(0, 0, out.width, out.height);
+      var tiles = grid.querySelectorAll("canvas");
+      for (var k = 0; k < tiles.length; k++) { ctx.drawImage(tiles[k], lab + (k % H) * (T + gap), lab + Math.floor(k / H) * (T + gap)); }
+      var a = document.createElement("a"); a.href = out.toDataURL("image/png"); a.download = "model_view.png";
+      document.body.appendChild(a); a.click(); document.body.removeChild(a);
+    });
+    root.setAttribute("data-mv-tiles", String(painted));
+    root.setAttribute("data-mv-rendered", "1");
+  }
+  start();
+})();
+"""

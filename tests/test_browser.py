@@ -245,6 +245,8 @@ def test_report_renders_offline_with_head_view(browser, quick_report, tmp_path):
     view = views[0]
     assert view["rendered"] == "1" and view["lines"] > 0 and view["paths"] > 0 and view["texts"] > 0, view
     assert view["width"] > 100, view
+    # the model view drew one tile per head (6 layers x 12 heads)
+    assert browser.evaluate("+document.querySelector('.mv-view').getAttribute('data-mv-tiles')") == 72
     # interaction: switching layer and hovering a token redraw the SVG without errors
     vid = view["id"]
     mark = browser.mark()

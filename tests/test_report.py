@@ -215,3 +215,24 @@ def test_missing_results_json_is_failure(ok_run, nb_dir):
     after = _snapshot(out / "minilm", "01_ok*")
     after.pop("01_ok.failed.ipynb")
     assert after == before
+
+
+def test_index_puts_key_numbers_of_several_models_side_by_side(tmp_path):
+    import json as _json
+
+    from bertology import report
+
+    for model, value, fig in (("m-one", 0.25, "b_key"), ("m-two", 0.5, "b_key")):
+        d = tmp_path / model / "01_x"
+        (d / "figures").mkdir(parents=True)
+        for name in ("a_first", "b_key"):
+            (d / "figures" / f"{name}.png").write_bytes(b"\x89PNG")
+        (tmp_path / model / "01_x.html").write_text("<html></html>")
+        (d / "results.json").write_text(_json.dumps({
+            "meta": {"model": model, "key_figure": fig},
+            "values": {"key_numbers": {"best head accuracy: det": value}}}))
+    table = report.comparison_table(tmp_path)
+    assert table.loc[("01_x", "best head accuracy: det")].to_dict() == {"m-one": 0.25, "m-two": 0.5}
+    page = report.write_index(tmp_path).read_text()
+    assert "Models side by side" in page and "0.250" in page and "0.500" in page
+    assert "figures/b_key.png" in page and "figures/a_first.png" not in page  # the key figure is the thumbnail

@@ -115,3 +115,16 @@ def test_external_loads_detector():
     assert not report.external_loads('<a href="https://example.org">x</a>')
     assert not report.external_loads('<img src="data:image/png;base64,AAAA">')
     assert not report.external_loads('<script src="local.js"></script>')
+
+
+def test_model_view_is_offline_small_and_decodes():
+    from bertology.views import decode_view_data, extract_view_data, model_view_html
+
+    rng = np.random.default_rng(0)
+    att = rng.random((6, 12, 40, 40))
+    att /= att.sum(-1, keepdims=True)
+    page = model_view_html(att, [f"t{i}" for i in range(40)], element_id="mv-test")
+    assert not re.search(r"(src|href)\s*=\s*[\"']?https?://", page)
+    assert len(page.encode()) < 200_000
+    back = decode_view_data(extract_view_data(page)["mv-test"])
+    assert np.array_equal(back, np.round(att, 2))
