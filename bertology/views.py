@@ -62,6 +62,19 @@ def _json_for_script(obj) -> str:
     return text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
 
 
+def _view_payload(attention, labels, decimals, element_id, prefix):
+    """The embedded data of a view and its element id (fresh and unique unless given)."""
+    labels = [str(t) for t in labels]
+    payload = encode_attention(attention, decimals)
+    if len(labels) != payload["n"]:
+        raise ValueError(f"{len(labels)} labels for {payload['n']} tokens")
+    payload["labels"] = labels
+    vid = element_id or f"{prefix}-{uuid.uuid4().hex[:12]}"
+    if not re.fullmatch(r"[A-Za-z][A-Za-z0-9_-]*", vid):
+        raise ValueError(f"bad element id {vid!r}")
+    return payload, vid
+
+
 def head_view_html(attention, labels, decimals: int = 2, sentence_b_start: int | None = None,
                    element_id: str | None = None, title: str | None = None) -> str:
     """Interactive head view of one input's ``attention[layer, head, from, to]`` as self-contained HTML.
@@ -70,17 +83,10 @@ def head_view_html(attention, labels, decimals: int = 2, sentence_b_start: int |
     to see where it attends (on the right: who attends to it). Buttons download the current view as
     SVG or PNG. Layers and heads are shown 1-indexed. ``element_id`` defaults to a fresh unique id.
     """
-    labels = [str(t) for t in labels]
-    payload = encode_attention(attention, decimals)
-    if len(labels) != payload["n"]:
-        raise ValueError(f"{len(labels)} labels for {payload['n']} tokens")
-    payload["labels"] = labels
+    payload, vid = _view_payload(attention, labels, decimals, element_id, "bv")
     if sentence_b_start is not None:
         payload["b"] = int(sentence_b_start)
     payload["colors"] = list(HEAD_COLORS)
-    vid = element_id or f"bv-{uuid.uuid4().hex[:12]}"
-    if not re.fullmatch(r"[A-Za-z][A-Za-z0-9_-]*", vid):
-        raise ValueError(f"bad element id {vid!r}")
     caption = html.escape(title or "Head view")
     return (
         f'<div id="{vid}" class="bv-view">'
@@ -277,15 +283,8 @@ def model_view_html(attention, labels, decimals: int = 2, element_id: str | None
     """All heads of one input at a glance (cf. bertviz's model view): a layers x heads grid of small
     attention matrices drawn on canvases (rows attend to columns). Click a tile to enlarge it with
     token labels; the PNG button downloads the grid. Same compact embedding as :func:`head_view_html`."""
-    labels = [str(t) for t in labels]
-    payload = encode_attention(attention, decimals)
-    if len(labels) != payload["n"]:
-        raise ValueError(f"{len(labels)} labels for {payload['n']} tokens")
-    payload["labels"] = labels
+    payload, vid = _view_payload(attention, labels, decimals, element_id, "mv")
     payload["tile"] = int(tile)
-    vid = element_id or f"mv-{uuid.uuid4().hex[:12]}"
-    if not re.fullmatch(r"[A-Za-z][A-Za-z0-9_-]*", vid):
-        raise ValueError(f"bad element id {vid!r}")
     caption = html.escape(title or "Model view (rows attend to columns; layer-head, 1-indexed)")
     return (
         f'<div id="{vid}" class="mv-view">'
