@@ -258,7 +258,7 @@ def _from_pretrained(cls, source, kwargs):
     except OSError as exc:
         if "safetensors" not in str(exc).lower():
             raise ModelLoadError(f"cannot load weights of {source!r}: {exc}") from exc
-    # Only a PyTorch .bin checkpoint exists; transformers reads it with torch.load(weights_only=True).
+    # Only a PyTorch .bin checkpoint exists; transformers reads it with its weights-only loader.
     log.warning("%s has no safetensors weights; loading the .bin file with weights_only=True", source)
     return cls.from_pretrained(source, use_safetensors=False, output_loading_info=True, **kwargs)
 
