@@ -1,0 +1,487 @@
+"""Head importance and pruning (Michel, Levy & Neubig 2019, "Are Sixteen Heads Really Better than One?").
+
+A *task* turns the model into one scalar metric (higher is better) and one differentiable loss.
+Every head carries a gate ξ_h (``models.set_head_mask``); the importance of a head is
+I_h = E|∂L/∂ξ_h| at ξ = 1 (Michel §4.1), a first-order estimate of what removing it costs, got for
+all heads from one forward + backward pass per batch. The oracle is leave-one-head-out ablation
+(one forward pass over the data per head). ``prune_heads`` removes heads physically (smaller
+matrices), because transformers 5.x no longer has ``prune_heads`` on BERT.
+"""
+from __future__ import annotations
+
+import copy
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+
+from .align import pooling_matrices
+from .extract import collate, encode_inputs, length_buckets
+from .models import LoadedModel, MissingHeadError, set_head_mask
+
+TASKS = ("mlm", "upos", "embedding")
+
+
+def default_task(info) -> str:
+    """``mlm`` when the model has a masked-LM head, else ``embedding``.
+
+    A model without MLM head (the default MiniLM) is a sentence-embedding model, so what it is
+    *for* is its embedding; ``embedding`` fidelity measures exactly that. Not ``upos``: POS is
+    mostly lexical, and on MiniLM + EWT dev a probe loses under 1 point of accuracy even with
+    every head removed, so its pruning curves are flat and its ablation drops mostly noise.
+    """
+    return "mlm" if info.has_mlm_head else "embedding"
+
+
+@dataclass
+class Task:
+    """Batches on the device, a metric over all of them and a per-batch loss for gradients."""
+
+    name: str
+    metric_name: str
+    batches: list  # dicts: model inputs + task fields
+    metric_fn: Callable  # (model, batch) -> (sum of metric, count)
+    loss_fn: Callable  # (model, batch) -> scalar loss (for gradients)
+    info: dict = field(default_factory=dict)
+
+
+def _model_inputs(batch):
+    return {k: batch[k] for k in ("input_ids", "token_type_ids", "attention_mask")}
+
+
+def _base(model):
+    return getattr(model, model.base_model_prefix, model)
+
+
+def _last_states(model, batch):
+    return _base(model)(**_model_inputs(batch)).last_hidden_state
+
+
+def _batches(loaded, encodings, batch_size):
+    return [(idx, collate([encodings[i] for i in idx], loaded.device))
+            for idx in length_buckets(encodings, batch_size)]
+
+
+def _mean_pool(states, mask):
+    m = mask.unsqueeze(-1).to(states.dtype)
+    return (states * m).sum(1) / m.sum(1)
+
+
+def build_task(loaded: LoadedModel, task: str, sentences: Sequence, train_sentences: Sequence | None = None,
+               batch_size: int = 32, seed: int = 0, probe_epochs: int = 200) -> Task:
+    """Make one of :data:`TASKS` on ``sentences`` (treebank ``Sentence`` objects or word lists).
+
+    * ``mlm``: 15% of word pieces masked (fixed by ``seed``); metric = accuracy on them, loss = CE.
+    * ``upos``: linear probe on last-layer word states (mean over pieces), trained once on
+      ``train_sentences`` with the full model; metric = accuracy on ``sentences``, loss = CE.
+    * ``embedding``: metric = mean cosine of mean-pooled embeddings to the unpruned ones. 1 - cos
+      has zero gradient at ξ = 1 (a maximum of fidelity), so the gradient loss is a fixed Gaussian
+      projection L = Σ u·e/|e|: E_u[(∂L/∂ξ_h)²] = Σ |J_h|², where J_h = ∂(e/|e|)/∂ξ_h, and
+      1 - cos ≈ |J_h|²/2 to second order. :func:`head_importance` squares instead of |.| here.
+    """
+    if task not in TASKS:
+        raise ValueError(f"task must be one of {TASKS}, not {task!r}")
+    model, tok = loaded.model, loaded.tokenizer
+    words = [list(getattr(s, "words", s)) for s in sentences]
+    encs = encode_inputs(tok, words, loaded.info.max_length)
+    gen = torch.Generator().manual_seed(seed)
+
+    if task == "mlm":
+        if not loaded.info.has_mlm_head:
+            raise MissingHeadError(f"task 'mlm' needs a masked-LM head; {loaded.info.name} has none (use 'upos' or 'embedding')")
+        batches = []
+        for _, b in _batches(loaded, encs, batch_size):
+            ids = b["input_ids"]
+            special = (ids == tok.cls_token_id) | (ids == tok.sep_token_id) | (b["attention_mask"] == 0)
+            pick = (torch.rand(ids.shape, generator=gen) < 0.15).to(ids.device) & ~special
+            pick[:, 1] |= ~pick.any(1) & ~special[:, 1]  # at least one target per input
+            b["labels"] = torch.where(pick, ids, torch.full_like(ids, -100))
+            b["input_ids"] = torch.where(pick, torch.full_like(ids, tok.mask_token_id), ids)
+            batches.append(b)
+
+        def logits(m, b):
+            return m(**_model_inputs(b)).logits
+
+        def metric(m, b):
+            keep = b["labels"] != -100
+            return (logits(m, b).argmax(-1)[keep] == b["labels"][keep]).sum().item(), keep.sum().item()
+
+        def loss(m, b):
+            return F.cross_entropy(logits(m, b).flatten(0, 1), b["labels"].flatten(), ignore_index=-100)
+
+        return Task(task, "masked-token accuracy", batches, metric, loss)
+
+    if task == "upos":
+        tags = sorted({t for s in list(sentences) + list(train_sentences or []) for t in s.upos})
+        tag_id = {t: i for i, t in enumerate(tags)}
+
+        def word_batches(sents, es):
+            out = []
+            for idx, b in _batches(loaded, es, batch_size):
+                sub = [es[i] for i in idx]
+                _, frm = pooling_matrices(sub, b["input_ids"].shape[1], device=loaded.device)
+                sel, lab = [], []  # (row, unit) of every kept word and its gold tag
+                for r, (i, e) in enumerate(zip(idx, sub)):
+                    for u in e.word_units:
+                        sel.append((r, int(u)))
+                        lab.append(tag_id[sents[i].upos[e.unit_word[u]]])
+                b["sel"] = torch.as_tensor(sel, device=loaded.device).T
+                b["labels"] = torch.as_tensor(lab, device=loaded.device)
+                b["frm"] = frm
+                out.append(b)
+            return out
+
+        def word_states(m, b):
+            units = torch.bmm(b["frm"], _last_states(m, b))  # mean over each word's pieces
+            return units[b["sel"][0], b["sel"][1]]
+
+        if not train_sentences:
+            raise ValueError("task 'upos' needs train_sentences for the probe")
+        train = word_batches(list(train_sentences), encode_inputs(tok, [list(s.words) for s in train_sentences],
+                                                                   loaded.info.max_length))
+        with torch.no_grad():
+            set_head_mask(model, None)
+            X = torch.cat([word_states(model, b) for b in train]).float()
+            y = torch.cat([b["labels"] for b in train])
+        probe = _train_probe(X, y, len(tags), seed, probe_epochs).to(loaded.device)
+        batches = word_batches(list(sentences), encs)
+
+        def metric(m, b):
+            return (probe(word_states(m, b)).argmax(-1) == b["labels"]).sum().item(), len(b["labels"])
+
+        def loss(m, b):
+            return F.cross_entropy(probe(word_states(m, b)), b["labels"])
+
+        train_acc = (probe(X.to(loaded.device)).argmax(-1) == y).float().mean().item()
+        return Task(task, "UPOS probe accuracy", batches, metric, loss,
+                    {"n_train_words": len(y), "probe_train_accuracy": train_acc, "tags": tags})
+
+    # embedding
+    batches = []
+    with torch.no_grad():
+        set_head_mask(model, None)
+        for _, b in _batches(loaded, encs, batch_size):
+            e = _mean_pool(_last_states(model, b), b["attention_mask"])
+            b["ref"] = F.normalize(e, dim=-1)
+            b["u"] = torch.randn(e.shape, generator=gen).to(e.device, e.dtype)
+            batches.append(b)
+
+    def metric(m, b):
+        e = _mean_pool(_last_states(m, b), b["attention_mask"])
+        return F.cosine_similarity(e, b["ref"], dim=-1).sum().item(), len(e)
+
+    def loss(m, b):
+        e = F.normalize(_mean_pool(_last_states(m, b), b["attention_mask"]), dim=-1)
+        return (b["u"] * e).sum(-1).mean()
+
+    return Task(task, "cosine to unpruned embedding", batches, metric, loss)
+
+
+def _train_probe(X, y, n_classes, seed, epochs):
+    """Multinomial logistic regression, full batch (small data: seconds on CPU)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        probe = torch.nn.Linear(X.shape[1], n_classes)
+    mu, sd = X.mean(0), X.std(0) + 1e-6  # standardise inside the probe so it applies to raw states
+    lin = torch.nn.Sequential(_Affine(mu, sd), probe)
+    opt = torch.optim.Adam(lin.parameters(), lr=0.01, weight_decay=1e-4)
+    for _ in range(epochs):
+        opt.zero_grad()
+        F.cross_entropy(lin(X), y).backward()
+        opt.step()
+    for p in lin.parameters():
+        p.requires_grad_(False)
+    return lin.eval()
+
+
+class _Affine(torch.nn.Module):
+    def __init__(self, mu, sd):
+        super().__init__()
+        self.register_buffer("mu", mu)
+        self.register_buffer("sd", sd)
+
+    def forward(self, x):
+        return (x - self.mu.to(x.dtype)) / self.sd.to(x.dtype)
+
+
+# --------------------------------------------------------------------------- measuring
+
+
+def _shape(model):
+    c = model.config
+    return c.num_hidden_layers, c.num_attention_heads
+
+
+def evaluate(loaded: LoadedModel, task: Task, mask: torch.Tensor | np.ndarray | None = None) -> float:
+    """The task metric with head mask ``mask`` (L x H; 0 removes a head), ``None`` = full model."""
+    model = loaded.model
+    set_head_mask(model, None if mask is None else torch.as_tensor(mask, dtype=next(model.parameters()).dtype,
+                                                                     device=loaded.device))
+    try:
+        total = count = 0
+        with torch.no_grad():
+            for b in task.batches:
+                s, n = task.metric_fn(model, b)
+                total, count = total + s, count + n
+    finally:
+        set_head_mask(model, None)
+    return total / max(count, 1)
+
+
+def head_importance(loaded: LoadedModel, task: Task, normalize: bool = True) -> np.ndarray:
+    """I_h = Σ_batches |∂L/∂ξ_h| / n_batches at ξ = 1 (L x H), one forward+backward per batch.
+
+    ``normalize``: divide each layer's scores by their L2 norm (Michel §4.2), which makes layers
+    comparable when pruning across the whole model.
+    """
+    model = loaded.model
+    xi = torch.ones(_shape(model), dtype=next(model.parameters()).dtype, device=loaded.device, requires_grad=True)
+    set_head_mask(model, xi)
+    total = torch.zeros_like(xi)
+    try:
+        for b in task.batches:
+            (g,) = torch.autograd.grad(task.loss_fn(model, b), xi)
+            # embedding: first order vanishes, so E[(u·J)^2] = |J|^2 ~ 2(1 - cos) (second order)
+            total += g.square() if task.name == "embedding" else g.abs()
+    finally:
+        set_head_mask(model, None)
+    imp = (total / len(task.batches)).detach().cpu().double().numpy()
+    if normalize:
+        imp = imp / np.maximum(np.linalg.norm(imp, axis=1, keepdims=True), 1e-20)
+    return imp
+
+
+def ablation_drops(loaded: LoadedModel, task: Task, base: float | None = None) -> np.ndarray:
+    """Leave-one-head-out: metric(full) - metric(head h removed), for every head (L x H)."""
+    L, H = _shape(loaded.model)
+    base = evaluate(loaded, task) if base is None else base
+    drops = np.zeros((L, H))
+    for l in range(L):
+        for h in range(H):
+            m = np.ones((L, H))
+            m[l, h] = 0
+            drops[l, h] = base - evaluate(loaded, task, m)
+    return drops
+
+
+def spearman(a: np.ndarray, b: np.ndarray) -> float:
+    from scipy.stats import spearmanr
+
+    return float(spearmanr(np.ravel(a), np.ravel(b)).statistic)
+
+
+def heads_table(importance: np.ndarray, drops: np.ndarray) -> pd.DataFrame:
+    from .attention import head_label
+
+    L, H = importance.shape
+    return pd.DataFrame([{"layer": l, "head": h, "label": head_label(l, h), "importance": importance[l, h],
+                          "ablation_drop": drops[l, h]} for l in range(L) for h in range(H)])
+
+
+# --------------------------------------------------------------------------- pruning curves
+
+
+def removal_order(scores: np.ndarray) -> list[tuple[int, int]]:
+    """Heads from least to most important (ties: lower layer, then head, first)."""
+    L, H = scores.shape
+    flat = sorted(range(L * H), key=lambda i: (scores.flat[i], i))
+    return [divmod(i, H) for i in flat]
+
+
+def mask_without(removed: Sequence[tuple[int, int]], shape: tuple[int, int]) -> np.ndarray:
+    m = np.ones(shape)
+    for l, h in removed:
+        m[l, h] = 0
+    return m
+
+
+def curve_steps(n_heads: int, step: float = 0.1) -> list[int]:
+    """Numbers of heads removed at each step: round(k * step * n) for k = 0 .. 1/step (deduplicated)."""
+    ks = int(round(1 / step))
+    return sorted({int(round(k * step * n_heads)) for k in range(ks + 1)})
+
+
+def pruning_curve(loaded: LoadedModel, task: Task, order: Sequence[tuple[int, int]], steps: Sequence[int],
+                  evaluate_fn: Callable | None = None) -> pd.DataFrame:
+    """Metric after removing the first ``n`` heads of ``order``, for each ``n`` in ``steps``."""
+    L = 1 + max(l for l, _ in order)
+    H = 1 + max(h for _, h in order)
+    ev = evaluate_fn or (lambda m: evaluate(loaded, task, m))
+    rows = [{"n_removed": n, "fraction": n / (L * H), "metric": ev(mask_without(order[:n], (L, H)))} for n in steps]
+    return pd.DataFrame(rows)
+
+
+def removable(curve: pd.DataFrame, base: float, level: float) -> int:
+    """Most heads removed while every step so far keeps the metric ≥ ``level`` x unpruned."""
+    n = 0
+    for r in curve.sort_values("n_removed").itertuples():
+        if r.metric < level * base:
+            break
+        n = r.n_removed
+    return int(n)
+
+
+def random_orders(shape: tuple[int, int], n: int, seed: int) -> list[list[tuple[int, int]]]:
+    rng = np.random.default_rng(seed)
+    L, H = shape
+    return [[divmod(int(i), H) for i in rng.permutation(L * H)] for _ in range(n)]
+
+
+# --------------------------------------------------------------------------- single heads, layers
+
+
+def best_single_head(loaded: LoadedModel, task: Task) -> pd.DataFrame:
+    """Michel §3.2: per layer, keep only one head (others removed); metric for every choice."""
+    L, H = _shape(loaded.model)
+    rows = []
+    for l in range(L):
+        for h in range(H):
+            m = np.ones((L, H))
+            m[l] = 0
+            m[l, h] = 1
+            rows.append({"layer": l, "head": h, "metric": evaluate(loaded, task, m)})
+    return pd.DataFrame(rows)
+
+
+class skip_layers:
+    """Context manager: run the model without the given transformer layers (attention + FFN)."""
+
+    def __init__(self, model, layers: Sequence[int]):
+        self.encoder = _base(model).encoder
+        self.layers = set(layers)
+
+    def __enter__(self):
+        self.full = self.encoder.layer
+        self.encoder.layer = torch.nn.ModuleList([m for i, m in enumerate(self.full) if i not in self.layers])
+        return self
+
+    def __exit__(self, *exc):
+        self.encoder.layer = self.full
+
+
+def head_params(model) -> int:
+    """Parameters of one head: its rows of Q, K, V (weights + biases) and its columns of the output."""
+    c = model.config
+    d = c.hidden_size // c.num_attention_heads
+    return 3 * (c.hidden_size * d + d) + c.hidden_size * d
+
+
+def layer_params(model) -> int:
+    return sum(p.numel() for p in _base(model).encoder.layer[0].parameters())
+
+
+def layers_vs_heads(loaded: LoadedModel, task: Task, importance: np.ndarray) -> pd.DataFrame:
+    """Remove k whole layers (least harmful alone first) vs all heads of those layers vs k·H heads by importance."""
+    model = loaded.model
+    L, H = _shape(model)
+    alone = []
+    for l in range(L):
+        with skip_layers(model, [l]):
+            alone.append(evaluate(loaded, task))
+    layer_order = sorted(range(L), key=lambda l: (-alone[l], l))
+    head_order = removal_order(importance)
+    rows = [{"strategy": s, "k_layers": 0, "heads_removed": 0, "params_removed": 0, "metric": evaluate(loaded, task)}
+            for s in ("whole layers", "attention of layers", "heads by importance")]
+    for k in range(1, L):  # all L would leave no encoder
+        drop = layer_order[:k]
+        with skip_layers(model, drop):
+            rows.append({"strategy": "whole layers", "k_layers": k, "heads_removed": k * H,
+                         "params_removed": k * layer_params(model), "metric": evaluate(loaded, task)})
+        m = np.ones((L, H))
+        m[drop] = 0
+        rows.append({"strategy": "attention of layers", "k_layers": k, "heads_removed": k * H,
+                     "params_removed": k * H * head_params(model), "metric": evaluate(loaded, task, m)})
+        rows.append({"strategy": "heads by importance", "k_layers": k, "heads_removed": k * H,
+                     "params_removed": k * H * head_params(model),
+                     "metric": evaluate(loaded, task, mask_without(head_order[: k * H], (L, H)))})
+    return pd.DataFrame(rows)
+
+
+# --------------------------------------------------------------------------- physical pruning
+
+
+class _NoHeads(torch.nn.Module):
+    """Self-attention of a layer whose heads were all pruned: contributes nothing (the output
+    projection then adds only its bias, exactly as a fully masked layer does)."""
+
+    num_attention_heads, all_head_size, _bertology_kept = 0, 0, []
+
+    def forward(self, hidden_states, *args, **kwargs):
+        return hidden_states.new_zeros(*hidden_states.shape[:-1], 0), None
+
+
+def prune_heads(model, heads: dict[int, Sequence[int]]) -> dict[int, list[int]]:
+    """Remove heads ``{layer: [head, ...]}`` (original indices) from ``model`` in place.
+
+    Slices each layer's query/key/value output rows and the output projection's input columns.
+    BertSelfAttention (transformers 5.x) reshapes with ``view(..., -1, attention_head_size)``, so
+    the head count follows from the new matrix sizes; ``num_attention_heads``/``all_head_size``
+    are still updated for anything that reads them. Returns the heads kept per layer.
+    """
+    kept = {}
+    for l, layer in enumerate(_base(model).encoder.layer):
+        att = layer.attention
+        sa = att.self
+        d = model.config.hidden_size // model.config.num_attention_heads
+        orig = getattr(sa, "_bertology_kept", list(range(sa.num_attention_heads)))
+        drop = set(heads.get(l, ())) & set(orig)
+        keep = [h for h in orig if h not in drop]
+        kept[l] = keep
+        if not drop:
+            continue
+        pos = [orig.index(h) for h in keep]  # positions within the current (possibly pruned) matrices
+        idx = torch.cat([torch.arange(p * d, (p + 1) * d) for p in pos]) if pos else torch.zeros(0, dtype=torch.long)
+        idx = idx.to(att.output.dense.weight.device)
+        for name in ("query", "key", "value"):
+            setattr(sa, name, _slice_linear(getattr(sa, name), idx, dim=0))
+        att.output.dense = _slice_linear(att.output.dense, idx, dim=1)
+        sa.num_attention_heads, sa.all_head_size, sa._bertology_kept = len(keep), len(keep) * d, keep
+        if not keep:
+            att.self = _NoHeads()
+    return kept
+
+
+def _slice_linear(lin: torch.nn.Linear, idx: torch.Tensor, dim: int) -> torch.nn.Linear:
+    w = lin.weight.index_select(dim, idx)
+    new = torch.nn.Linear(w.shape[1], w.shape[0], bias=lin.bias is not None, device=w.device, dtype=w.dtype)
+    with torch.no_grad():
+        new.weight.copy_(w)
+        if lin.bias is not None:
+            new.bias.copy_(lin.bias.index_select(0, idx) if dim == 0 else lin.bias)
+    return new
+
+
+def pruned_copy(loaded: LoadedModel, removed: Sequence[tuple[int, int]]) -> LoadedModel:
+    """A deep copy of ``loaded`` with the heads ``removed`` physically pruned."""
+    model = copy.deepcopy(loaded.model)
+    set_head_mask(model, None)
+    heads = {}
+    for l, h in removed:
+        heads.setdefault(l, []).append(h)
+    prune_heads(model, heads)
+    return LoadedModel(loaded.tokenizer, model, loaded.info)
+
+
+def time_forward(model, batches: list, repeats: int = 3) -> float:
+    """Best-of-``repeats`` seconds for one inference pass over ``batches``."""
+    best = float("inf")
+    with torch.inference_mode():
+        for _ in range(repeats):
+            t = time.perf_counter()
+            for b in batches:
+                _base(model)(**_model_inputs(b))
+            best = min(best, time.perf_counter() - t)
+    return best
+
+
+def param_count(model) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+# --------------------------------------------------------------------------- findings
+
+MICHEL_REFERENCE: list[tuple[str, str]] = []  # filled with verified statements only (see notebook 08)
