@@ -1,8 +1,6 @@
 """One function per figure type, one seaborn style, PNG + SVG export. No statistics here."""
 from __future__ import annotations
 
-import html
-import json
 from pathlib import Path
 
 import matplotlib.pyplot as plt
@@ -116,22 +114,6 @@ def gradient_by_layer(grads: pd.DataFrame, objective_label: str):
     return fig
 
 
-def layer_lines(summary: pd.DataFrame, metrics: dict[str, str], stat: str = "mean"):
-    """One line per metric: its per-layer mean (or max) over heads."""
-    fig, ax = plt.subplots(figsize=(6, 3.4))
-    d = summary[summary.metric.isin(metrics)].assign(layer=lambda x: x["layer"] + 1)
-    d = d.assign(metric=d["metric"].map(metrics))
-    sns.lineplot(data=d, x="layer", y=stat, hue="metric", marker="o", ax=ax)
-    ax.set_ylabel(f"{stat} over heads")
-    _layer_axis(ax, int(d["layer"].max()))
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    return fig
-
-
-# ----------------------------------------------------------------------------- interactive views
-
-
 def head_view(attention: np.ndarray, labels: list[str], sentence_b_start: int | None = None, decimals: int = 2):
     """Interactive head view of one input's (layers x heads x U x U) attention.
 
@@ -152,16 +134,6 @@ def model_view(attention: np.ndarray, labels: list[str], decimals: int = 2):
     from .views import model_view_html
 
     return HTML(model_view_html(attention, labels, decimals=decimals))
-
-
-def table_html(df: pd.DataFrame, caption: str | None = None, floatfmt: str = "{:.3f}") -> str:
-    """A small HTML table for notebook display."""
-    styled = df.to_html(index=False, float_format=floatfmt.format, border=0, escape=True)
-    return (f"<p><b>{html.escape(caption)}</b></p>" if caption else "") + styled
-
-
-def to_json_safe(df: pd.DataFrame) -> list[dict]:
-    return json.loads(df.to_json(orient="records"))
 
 
 def relation_heads_vs_baseline(best: pd.DataFrame, max_relations: int = 20):
