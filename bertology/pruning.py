@@ -347,6 +347,17 @@ def best_single_head(loaded: LoadedModel, task: Task) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def best_single_head_summary(single: pd.DataFrame, base: float) -> pd.DataFrame:
+    """Per layer, the head that does best when it is the only one kept (Michel §3.2, Table 3 style)."""
+    from .attention import head_label
+
+    best = single.loc[single.groupby("layer")["metric"].idxmax()].reset_index(drop=True)
+    best["label"] = [head_label(l, h) for l, h in zip(best["layer"], best["head"])]
+    best["delta"] = best["metric"] - base
+    worst = single.groupby("layer")["metric"].min().rename("worst_single_head").reset_index()
+    return best.merge(worst, on="layer")[["layer", "head", "label", "metric", "delta", "worst_single_head"]]
+
+
 class skip_layers:
     """Context manager: run the model without the given transformer layers (attention + FFN)."""
 
@@ -482,6 +493,49 @@ def param_count(model) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
+def measure_pruning(loaded: LoadedModel, task: Task, removed: Sequence[tuple[int, int]], repeats: int = 3) -> dict:
+    """Physically prune ``removed`` in a copy and compare it with the unpruned model in this run.
+
+    Returns parameter counts, best-of-``repeats`` forward times over the task's batches (unpruned
+    and pruned timed alternately, so machine load hits both alike), their ratio, the task metric of
+    the pruned copy and of the masked model (equal up to float error), and the largest absolute
+    difference between their last hidden states.
+    """
+    pruned = pruned_copy(loaded, removed)
+    L, H = _shape(loaded.model)
+    mask = mask_without(removed, (L, H))
+    masked_metric = evaluate(loaded, task, mask)
+    total = count = 0
+    with torch.no_grad():
+        for b in task.batches:
+            s, n = task.metric_fn(pruned.model, b)
+            total, count = total + s, count + n
+    set_head_mask(loaded.model, torch.as_tensor(mask, dtype=next(loaded.model.parameters()).dtype, device=loaded.device))
+    try:
+        with torch.inference_mode():
+            diff = max(float((_last_states(pruned.model, b) - _last_states(loaded.model, b)).abs().max())
+                       for b in task.batches)
+    finally:
+        set_head_mask(loaded.model, None)
+    t_full, t_pruned = [], []
+    for _ in range(repeats):
+        t_full.append(time_forward(loaded.model, task.batches, repeats=1))
+        t_pruned.append(time_forward(pruned.model, task.batches, repeats=1))
+    return {"heads_removed": len(removed), "params_unpruned": param_count(loaded.model),
+            "params_pruned": param_count(pruned.model), "seconds_unpruned": min(t_full),
+            "seconds_pruned": min(t_pruned), "speedup": min(t_full) / min(t_pruned),
+            "metric_masked": masked_metric, "metric_pruned": total / max(count, 1), "max_abs_state_diff": diff}
+
+
 # --------------------------------------------------------------------------- findings
 
-MICHEL_REFERENCE: list[tuple[str, str]] = []  # filled with verified statements only (see notebook 08)
+#: What Michel et al. (2019) report, as statements (their setting: WMT Transformer-large and BERT-base
+#: fine-tuned on MNLI, not a pre-trained encoder without a task). Source: the paper's abstract and
+#: introduction (arXiv 1905.10650); we quote no per-head numbers we could not re-read.
+MICHEL_REFERENCE: list[tuple[str, str]] = [
+    ("single heads", "most heads can be removed individually after training without a significant drop in test "
+                     "performance (§3.1)"),
+    ("one head per layer", "many layers can be reduced to a single head without hurting test performance (§3.2)"),
+    ("jointly", "large parts of the model can be pruned jointly with little loss, but the majority of heads "
+                "cannot all go at once (§4)"),
+]

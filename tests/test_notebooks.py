@@ -114,3 +114,31 @@ def test_notebooks_02_03_quick_reports(tmp_path):
     for nb, fig in [("02_attention_heads_syntax", "table1_best_heads_vs_baseline"),
                     ("03_head_clustering", "fig6_mds_behaviour")]:
         assert (base / nb / "figures" / f"{fig}.png").stat().st_size > 10_000
+
+
+@pytest.mark.slow
+def test_notebook_08_quick_report(tmp_path):
+    code = cli.main(["run", "--notebooks", "08", "--quick", "--out", str(tmp_path),
+                     "--notebook-dir", str(ROOT / "notebooks")])
+    assert code == 0
+    r = json.loads((tmp_path / "minilm" / "08_pruning" / "results.json").read_text())
+    v, t = r["values"], r["tables"]
+    assert v["task"] == "embedding"  # MiniLM has no MLM head
+    base = v["unpruned_metric"]
+    assert abs(base - 1) < 1e-5  # cosine of the unpruned embedding to itself
+    assert len(t["head_importance"]) == 72 and len(t["single_head_per_layer"]) == 72
+    # every curve starts at the unpruned model; removing every head is the same model for every order
+    curves = t["pruning_curves"]
+    for row in curves:
+        if row["n_removed"] == 0:
+            assert abs(row["metric"] - base) < 1e-6
+    ends = {round(row["metric"], 6) for row in curves if row["n_removed"] == 72}
+    assert len(ends) == 1
+    for row in t["removable_heads"]:
+        assert 0 <= row["removable_95"] <= row["removable_90"] <= 72
+    assert {r_["strategy"] for r_ in t["layers_vs_heads"]} == {"whole layers", "attention of layers", "heads by importance"}
+    phys = v["physical_pruning"]
+    assert abs(phys["metric_pruned"] - phys["metric_masked"]) < 1e-4
+    assert phys["params_unpruned"] - phys["params_pruned"] == phys["heads_removed"] * (3 * (384 * 32 + 32) + 384 * 32)
+    assert v["importance_vs_ablation"]["seconds_gradient"] > 0
+    assert (tmp_path / "minilm" / "08_pruning" / "figures" / "fig3_pruning_curves.png").stat().st_size > 10_000

@@ -126,3 +126,11 @@ def test_task_choice_and_missing_head(tokenizer):
         pr.build_task(lm, "sst2", SENTS)
     task = pr.build_task(lm, "embedding", SENTS)
     assert pr.evaluate(lm, task) == pytest.approx(1.0)  # the unpruned model is its own reference
+
+
+def test_best_single_head_summary_picks_the_best_head_per_layer():
+    single = pd.DataFrame({"layer": [0, 0, 0, 1, 1, 1], "head": [0, 1, 2, 0, 1, 2],
+                           "metric": [0.5, 0.9, 0.7, 0.2, 0.1, 0.3]})
+    s = pr.best_single_head_summary(single, base=1.0)
+    assert s["head"].tolist() == [1, 2] and s["label"].tolist() == ["1-2", "2-3"]
+    assert np.allclose(s["delta"], [-0.1, -0.7]) and np.allclose(s["worst_single_head"], [0.5, 0.1])
