@@ -47,7 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="bertology", description="Run the BERTology notebooks for a model and publish HTML reports."
     )
     parser.add_argument("--version", action="version", version=f"bertology {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="{run,index,list}")
+    sub = parser.add_subparsers(dest="command", metavar="{run,index,list,fit-readout}")
 
     p_run = sub.add_parser("run", help="execute notebooks with papermill and write reports")
     p_run.add_argument("--model", default="minilm", help="model name, hub id or local directory (default: minilm)")
@@ -68,6 +68,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     p_list = sub.add_parser("list", help="list the available notebooks")
     p_list.add_argument("--notebook-dir", type=Path, default=None)
+
+    p_fit = sub.add_parser("fit-readout", help="fit per-layer MLM readout heads (for models without an MLM head)")
+    p_fit.add_argument("--model", default="minilm")
+    p_fit.add_argument("--layers", default="all", help="'all' or comma-separated layers, 0 = embeddings")
+    p_fit.add_argument("--out", default=None, help="folder (default: the heads shipped in bertology/data/readouts)")
+    p_fit.add_argument("--device", default="auto")
+    p_fit.add_argument("--n-sentences", type=int, default=None, help="training sentences (default 4000)")
+    p_fit.add_argument("--epochs", type=int, default=None)
     return parser
 
 
@@ -77,6 +85,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 2
+
+    if args.command == "fit-readout":
+        from .readout import fit_command
+
+        fit_command(args.model, args.layers, args.out, args.device, args.n_sentences, args.epochs)
+        return 0
 
     from . import report  # papermill/nbconvert load only when needed
 

@@ -1,0 +1,645 @@
+"""World knowledge: factual cloze (LAMA), negated and misprimed queries, physical commonsense.
+
+Reproduces, for any BERT-style model, the studies the Primer in BERTology (Rogers et al. 2020,
+§3.3 "World knowledge") summarises:
+
+- **LAMA** (Petroni et al. 2019, *Language Models as Knowledge Bases?*, §3-4, Table 2): a fact
+  (subject, relation, object) becomes a cloze sentence ("Dante was born in [MASK] .") and the
+  model must rank the object first. P@k per relation, macro-averaged over the relations of a
+  corpus (T-REx, Google-RE, ConceptNet, SQuAD). As in LAMA, only facts whose object is a single
+  word piece are kept (we count the others), and predictions are ranked over a candidate
+  vocabulary: LAMA's common vocabulary file is not in our data, so we use the model's own
+  whole-word tokens (no ``##`` continuation pieces, no special or ``[unused]`` tokens).
+- **Negated and misprimed LAMA** (Kassner & Schütze 2020, *Negated and Misprimed Probes*, §2-3):
+  "Dante was not born in [MASK] ." — how often the negated query gets the *same* top-1 answer as
+  the original (BERT mostly ignores "not"), and how often a misprime ("Talk? Birds can [MASK]")
+  pulls the top-1 answer to the priming word.
+- **Physical commonsense** (Forbes, Holtzman & Choi 2019, *Do Neural Language Representations
+  Learn Physical Commonsense?*, Tables 2-3): object-property (OP, abstract and situated),
+  object-affordance (OA) and affordance-property (AP) yes/no judgements. We probe *frozen*
+  representations (no fine-tuning): each object, property and affordance is embedded on its own
+  as mean-pooled word states of one layer, a pair is ``[u, v, u*v]``, and a class-balanced
+  logistic regression is trained on the training objects and tested on held-out objects.
+  Scored with Forbes's macro F1 per category (per item precision and recall averaged over the
+  items of the category, items without positives skipped) against their majority-by-category
+  baseline and the human annotations shipped with the data.
+
+All metric functions take tidy DataFrames, so tests check them on hand-made predictions.
+"""
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+
+MASK = "[MASK]"
+LAMA = "lama-negated-misprimed"
+FORBES = "forbes-physical-commonsense"
+STIMULI = Path(__file__).with_name("data") / "stimuli"
+CORPORA = {"TREx": "T-REx", "GoogleRE": "Google-RE", "ConceptNet": "ConceptNet", "SQUAD": "SQuAD"}
+QUERIES = ("original", "negated", "misprimed")
+
+
+class KnowledgeDataError(ValueError):
+    """A fact or data file is malformed; the message names the file/line and the problem."""
+
+
+# ============================================================================ LAMA
+
+
+def lama_files() -> list[str]:
+    """Registered JSONL files of the negated/misprimed LAMA data, corpus folders first."""
+    from .data import dataset_info
+
+    return [f for f in dataset_info(LAMA)["files"] if f.endswith(".jsonl")]
+
+
+def _relation_of(corpus: str, file: str, rec: dict) -> str:
+    if corpus == "TREx":
+        return Path(file).stem.split("_")[0]
+    if corpus == "GoogleRE":
+        return Path(file).stem
+    if corpus in ("ConceptNet", "own"):
+        return str(rec.get("pred", corpus))
+    return "squad"
+
+
+def _first(rec: dict, key: str, where: str) -> str:
+    v = rec.get(key)
+    if isinstance(v, list):
+        v = v[0] if v else None
+    if not isinstance(v, str) or v.count(MASK) != 1:
+        raise KnowledgeDataError(f"{where}: field {key!r} must hold a sentence with exactly one {MASK}, got {v!r}")
+    return re.sub(r"\s+", " ", v).strip()
+
+
+def parse_lama_lines(lines: Sequence[str], corpus: str, file: str) -> pd.DataFrame:
+    """Facts of one JSONL file: ``corpus, relation, uuid, sub_label, obj_label, original, negated, misprimed``."""
+    rows = []
+    for n, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        where = f"{file}:{n}"
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise KnowledgeDataError(f"{where}: not JSON ({exc})") from exc
+        if not isinstance(rec.get("obj_label"), str) or not rec["obj_label"].strip():
+            raise KnowledgeDataError(f"{where}: missing obj_label")
+        rows.append(dict(corpus=CORPORA.get(corpus, corpus), relation=_relation_of(corpus, file, rec),
+                         uuid=str(rec.get("uuid", n)), sub_label=str(rec.get("sub_label", "")),
+                         obj_label=rec["obj_label"].strip(),
+                         original=_first(rec, "masked_sentences", where),
+                         negated=_first(rec, "masked_negations", where),
+                         misprimed=_first(rec, "masked_misprimed", where)))
+    return pd.DataFrame(rows)
+
+
+def load_lama(facts_per_relation: int | None = None, seed: int = 0, corpora: Sequence[str] | None = None,
+              path: str | Path | None = None) -> pd.DataFrame:
+    """LAMA facts with negated and misprimed queries (Kassner & Schütze 2020 release).
+
+    From the registered files (mirror/cache/download; ``DataUnavailableError`` offline), or from
+    ``path`` (one JSONL file in the same format, e.g. our shipped fallback facts). At most
+    ``facts_per_relation`` facts per relation, drawn with ``seed``. ``corpora`` filters by name
+    (``T-REx``, ``Google-RE``, ``ConceptNet``, ``SQuAD``).
+    """
+    if path is not None:
+        path = Path(path)
+        frames = [parse_lama_lines(path.read_text(encoding="utf-8").splitlines(), "own", path.name)]
+        frames[0]["corpus"] = "bertology facts"
+    else:
+        from .data import data_path
+
+        frames = []
+        for f in lama_files():
+            corpus = f.split("/")[1]
+            if corpora and CORPORA.get(corpus, corpus) not in corpora:
+                continue
+            frames.append(parse_lama_lines(data_path(LAMA, f).read_text(encoding="utf-8").splitlines(), corpus, f))
+    if not frames:
+        raise ValueError(f"no LAMA files match corpora={corpora!r}; known: {sorted(CORPORA.values())}")
+    facts = pd.concat(frames, ignore_index=True)
+    if facts_per_relation is not None:
+        facts = sample_facts(facts, facts_per_relation, seed)
+    return facts
+
+
+def sample_facts(facts: pd.DataFrame, per_relation: int, seed: int = 0) -> pd.DataFrame:
+    """At most ``per_relation`` facts of each (corpus, relation), drawn with ``seed``, in file order."""
+    rng = np.random.default_rng(seed)
+    keep = []
+    for _, g in facts.groupby(["corpus", "relation"], sort=False):
+        keep += list(rng.choice(g.index.to_numpy(), min(len(g), per_relation), replace=False))
+    return facts.loc[sorted(keep)].reset_index(drop=True)
+
+
+def load_own_facts() -> pd.DataFrame:
+    """Our small shipped fact set (written for bertology; same JSONL format), the offline fallback."""
+    return load_lama(path=STIMULI / "facts.jsonl")
+
+
+def candidate_vocab(tokenizer) -> list[str]:
+    """Whole-word tokens of the tokenizer: LAMA ranks over a common vocabulary, which our data
+    lacks, so we rank over every token that is a word start (no ``##`` pieces, no ``[...]``
+    special or unused tokens)."""
+    special = set(tokenizer.all_special_tokens)
+    return [t for t in tokenizer.convert_ids_to_tokens(list(range(len(tokenizer))))
+            if t not in special and not t.startswith("##") and not (t.startswith("[") and t.endswith("]"))]
+
+
+def single_piece_facts(facts: pd.DataFrame, tokenizer, vocab: Sequence[str] | None = None
+                       ) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Keep facts whose object is one word piece (and in ``vocab`` when given), as LAMA does.
+
+    Returns ``(kept, counts)`` with counts per ``corpus, relation``: ``n_facts, n_kept, n_dropped``.
+    """
+    from .cloze import word_pieces
+
+    allowed = None if vocab is None else set(vocab)
+    keep = []
+    for obj in facts["obj_label"]:
+        p = word_pieces(tokenizer, obj)
+        ok = len(p) == 1 and (allowed is None or tokenizer.convert_ids_to_tokens(p)[0] in allowed)
+        keep.append(ok)
+    keep = np.asarray(keep, dtype=bool)
+    f = facts.assign(kept=keep)
+    counts = (f.groupby(["corpus", "relation"], sort=False)["kept"]
+              .agg(n_facts="size", n_kept="sum").reset_index())
+    counts["n_kept"] = counts["n_kept"].astype(int)
+    counts["n_dropped"] = counts["n_facts"] - counts["n_kept"]
+    return facts[keep].reset_index(drop=True), counts
+
+
+def score_lama(scorer, facts: pd.DataFrame, vocab: Sequence[str] | None = None, k: int = 10,
+               batch_size: int = 32, queries: Sequence[str] = QUERIES) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Run every query of every fact through ``scorer``; one pass per distinct sentence.
+
+    Returns ``(ranks, top)``: ``ranks`` has per fact and query ``source, corpus, relation, uuid,
+    query, obj_label, rank, logprob`` (rank of the object among ``vocab``, 1 = best); ``top`` the
+    top-``k`` tokens per fact and query (``source, corpus, relation, uuid, query, rank, token, logprob``).
+    """
+    from .semantic_roles import context_cloze
+
+    sents, words, keys = [], [], []
+    for q in queries:
+        for r in facts.itertuples(index=False):
+            sents.append(getattr(r, q))
+            words.append([r.obj_label])
+            keys.append((r.corpus, r.relation, r.uuid, q, r.obj_label))
+    res = context_cloze(scorer, sents, words, k=k, vocab=vocab, batch_size=batch_size)
+    key_df = pd.DataFrame(keys, columns=["corpus", "relation", "uuid", "query", "obj_label"])
+    t = res.targets.sort_values("item")
+    ranks = key_df.assign(rank=t["rank"].to_numpy(), logprob=t["logprob"].to_numpy())
+    ranks.insert(0, "source", scorer.source)
+    top = res.top.merge(key_df.drop(columns="obj_label").assign(item=range(len(key_df))), on="item").drop(columns="item")
+    top.insert(0, "source", scorer.source)
+    return ranks, top[["source", "corpus", "relation", "uuid", "query", "rank", "token", "logprob"]]
+
+
+def precision_at_k(ranks: pd.DataFrame, ks: Sequence[int] = (1, 10)) -> pd.DataFrame:
+    """P@k per relation (Petroni et al. 2019): share of facts whose object ranks ``<= k``.
+
+    Input rows: ``source, corpus, relation, rank`` (only ``query == "original"`` rows are used when
+    a ``query`` column exists). Output: ``source, corpus, relation, k, precision, n``.
+    """
+    r = ranks[ranks["query"] == "original"] if "query" in ranks.columns else ranks
+    keys = [c for c in ("source", "corpus", "relation") if c in r.columns]
+    out = []
+    for key, g in r.groupby(keys, sort=False):
+        base = dict(zip(keys, key if isinstance(key, tuple) else (key,)))
+        rk = g["rank"].to_numpy(dtype=float)
+        for k in ks:
+            out.append({**base, "k": int(k), "precision": float((np.nan_to_num(rk, nan=np.inf) <= k).mean()),
+                        "n": int(len(g))})
+    return pd.DataFrame(out)
+
+
+def macro_by_corpus(per_relation: pd.DataFrame, value: str = "precision") -> pd.DataFrame:
+    """Mean over the relations of each corpus (LAMA's macro average): ``source, corpus, k, value,
+    n_relations, n_facts``."""
+    keys = [c for c in ("source", "corpus", "k", "metric") if c in per_relation.columns]
+    return (per_relation.groupby(keys, sort=False)
+            .agg(value=(value, "mean"), n_relations=(value, "size"), n_facts=("n", "sum"))
+            .reset_index())
+
+
+def negation_overlap(top: pd.DataFrame, facts: pd.DataFrame) -> pd.DataFrame:
+    """Kassner & Schütze (2020) on top-1 answers, per relation.
+
+    Metrics: ``same top-1 as original`` (negated query's top-1 = original query's top-1: the model
+    ignores the negation), ``negated top-1 is the true object`` (it still asserts the fact it was
+    asked to deny), ``misprime is top-1`` (the misprimed query's top-1 is the priming word, e.g.
+    "Talk?") and ``misprime changed top-1``. Also ``two facts share top-1 (baseline)``: the chance
+    that two different facts of the relation get the same original top-1 answer; a predictor that
+    says the same word whatever the subject scores 1 there and trivially "ignores" negation too.
+    Output: ``source, corpus, relation, metric, value, n``.
+    """
+    t1 = top[top["rank"] == 1].pivot_table(index=["source", "corpus", "relation", "uuid"], columns="query",
+                                           values="token", aggfunc="first").reset_index()
+    info = facts[["corpus", "relation", "uuid", "obj_label"]].copy()
+    info["prime"] = [m.split("?")[0].strip().split()[-1].lower() if "?" in m else "" for m in facts["misprimed"]]
+    t1 = t1.merge(info, on=["corpus", "relation", "uuid"], how="left")
+    gold = t1["obj_label"].str.lower()
+    cols = set(t1.columns)
+    out = []
+    for key, g in t1.groupby(["source", "corpus", "relation"], sort=False):
+        base = dict(zip(["source", "corpus", "relation"], key))
+        gi = gold.loc[g.index]
+        if {"original", "negated"} <= cols:
+            out.append({**base, "metric": "same top-1 as original", "value": float((g["negated"] == g["original"]).mean()), "n": len(g)})
+            out.append({**base, "metric": "negated top-1 is the true object",
+                        "value": float((g["negated"].str.lower() == gi).mean()), "n": len(g)})
+        if "original" in cols and len(g) > 1:
+            c = g["original"].value_counts().to_numpy()
+            out.append({**base, "metric": "two facts share top-1 (baseline)",
+                        "value": float((c * (c - 1)).sum() / (len(g) * (len(g) - 1))), "n": len(g)})
+        if {"original", "misprimed"} <= cols:
+            out.append({**base, "metric": "misprime is top-1", "value": float((g["misprimed"].str.lower() == g["prime"]).mean()), "n": len(g)})
+            out.append({**base, "metric": "misprime changed top-1",
+                        "value": float((g["misprimed"] != g["original"]).mean()), "n": len(g)})
+    return pd.DataFrame(out)
+
+
+# ============================================================================ Forbes et al. 2019
+
+TASKS = ("abstract-OP", "situated-OP", "situated-OA", "situated-AP")
+TASK_CATEGORIES = {"abstract-OP": ("object", "property"), "situated-OP": ("object", "property"),
+                   "situated-OA": ("object", "affordance"), "situated-AP": ("affordance", "property")}
+_PC = "data/pc/"
+
+
+def _forbes_file(name: str, root: str | Path | None) -> Path:
+    if root is not None:
+        return Path(root) / name
+    from .data import data_path
+
+    return data_path(FORBES, name)
+
+
+def _uids(name: str, root) -> list[str]:
+    return [x.strip() for x in _forbes_file(_PC + name, root).read_text().splitlines() if x.strip()]
+
+
+def load_forbes(task: str, root: str | Path | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """``(train, test)`` pairs of one Forbes et al. (2019) task: columns ``a, b, label`` (0/1).
+
+    Built as the authors' loader builds them (read to understand): abstract-OP from the 514 x 50
+    matrix with {1} -> 1 and {0, -1, -2} -> 0; situated-OP one row per COCO object instance and
+    property; situated-OA the 3 yes and 3 no affordances of each instance; situated-AP each yes
+    affordance of an instance paired with every property of that same instance. Train/test split
+    by object (the shipped uid lists). ``root``: a folder holding ``data/pc/...`` instead of the registry.
+    """
+    if task not in TASKS:
+        raise ValueError(f"unknown task {task!r}; known: {', '.join(TASKS)}")
+    split = "abstract" if task == "abstract-OP" else "situated"
+    train_ids = set(_uids(f"{split}-train-object-uids.txt", root))
+    test_ids = set(_uids(f"{split}-test-object-uids.txt", root))
+
+    def expand(df: pd.DataFrame) -> pd.DataFrame:
+        long = df.melt(id_vars="objectUID", var_name="b", value_name="label").rename(columns={"objectUID": "a"})
+        return long.assign(label=(long["label"].astype(int) > 0).astype(int))
+
+    if task in ("abstract-OP", "situated-OP"):
+        name = "abstract.csv" if task == "abstract-OP" else "situated-properties.csv"
+        df = pd.read_csv(_forbes_file(_PC + name, root))
+        df = df.drop(columns=[c for c in ("cocoImgID", "cocoAnnID") if c in df.columns])
+        pairs = expand(df)
+        pairs["obj"] = pairs["a"]
+    else:
+        aff = pd.read_csv(_forbes_file(_PC + "situated-affordances-sampled.csv", root))
+        if task == "situated-OA":
+            rows = []
+            for r in aff.itertuples(index=False):
+                rows += [(r.objectUID, v.strip(), 1, r.objectUID) for v in r.affordancesYes.split(",")]
+                rows += [(r.objectUID, v.strip(), 0, r.objectUID) for v in r.affordancesNo.split(",")]
+            pairs = pd.DataFrame(rows, columns=["a", "b", "label", "obj"])
+        else:
+            props = pd.read_csv(_forbes_file(_PC + "situated-properties.csv", root))
+            pcols = [c for c in props.columns if c not in ("cocoImgID", "cocoAnnID", "objectUID")]
+            vecs = dict(zip(props["cocoAnnID"], (props[pcols].to_numpy() > 0).astype(int)))
+            a, b, lab, obj = [], [], [], []
+            for ann, yes, o in zip(aff["cocoAnnID"], aff["affordancesYes"], aff["objectUID"]):
+                if ann not in vecs:
+                    raise KnowledgeDataError(f"situated-AP: COCO annotation {ann} has affordances but no properties")
+                for v in yes.split(","):
+                    a += [v.strip()] * len(pcols)
+                    b += pcols
+                    lab.append(vecs[ann])
+                    obj += [o] * len(pcols)
+            pairs = pd.DataFrame({"a": a, "b": b, "label": np.concatenate(lab), "obj": obj})
+    train = pairs[pairs["obj"].isin(train_ids)].reset_index(drop=True)
+    test = pairs[pairs["obj"].isin(test_ids)].reset_index(drop=True)
+    return train, test
+
+
+def forbes_texts(root: str | Path | None = None) -> tuple[dict[str, str], dict[str, str]]:
+    """How objects and properties are worded when embedded: objects by the dataset's ``original``
+    word(s) ("baseball bat"), properties by their ``sentence`` phrase ("is used for cooking").
+    Affordances are the verbs themselves."""
+    objs = pd.read_csv(_forbes_file(_PC + "objects.tsv", root), sep="\t")
+    props = pd.read_csv(_forbes_file(_PC + "properties.tsv", root), sep="\t")
+    clean = lambda s: re.sub(r"<[^>]+>", "", str(s)).strip()  # noqa: E731
+    return dict(zip(objs["uid"], objs["original"].map(clean))), dict(zip(props["uid"], props["sentence"].map(clean)))
+
+
+def forbes_f1(a: Sequence[str], b: Sequence[str], y: Sequence[int], yhat: Sequence[int],
+              categories: tuple[str, str] = ("a", "b")) -> dict:
+    """Forbes et al. (2019) scores: accuracy, micro F1 and one macro F1 per category.
+
+    Macro F1 of a category (e.g. "object"): for every item of it (every object) precision and
+    recall over that item's pairs, items with no positive label skipped, precision 1 when nothing
+    was predicted positive; F1 of the mean precision and mean recall.
+    """
+    a, b = np.asarray(a), np.asarray(b)
+    y, yhat = np.asarray(y, dtype=int), np.asarray(yhat, dtype=int)
+    if not (len(a) == len(b) == len(y) == len(yhat)):
+        raise ValueError("a, b, y and yhat must have the same length")
+
+    def prf(yy, pp):
+        tp, fp, fn = int(((yy == 1) & (pp == 1)).sum()), int(((yy == 0) & (pp == 1)).sum()), int(((yy == 1) & (pp == 0)).sum())
+        p = 1.0 if tp + fp == 0 else tp / (tp + fp)
+        r = 1.0 if tp + fn == 0 else tp / (tp + fn)
+        return p, r, (0.0 if p + r == 0 else 2 * p * r / (p + r))
+
+    out = {"accuracy": float((y == yhat).mean()) if len(y) else np.nan, "micro": prf(y, yhat)[2]}
+    for cat, items in zip(categories, (a, b)):
+        ps, rs = [], []
+        for it in pd.unique(items):
+            m = items == it
+            if y[m].sum() == 0:
+                continue
+            p, r, _ = prf(y[m], yhat[m])
+            ps.append(p)
+            rs.append(r)
+        mp, mr = (np.mean(ps), np.mean(rs)) if ps else (np.nan, np.nan)
+        out[cat] = float(0.0 if mp + mr == 0 else 2 * mp * mr / (mp + mr))
+    return out
+
+
+def majority_baseline(train: pd.DataFrame, test: pd.DataFrame) -> np.ndarray:
+    """Forbes's "majority by category": for each right-hand item (property/affordance) the majority
+    training label (ties and unseen items: 1, as the authors do)."""
+    counts = train.groupby("b")["label"].agg(["sum", "size"])
+    maj = (counts["sum"] * 2 >= counts["size"]).astype(int).to_dict()
+    return np.asarray([maj.get(x, 1) for x in test["b"]], dtype=int)
+
+
+def human_scores(root: str | Path | None = None, limit: int = 50) -> pd.DataFrame:
+    """Expert annotations vs gold on the first ``limit`` pairs of each task (the authors' protocol),
+    scored with :func:`forbes_f1`: ``task, category, value, n``."""
+    rows = []
+    for task in TASKS:
+        cats = TASK_CATEGORIES[task]
+        labels = [x.strip() for x in _forbes_file(f"data/human/{task}-round1-labels.txt", root).read_text().splitlines()][:limit]
+        gold = [int(x) for x in _forbes_file(f"data/human/{task}-round1-gold.txt", root).read_text().split()][:limit]
+        ann = pd.read_csv(_forbes_file(f"data/human/{task}-round1-annotations-first50.csv", root)).iloc[:limit, 1].astype(int)
+        a, b = zip(*(lab.split("/") for lab in labels))
+        s = forbes_f1(a, b, gold, ann.to_numpy(), cats)
+        for cat in (*cats, "micro"):
+            rows.append(dict(task=task, category=cat, value=s[cat], n=len(gold)))
+    return pd.DataFrame(rows)
+
+
+# ---------------------------------------------------------------------------- embeddings and probes
+
+
+class _MeanWords:
+    """Reducer: mean of the word units' hidden states of every layer ([CLS]/[SEP] left out)."""
+
+    def __init__(self):
+        self.out: dict[int, np.ndarray] = {}
+
+    def update(self, item) -> None:
+        words = item.encoding.word_units
+        self.out[item.index] = item.hidden[:, words].mean(axis=1)
+
+    def result(self) -> np.ndarray:
+        return np.stack([self.out[i] for i in range(len(self.out))])
+
+
+def embed_texts(loaded, texts: Sequence[str], batch_size: int = 64, cache_dir=None, progress: bool = True) -> np.ndarray:
+    """``[n_texts, layers + 1, hidden]``: each text alone as ``[CLS] text [SEP]``, word states
+    mean-pooled over its pieces (``extract`` word level), then over its words."""
+    from .extract import extract
+
+    red = _MeanWords()
+    extract(loaded, [t.split() for t in texts], red, attention=False, hidden_states=True, batch_size=batch_size,
+            cache_dir=cache_dir, progress=progress, desc="embed")
+    return red.result()
+
+
+def pair_features(ea: np.ndarray, eb: np.ndarray) -> np.ndarray:
+    """``[u, v, u * v]`` for each pair (rows of ``ea`` and ``eb``)."""
+    return np.concatenate([ea, eb, ea * eb], axis=1)
+
+
+def fit_predict(x_train, y_train, x_test, seed: int = 0, c: float = 1.0, max_iter: int = 100) -> np.ndarray:
+    """Class-balanced, standardised, L2-regularised logistic regression; 0/1 predictions for ``x_test``.
+
+    The same objective as scikit-learn's ``LogisticRegression(C=c, class_weight="balanced")``
+    (mean-normalised: loss = weighted mean log-loss + ||w||^2 / (2 c n)), fitted full-batch with
+    L-BFGS in torch from zero weights, so it is deterministic and fast on thousands of
+    1,000-dimensional pair features.
+    """
+    import torch
+
+    x_train = np.asarray(x_train, dtype=np.float32)
+    y_train = np.asarray(y_train, dtype=np.float32)
+    if len(np.unique(y_train)) < 2:
+        return np.full(len(x_test), int(y_train[0]))
+    mu, sd = x_train.mean(0), x_train.std(0) + 1e-6
+    x = torch.as_tensor((x_train - mu) / sd)
+    y = torch.as_tensor(y_train)
+    n, pos = len(y), float(y.sum())
+    w_pos, w_neg = n / (2 * pos), n / (2 * (n - pos))
+    weight = torch.where(y > 0, torch.tensor(w_pos), torch.tensor(w_neg))
+    w = torch.zeros(x.shape[1], requires_grad=True)
+    b = torch.zeros(1, requires_grad=True)
+    opt = torch.optim.LBFGS([w, b], lr=1.0, max_iter=max_iter, line_search_fn="strong_wolfe")
+
+    def closure():
+        opt.zero_grad()
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(x @ w + b, y, weight=weight)
+        loss = loss + (w @ w) / (2 * c * n)
+        loss.backward()
+        return loss
+
+    with torch.enable_grad():
+        opt.step(closure)
+    xt = torch.as_tensor((np.asarray(x_test, dtype=np.float32) - mu) / sd)
+    with torch.no_grad():
+        return ((xt @ w + b) > 0).numpy().astype(int)
+
+
+def probe_forbes(embeddings: dict[str, np.ndarray], task: str, train: pd.DataFrame, test: pd.DataFrame,
+                 layers: Sequence[int], source: str, seed: int = 0, max_train: int | None = 6000,
+                 val_fraction: float = 0.2, c: float = 0.1) -> pd.DataFrame:
+    """Probe one task on frozen embeddings; tidy ``source, task, layer, split, category, value, n``.
+
+    ``embeddings`` maps text key (object uid, property uid or affordance verb) to
+    ``[layers + 1, D]``. For every layer in ``layers`` a probe is fitted on 80% of the training
+    objects and scored on the other 20% (``split="val"``); the layer with the best validation
+    macro F1 (mean of the task's two categories) is refitted on all training pairs and scored once
+    on the held-out test objects (``split="test"``). Training pairs are subsampled to
+    ``max_train`` (seeded).
+    """
+    cats = TASK_CATEGORIES[task]
+    rng = np.random.default_rng(seed)
+    if max_train is not None and len(train) > max_train:
+        train = train.iloc[np.sort(rng.choice(len(train), max_train, replace=False))].reset_index(drop=True)
+    objs = np.array(sorted(train["obj"].unique()))
+    val_objs = set(rng.choice(objs, max(1, int(len(objs) * val_fraction)), replace=False))
+    is_val = train["obj"].isin(val_objs).to_numpy()
+    missing = sorted({x for x in pd.concat([train["a"], train["b"], test["a"], test["b"]]) if x not in embeddings})
+    if missing:
+        raise KeyError(f"{task}: no embedding for {missing[:5]}")
+
+    def feats(df, layer):
+        ea = np.stack([embeddings[x][layer] for x in df["a"]])
+        eb = np.stack([embeddings[x][layer] for x in df["b"]])
+        return pair_features(ea, eb)
+
+    def scores(split, layer, df, pred):
+        s = forbes_f1(df["a"], df["b"], df["label"], pred, cats)
+        return [dict(source=source, task=task, layer=int(layer), split=split, category=cat, value=s[cat], n=int(len(df)))
+                for cat in (*cats, "micro")]
+
+    rows, val_f1 = [], {}
+    fit_df, val_df = train[~is_val], train[is_val]
+    for layer in layers:
+        pred = fit_predict(feats(fit_df, layer), fit_df["label"].to_numpy(), feats(val_df, layer), seed, c)
+        r = scores("val", layer, val_df, pred)
+        val_f1[layer] = np.mean([x["value"] for x in r if x["category"] in cats])
+        rows += r
+    best = max(val_f1, key=lambda k: (val_f1[k], -k))
+    pred = fit_predict(feats(train, best), train["label"].to_numpy(), feats(test, best), seed, c)
+    rows += scores("test", best, test, pred)
+    return pd.DataFrame(rows)
+
+
+def best_layer_scores(probe: pd.DataFrame) -> pd.DataFrame:
+    """The test scores (at the layer chosen on validation): ``source, task, layer, category, value, n``."""
+    return probe[probe["split"] == "test"].drop(columns="split").reset_index(drop=True)
+
+
+# ---------------------------------------------------------------------------- reference values
+
+#: Published numbers carried as reference, not target; only values found through the search tool,
+#: each with where it was found. Petroni et al. (2019) Table 2 reports P@1 of BERT-base and
+#: BERT-large per corpus; the two values below are the paper's best (BERT-large) figures as listed
+#: for the paper on a benchmark page. BERT-base values, Kassner & Schütze's overlap numbers and
+#: Forbes et al.'s F1 table could not be verified and are left out.
+REFERENCE: list[dict] = [
+    dict(study="Petroni et al. 2019 (LAMA), Table 2", corpus_or_task="Google-RE", metric="P@1", model="BERT-large",
+         value=0.105, source="benchmark listing of the paper, wizwand.com/paper/68fa66591e209131cea0fb35 (found via search)"),
+    dict(study="Petroni et al. 2019 (LAMA), Table 2", corpus_or_task="T-REx", metric="P@1", model="BERT-large",
+         value=0.323, source="benchmark listing of the paper, wizwand.com/paper/68fa66591e209131cea0fb35 (found via search)"),
+]
+
+
+def reference_table() -> pd.DataFrame:
+    return pd.DataFrame(REFERENCE, columns=["study", "corpus_or_task", "metric", "model", "value", "source"])
+
+
+# ---------------------------------------------------------------------------- findings
+
+
+def forbes_gains(scores: pd.DataFrame, probe_system: str, baseline: str = "majority") -> pd.DataFrame:
+    """Probe macro F1 minus the baseline's, per task and category (``task, category, probe,
+    baseline, gain``); ``scores`` has ``system, task, category, value``."""
+    s = scores[scores["category"] != "micro"].pivot_table(index=["task", "category"], columns="system", values="value")
+    out = pd.DataFrame({"probe": s[probe_system], "baseline": s[baseline]})
+    out["gain"] = out["probe"] - out["baseline"]
+    if "human" in s.columns:
+        out["human"] = s["human"]
+    return out.reset_index()
+
+
+def forbes_verdict(gains: pd.DataFrame, margin: float = 0.05, control_gains: pd.DataFrame | None = None) -> dict:
+    """Is the relation (AP) less learnable than properties and affordances (OP, OA)?
+
+    Compares the mean gain over the majority baseline of the OP/OA tasks with the AP task's
+    (``pattern_as_forbes``); with ``control_gains`` (the same table for the probe on the
+    random-init control) also the gain of the real probe over the control probe
+    (``pattern_vs_control``: OP/OA above the control by more than ``margin``, AP not).
+    """
+    ap = gains[gains["task"] == "situated-AP"]["gain"].mean()
+    rest = gains[gains["task"] != "situated-AP"]["gain"].mean()
+    out = {"gain_op_oa": float(rest), "gain_ap": float(ap),
+           "op_oa_learnable": bool(rest > margin), "ap_learnable": bool(ap > margin),
+           "pattern_as_forbes": bool(rest > margin and ap < rest - margin)}
+    if "human" in gains.columns:
+        out["shortfall_op_oa"] = float((gains["human"] - gains["probe"])[gains["task"] != "situated-AP"].mean())
+        out["shortfall_ap"] = float((gains["human"] - gains["probe"])[gains["task"] == "situated-AP"].mean())
+    if control_gains is not None:
+        d = gains.set_index(["task", "category"])["probe"] - control_gains.set_index(["task", "category"])["probe"]
+        d = d.reset_index(name="diff")
+        c_rest = float(d[d["task"] != "situated-AP"]["diff"].mean())
+        c_ap = float(d[d["task"] == "situated-AP"]["diff"].mean())
+        out.update(over_control_op_oa=c_rest, over_control_ap=c_ap,
+                   pattern_vs_control=bool(c_rest > margin and c_ap <= margin))
+    return out
+
+
+def lama_findings(macro: pd.DataFrame, neg_macro: pd.DataFrame, labels: dict[str, str]) -> list[str]:
+    """Markdown bullets from this run's LAMA tables."""
+    out = []
+    for src in labels:
+        m = macro[(macro["source"] == src) & (macro["k"] == 1)]
+        if len(m):
+            out.append(f"**{labels[src]}** ({src}): P@1 " + ", ".join(f"{r.corpus} {r.value:.3f}" for r in m.itertuples()) + ".")
+        n = neg_macro[(neg_macro["source"] == src) & (neg_macro["metric"] == "same top-1 as original")]
+        base = neg_macro[(neg_macro["source"] == src) & (neg_macro["metric"] == "two facts share top-1 (baseline)")]
+        if len(n):
+            line = (f"{labels[src]}: the negated query keeps the original top-1 answer for "
+                    + ", ".join(f"{r.corpus} {r.value:.0%}" for r in n.itertuples()) + " of facts")
+            if len(base):
+                line += ("; but two *different* facts of a relation already share their top-1 answer "
+                         + ", ".join(f"{r.corpus} {r.value:.0%}" for r in base.itertuples())
+                         + " of the time, so overlap near that level means the answer ignores the subject, not just 'not'")
+            out.append(line + ".")
+    return out
+
+
+def forbes_keys(task_data: dict[str, tuple[pd.DataFrame, pd.DataFrame]], root=None) -> dict[str, str]:
+    """Every object uid, property uid and affordance verb used by the tasks, mapped to the text
+    that is embedded for it (see :func:`forbes_texts`)."""
+    objs, props = forbes_texts(root)
+    texts: dict[str, str] = {}
+    for task, (train, test) in task_data.items():
+        kind_a, kind_b = TASK_CATEGORIES[task]
+        for kind, col in ((kind_a, "a"), (kind_b, "b")):
+            for key in pd.unique(pd.concat([train[col], test[col]])):
+                if kind == "object":
+                    texts[key] = objs.get(key, key.replace("_", " "))
+                elif kind == "property":
+                    texts[key] = props[key]
+                else:
+                    texts[key] = key
+    return texts
+
+
+def forbes_embeddings(loaded, texts: dict[str, str], batch_size: int = 64, progress: bool = True) -> dict[str, np.ndarray]:
+    """``key -> [layers + 1, D]`` embeddings of :func:`forbes_keys` texts (see :func:`embed_texts`)."""
+    keys = list(texts)
+    emb = embed_texts(loaded, [texts[k] for k in keys], batch_size=batch_size, progress=progress)
+    return dict(zip(keys, emb))
+
+
+def subsample_pairs(task_data: dict[str, tuple[pd.DataFrame, pd.DataFrame]], max_train: int, max_test: int,
+                    seed: int = 0) -> dict[str, tuple[pd.DataFrame, pd.DataFrame]]:
+    """At most ``max_train`` / ``max_test`` pairs per task, drawn with ``seed`` (quick runs: fewer
+    pairs also means fewer words to embed)."""
+    rng = np.random.default_rng(seed)
+
+    def take(df, n):
+        if len(df) <= n:
+            return df
+        return df.iloc[np.sort(rng.choice(len(df), n, replace=False))].reset_index(drop=True)
+
+    return {t: (take(tr, max_train), take(te, max_test)) for t, (tr, te) in task_data.items()}

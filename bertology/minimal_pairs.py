@@ -1,0 +1,330 @@
+"""Minimal pairs: subject–verb agreement (Goldberg 2019) and BLiMP (Warstadt et al. 2020) with PLL.
+
+Both ask a masked LM to prefer the grammatical member of a pair (Rogers et al. 2020, §3.1):
+
+* **Agreement** (Goldberg 2019, "Assessing BERT's syntactic abilities", §2–3): mask the verb of a
+  sentence and compare the scores of the correct and the wrong verb form at the mask; the item is
+  right when ``log p(correct) > log p(wrong)``. As in Goldberg, both forms must be single word pieces;
+  other items are skipped and counted with the reason. Data: the "colorless green" English set of
+  Gulordava et al. (2018) (41 original sentences + 369 nonce variants) and the Linzen et al. (2016)
+  subset distributed with it (7,489 Wikipedia sentences), both with attractor counts; offline, ~40
+  hand-written items of ours (``data/stimuli/agreement_pairs.tsv``).
+* **BLiMP**: each sentence is scored by its pseudo-log-likelihood (Salazar et al. 2020, §2.1, see
+  :func:`bertology.cloze.pll`); a pair is right when ``PLL(good) > PLL(bad)``; accuracy per paradigm
+  (67 UIDs), phenomenon (13 ``linguistics_term`` values) and field. Offline: hand-written pairs of
+  ours covering the same phenomena (``data/stimuli/blimp_like.tsv``).
+
+Every scored table carries ``source`` / ``scorer`` columns (the :class:`~bertology.cloze.Scorer`'s
+``source`` and ``label``), so a fitted readout or random-init control is never reported as the
+model's MLM head.
+"""
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+
+from .cloze import MASK, Scorer, cloze, pll, word_pieces
+
+log = logging.getLogger(__name__)
+
+STIMULI = Path(__file__).with_name("data") / "stimuli"
+GULORDAVA = ("colorlessgreen-agreement", "data/agreement/English/generated.tab")
+LINZEN_TEXT = ("colorlessgreen-agreement", "data/linzen_testset/subj_agr_filtered.text")
+LINZEN_GOLD = ("colorlessgreen-agreement", "data/linzen_testset/subj_agr_filtered.gold")
+
+def blimp_paradigms() -> list[str]:
+    """The 67 BLiMP paradigms (file stems of ``blimp/data/*.jsonl``), from the data registry."""
+    from .data import dataset_info
+
+    return [f[len("data/"):-len(".jsonl")] for f in dataset_info("blimp")["files"]
+            if f.startswith("data/") and f.endswith(".jsonl")]
+
+
+#: Reference numbers (reference, not target), each with where it was found.
+REFERENCE = {
+    "blimp_overall": [
+        {"model": "roberta-large (PLL)", "accuracy": 0.865,
+         "source": "Salazar et al. 2020 code release, awslabs/mlm-scoring examples/lingacc-blimp/README.md"},
+        {"model": "gpt2-medium 345M (log-prob)", "accuracy": 0.826,
+         "source": "Salazar et al. 2020 code release, awslabs/mlm-scoring examples/lingacc-blimp/README.md"},
+        {"model": "human", "accuracy": 0.886,
+         "source": "awslabs/mlm-scoring examples/lingacc-blimp/README.md (from Warstadt et al. 2020)"},
+    ],
+    # Goldberg (2019) BERT-base/large accuracies on the Linzen and Gulordava sets: not found in a
+    # source we could read (the paper's tables were not in the searchable text), so left out. His raw
+    # per-item outputs are in github.com/yoavg/bert-syntax, results/gulordava_results_{base,large}.txt.
+    "agreement": [],
+}
+
+
+# --------------------------------------------------------------------------- agreement data
+
+_ITEM_COLUMNS = ["dataset", "item_id", "condition", "n_attractors", "context", "correct", "wrong"]
+
+
+def _context(words: Sequence[str], i: int) -> str:
+    return " ".join(list(words[:i]) + [MASK] + list(words[i + 1:]))
+
+
+def load_gulordava(limit: int | None = None) -> pd.DataFrame:
+    """Gulordava et al. (2018) English agreement set: one row per (sentence, correct form, wrong form).
+
+    ``condition`` is ``original`` (41 natural sentences) or ``generated`` (nonce variants); the verb at
+    word ``len_prefix`` is masked and the whole sentence (right context too) is kept, as in Goldberg.
+    Raises :class:`bertology.data.DataUnavailableError` when the data cannot be had.
+    """
+    from .data import data_path
+
+    tab = pd.read_csv(data_path(*GULORDAVA), sep="\t", dtype=str, keep_default_na=False)
+    need = {"pattern", "constr_id", "sent_id", "form", "class", "type", "n_attr", "len_prefix", "sent"}
+    if missing := need - set(tab.columns):
+        raise ValueError(f"{GULORDAVA[1]} lacks columns {sorted(missing)}")
+    rows = []
+    for key, g in tab.groupby(["pattern", "constr_id", "sent_id", "type"], sort=False):
+        good, bad = g[g["class"] == "correct"], g[g["class"] == "wrong"]
+        if len(good) != 1 or len(bad) != 1:
+            raise ValueError(f"{GULORDAVA[1]}: item {key} has {len(good)} correct and {len(bad)} wrong forms")
+        r = good.iloc[0]
+        words = [w for w in r["sent"].split() if w != "<eos>"]
+        i = int(r["len_prefix"])
+        rows.append({"dataset": "gulordava", "item_id": f"{r['pattern']}/{r['constr_id']}/{r['sent_id']}/{r['type']}",
+                     "condition": r["type"], "n_attractors": int(r["n_attr"]), "context": _context(words, i),
+                     "correct": r["form"], "wrong": bad.iloc[0]["form"]})
+    df = pd.DataFrame(rows, columns=_ITEM_COLUMNS)
+    return df.head(limit).reset_index(drop=True) if limit else df
+
+
+def load_linzen(limit: int | None = None) -> pd.DataFrame:
+    """The Linzen et al. (2016) subset distributed by Gulordava et al.: line-aligned ``.text`` and ``.gold``
+    (target index, correct form, wrong form, attractors); sentences are lower-cased Wikipedia text."""
+    from .data import data_path
+
+    text = data_path(*LINZEN_TEXT).read_text(encoding="utf-8").splitlines()
+    gold = data_path(*LINZEN_GOLD).read_text(encoding="utf-8").splitlines()
+    if len(text) != len(gold):
+        raise ValueError(f"Linzen test set: {len(text)} sentences but {len(gold)} gold lines")
+    rows = []
+    for n, (t, g) in enumerate(zip(text, gold)):
+        if limit and len(rows) >= limit:
+            break
+        f = g.split("\t")
+        if len(f) != 4:
+            raise ValueError(f"{LINZEN_GOLD[1]} line {n + 1}: expected 4 tab-separated fields, got {len(f)}")
+        words = [w for w in t.split() if w != "<eos>"]
+        i = int(f[0])
+        if not 0 <= i < len(words) or words[i].lower() != f[1].lower():
+            raise ValueError(f"{LINZEN_GOLD[1]} line {n + 1}: word {i} is {words[i] if i < len(words) else None!r}, "
+                             f"not the correct form {f[1]!r}")
+        rows.append({"dataset": "linzen", "item_id": str(n), "condition": "natural", "n_attractors": int(f[3]),
+                     "context": _context(words, i), "correct": f[1], "wrong": f[2]})
+    return pd.DataFrame(rows, columns=_ITEM_COLUMNS)
+
+
+def load_agreement_stimuli(path: str | Path | None = None) -> pd.DataFrame:
+    """Our hand-written agreement items (TSV: condition, n_attractors, context with [MASK], correct, wrong)."""
+    path = Path(path) if path else STIMULI / "agreement_pairs.tsv"
+    df = pd.read_csv(path, sep="\t", comment="#", dtype={"n_attractors": int})
+    need = ["condition", "n_attractors", "context", "correct", "wrong"]
+    if missing := set(need) - set(df.columns):
+        raise ValueError(f"{path} lacks columns {sorted(missing)}")
+    bad = [i for i, c in enumerate(df["context"]) if c.count(MASK) != 1]
+    if bad:
+        raise ValueError(f"{path}: rows {bad[:5]} do not contain exactly one {MASK}")
+    df.insert(0, "dataset", "bertology-stimuli")
+    df.insert(1, "item_id", [str(i) for i in range(len(df))])
+    return df[_ITEM_COLUMNS]
+
+
+def agreement_items(data: str = "auto", limit: int | None = None) -> tuple[pd.DataFrame, list[str]]:
+    """Items of the agreement sets and notes for the report.
+
+    ``data="auto"``: Gulordava + Linzen when available, else our stimuli (with a note saying so);
+    ``"gulordava"``, ``"linzen"``, ``"stimuli"`` pick one set. ``limit`` caps items per set.
+    """
+    from .data import DataUnavailableError
+
+    loaders = {"gulordava": load_gulordava, "linzen": load_linzen}
+    if data == "stimuli":
+        return load_agreement_stimuli().head(limit) if limit else load_agreement_stimuli(), []
+    if data not in ("auto", *loaders):
+        raise ValueError(f"agreement data must be 'auto', 'gulordava', 'linzen' or 'stimuli', not {data!r}")
+    notes, parts = [], []
+    for name in (loaders if data == "auto" else [data]):
+        try:
+            parts.append(loaders[name](limit))
+        except DataUnavailableError as exc:
+            if data != "auto":
+                raise
+            notes.append(f"{name} agreement data unavailable ({str(exc).splitlines()[0]})")
+    if not parts:
+        items = load_agreement_stimuli()
+        notes.append(f"using the {len(items)} hand-written agreement items shipped with bertology instead")
+        return (items.head(limit) if limit else items), notes
+    return pd.concat(parts, ignore_index=True), notes
+
+
+# --------------------------------------------------------------------------- agreement scoring
+
+
+def score_agreement(scorer: Scorer, items: pd.DataFrame, batch_size: int = 32, progress: bool = True) -> pd.DataFrame:
+    """Score each item: log-probabilities of the correct and wrong form at the mask (Goldberg 2019).
+
+    Returns items plus ``logprob_correct, logprob_wrong, right`` (1.0/0.0; NaN when skipped),
+    ``skipped`` (reason, "" when scored), ``source`` and ``scorer``. Items whose forms are not single
+    word pieces are skipped, as in Goldberg (2019).
+    """
+    if missing := {"context", "correct", "wrong"} - set(items.columns):
+        raise ValueError(f"agreement items lack columns {sorted(missing)}")
+    tok = scorer.tokenizer
+    reasons = []
+    for c, w in zip(items["correct"], items["wrong"]):
+        nc, nw = len(word_pieces(tok, c)), len(word_pieces(tok, w))
+        if nc > 1 and nw > 1:
+            reasons.append("both forms are several word pieces")
+        elif nc > 1:
+            reasons.append("correct form is several word pieces")
+        elif nw > 1:
+            reasons.append("wrong form is several word pieces")
+        elif word_pieces(tok, c) == word_pieces(tok, w):
+            reasons.append("forms are the same word piece")
+        else:
+            reasons.append("")
+    out = items.reset_index(drop=True).copy()
+    out["skipped"] = reasons
+    keep = np.flatnonzero(out["skipped"] == "")
+    out["logprob_correct"] = np.nan
+    out["logprob_wrong"] = np.nan
+    if len(keep):
+        sub = out.iloc[keep]
+        res = cloze(scorer, sub["context"].tolist(), [[c, w] for c, w in zip(sub["correct"], sub["wrong"])],
+                    k=0, multi_piece="skip", batch_size=batch_size, progress=progress)
+        t = res.targets
+        lp = t["logprob"].to_numpy().reshape(-1, 2)
+        out.loc[keep, "logprob_correct"] = lp[:, 0]
+        out.loc[keep, "logprob_wrong"] = lp[:, 1]
+    out["right"] = np.where(out["skipped"] == "", (out["logprob_correct"] > out["logprob_wrong"]).astype(float), np.nan)
+    out["source"], out["scorer"] = scorer.source, scorer.label
+    n_skip = int((out["skipped"] != "").sum())
+    if n_skip:
+        log.info("agreement: %d of %d items skipped (forms not single word pieces)", n_skip, len(out))
+    return out
+
+
+def agreement_accuracy(scored: pd.DataFrame, by: Sequence[str] = ("dataset", "condition", "n_attractors")) -> pd.DataFrame:
+    """Accuracy per group (tidy): [*by, source, scorer, accuracy, n, n_skipped]; skipped items are not in ``n``."""
+    by = list(by)
+    keys = by + ["source", "scorer"]
+    g = scored.groupby(keys, dropna=False, sort=True)
+    out = g.agg(accuracy=("right", "mean"), n=("right", "count"),
+                n_skipped=("skipped", lambda s: int((s != "").sum()))).reset_index()
+    return out
+
+
+def skip_summary(scored: pd.DataFrame) -> pd.DataFrame:
+    """How many items were skipped, per data set and reason: [dataset, reason, n, share]."""
+    total = scored.groupby("dataset").size()
+    skipped = scored[scored["skipped"] != ""]
+    if skipped.empty:
+        return pd.DataFrame({"dataset": pd.Series(dtype=object), "reason": pd.Series(dtype=object),
+                             "n": pd.Series(dtype=int), "share": pd.Series(dtype=float)})
+    s = skipped.groupby(["dataset", "skipped"]).size().rename("n").reset_index()
+    s = s.rename(columns={"skipped": "reason"})
+    s["share"] = s["n"] / s["dataset"].map(total).astype(float)
+    return s
+
+
+# --------------------------------------------------------------------------- BLiMP
+
+_PAIR_COLUMNS = ["paradigm", "phenomenon", "field", "pair_id", "good", "bad"]
+
+
+def load_blimp(paradigms: Sequence[str] | None = None, limit: int | None = None) -> pd.DataFrame:
+    """BLiMP pairs: [paradigm (UID), phenomenon (linguistics_term), field, pair_id, good, bad].
+
+    ``limit`` keeps the first ``limit`` pairs of each paradigm. The field spelled ``syntax/semantics``
+    in one file is normalised to ``syntax_semantics``.
+    """
+    from .data import data_path
+
+    known = blimp_paradigms()
+    paradigms = known if paradigms is None else list(paradigms)
+    if unknown := [p for p in paradigms if p not in known]:
+        raise ValueError(f"unknown BLiMP paradigms {unknown[:5]}; known: {', '.join(known[:5])}, ... ({len(known)})")
+    rows = []
+    for p in paradigms:
+        with open(data_path("blimp", f"data/{p}.jsonl"), encoding="utf-8") as fh:
+            for n, line in enumerate(fh):
+                if limit is not None and n >= limit:
+                    break
+                r = json.loads(line)
+                rows.append({"paradigm": r["UID"], "phenomenon": r["linguistics_term"],
+                             "field": r["field"].replace("/", "_"), "pair_id": int(r["pairID"]),
+                             "good": r["sentence_good"], "bad": r["sentence_bad"]})
+    return pd.DataFrame(rows, columns=_PAIR_COLUMNS)
+
+
+def load_blimp_stimuli(path: str | Path | None = None) -> pd.DataFrame:
+    """Our hand-written BLiMP-style pairs (TSV: phenomenon, paradigm, good, bad), same columns as :func:`load_blimp`."""
+    path = Path(path) if path else STIMULI / "blimp_like.tsv"
+    df = pd.read_csv(path, sep="\t", comment="#", dtype=str)
+    if missing := {"phenomenon", "paradigm", "good", "bad"} - set(df.columns):
+        raise ValueError(f"{path} lacks columns {sorted(missing)}")
+    df["field"] = "bertology-stimuli"
+    df["pair_id"] = df.groupby("paradigm").cumcount()
+    return df[_PAIR_COLUMNS]
+
+
+def blimp_pairs(data: str = "auto", paradigms: Sequence[str] | None = None,
+                limit: int | None = None) -> tuple[pd.DataFrame, list[str]]:
+    """BLiMP pairs (``data="auto"`` falls back to our stimuli offline, with a note) and notes."""
+    from .data import DataUnavailableError
+
+    if data == "stimuli":
+        return load_blimp_stimuli(), []
+    if data not in ("auto", "blimp"):
+        raise ValueError(f"BLiMP data must be 'auto', 'blimp' or 'stimuli', not {data!r}")
+    try:
+        return load_blimp(paradigms, limit), []
+    except DataUnavailableError as exc:
+        if data == "blimp":
+            raise
+        pairs = load_blimp_stimuli()
+        return pairs, [f"BLiMP unavailable ({str(exc).splitlines()[0]}); using the {len(pairs)} hand-written "
+                       "BLiMP-style pairs shipped with bertology instead"]
+
+
+def score_blimp(scorer: Scorer, pairs: pd.DataFrame, batch_size: int = 64, progress: bool = True) -> pd.DataFrame:
+    """PLL of both sentences of each pair (Salazar et al. 2020) in one batched pass.
+
+    Returns pairs plus ``pll_good, pll_bad, n_pieces_good, n_pieces_bad, right`` (1.0 when
+    ``pll_good > pll_bad``), ``source`` and ``scorer``.
+    """
+    if missing := {"good", "bad"} - set(pairs.columns):
+        raise ValueError(f"BLiMP pairs lack columns {sorted(missing)}")
+    out = pairs.reset_index(drop=True).copy()
+    n = len(out)
+    scores = pll(scorer, out["good"].tolist() + out["bad"].tolist(), batch_size=batch_size, progress=progress)
+    out["pll_good"], out["pll_bad"] = scores["pll"].to_numpy()[:n], scores["pll"].to_numpy()[n:]
+    out["n_pieces_good"], out["n_pieces_bad"] = scores["n_pieces"].to_numpy()[:n], scores["n_pieces"].to_numpy()[n:]
+    out["right"] = (out["pll_good"] > out["pll_bad"]).astype(float)
+    out["source"], out["scorer"] = scorer.source, scorer.label
+    return out
+
+
+def blimp_accuracy(scored: pd.DataFrame, by: str = "paradigm") -> pd.DataFrame:
+    """Accuracy per ``by`` (``paradigm``, ``phenomenon``, ``field`` or ``overall``): [level, group, source,
+    scorer, accuracy, n]. ``overall`` is the mean over pairs (equal to the mean over paradigms when each
+    paradigm has the same number of pairs, as in BLiMP)."""
+    if by not in ("paradigm", "phenomenon", "field", "overall"):
+        raise ValueError(f"by must be 'paradigm', 'phenomenon', 'field' or 'overall', not {by!r}")
+    df = scored.assign(overall="all")
+    out = (df.groupby([by, "source", "scorer"], sort=True)
+             .agg(accuracy=("right", "mean"), n=("right", "count")).reset_index()
+             .rename(columns={by: "group"}))
+    out.insert(0, "level", by)
+    return out

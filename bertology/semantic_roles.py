@@ -1,0 +1,593 @@
+"""Semantic roles, commonsense inference and negation by cloze: Ettinger (2020) and our own
+selectional-preference suite.
+
+Reproduces the diagnostics of Ettinger (2020), *What BERT is not* (TACL), that the Primer in
+BERTology (Rogers et al. 2020, §3.2 "Semantic knowledge") summarises:
+
+- **CPRAG-102** (commonsense and pragmatic inference, Federmeier & Kutas 1999): two-sentence
+  contexts; the expected word against a within-category and a between-category completion
+  (Ettinger §4.1, Tables 3, 4 and the perturbations of §6: first sentence shuffled, second
+  sentence truncated to its last two words, both).
+- **ROLE-88** (event knowledge and semantic roles, Chow et al. 2016): "which customer the
+  waitress had [MASK]" against the role-reversed "which waitress the customer had [MASK]"
+  (Ettinger §4.2, Tables 5, 6).
+- **NEG-136** (category membership and negation, Fischler et al. 1983 SIMP; Nieuwland &
+  Kuperberg 2008 NAT): "A robin is a [MASK]" / "A robin is not a [MASK]" (Ettinger §4.3, Tables 7-9).
+
+Ettinger's two measures, as defined in her paper and released code (read to understand, not
+copied): **accuracy@k** — the share of contexts whose expected word (any of them, when
+several) is among the model's top-k predictions over the whole vocabulary; **sensitivity** —
+the share of comparisons in which the good completion gets a higher probability than the bad
+one (CPRAG: expected above both other completions; ROLE: the target in its proper context above
+the same target in the role-reversed one; NEG: the true completion above the false one, for
+affirmative and negated contexts separately). A thresholded variant also asks the difference
+in probability to exceed 0.01.
+
+Everything here works on tidy tables: loaders give the items, :func:`ettinger_queries` turns
+them into one row per (context, target) probability needed, :func:`score_queries` fills those
+from a cloze scorer (``bertology.cloze``), and the metric functions reduce the scored table.
+The metric functions take plain DataFrames, so tests check them on hand-made predictions.
+
+The **selectional-preference suite** (``data/stimuli/selectional_preferences.tsv``, written for
+this package) asks, in the spirit of "tip a waiter > tip a chef > tip a robin" (Primer §3.2),
+whether a model ranks a typical object of a verb above an atypical-but-possible one and that
+above an implausible one.
+"""
+from __future__ import annotations
+
+import random
+import re
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+
+MASK = "[MASK]"
+ETTINGER = "ettinger-lm-diagnostics"
+_FILES = {
+    "CPRAG": "datasets/CPRAG-102/CPRAG-102.tsv",
+    "ROLE": "datasets/ROLE-88/ROLE-88.tsv",
+    "NEG-SIMP": "datasets/NEG-136/NEG-136-SIMP.tsv",
+    "NEG-NAT": "datasets/NEG-136/NEG-136-NAT.tsv",
+}
+STIMULI = Path(__file__).with_name("data") / "stimuli"
+#: Our own small stand-ins used when the Ettinger files cannot be had (same formats).
+_OWN = {"CPRAG": "cprag_like.tsv", "NEG-SIMP": "neg_like.tsv"}
+SUITES = ("CPRAG", "ROLE", "NEG-SIMP", "NEG-NAT")
+PERTURBATIONS = ("original", "shuffled", "truncated", "shuffled+truncated")
+THRESHOLD = 0.01  # Ettinger's probability-difference threshold
+
+
+class StimulusError(ValueError):
+    """A stimulus file or table is malformed; the message names the file/row and the problem."""
+
+
+# ----------------------------------------------------------------------------- loading
+
+
+def _read_tsv(path: Path, columns: Sequence[str]) -> pd.DataFrame:
+    try:
+        df = pd.read_csv(path, sep="\t", dtype=str, keep_default_na=False, quoting=3)
+    except Exception as exc:  # noqa: BLE001 - pandas raises many parser errors
+        raise StimulusError(f"{path}: cannot read as TSV ({exc})") from exc
+    missing = [c for c in columns if c not in df.columns]
+    if missing:
+        raise StimulusError(f"{path}: missing column(s) {missing}; it has {list(df.columns)}")
+    df = df[list(columns)].copy()
+    for c in columns:
+        df[c] = df[c].str.strip()
+    empty = df[(df[list(columns)] == "").any(axis=1)]
+    if len(empty):
+        raise StimulusError(f"{path}: row {int(empty.index[0]) + 2} has an empty field")
+    return df
+
+
+_COLUMNS = {
+    "CPRAG": ("item", "context_s1", "context_s2", "expected", "within_category", "between_category", "constraint"),
+    "ROLE": ("item", "context", "expected", "exp_cloze", "target", "tgt_cloze"),
+    "NEG-SIMP": ("item", "context_aff", "context_neg", "target_aff", "target_neg"),
+    "NEG-NAT": ("item", "context_aff", "context_neg", "target_aff", "target_neg", "licensing"),
+}
+
+
+def load_suite(suite: str, path: str | Path | None = None) -> pd.DataFrame:
+    """One Ettinger (2020) suite as a table with the upstream columns (``_COLUMNS[suite]``).
+
+    ``path`` defaults to the registered file (``BERTOLOGY_DATA`` mirror, cache or download;
+    raises ``DataUnavailableError`` when none works). ROLE items ``61-a``/``61-b`` get the
+    columns ``pair`` (61) and ``condition`` (a: canonical roles, b: reversed).
+    """
+    if suite not in _COLUMNS:
+        raise ValueError(f"unknown suite {suite!r}; known: {', '.join(_COLUMNS)}")
+    if path is None:
+        from .data import data_path
+
+        path = data_path(ETTINGER, _FILES[suite])
+    df = _read_tsv(Path(path), _COLUMNS[suite])
+    if suite == "ROLE":
+        parts = df["item"].str.extract(r"^(?P<pair>[^-]+)-(?P<condition>[ab])$")
+        if parts.isna().any().any():
+            bad = df["item"][parts.isna().any(axis=1)].iloc[0]
+            raise StimulusError(f"{path}: ROLE item id {bad!r} is not of the form '<pair>-a' or '<pair>-b'")
+        df = pd.concat([df, parts], axis=1)
+        for c in ("exp_cloze", "tgt_cloze"):
+            df[c] = pd.to_numeric(df[c], errors="raise")
+    return df
+
+
+def load_own_suite(suite: str) -> pd.DataFrame:
+    """Our own small CPRAG-like / NEG-SIMP-like items (written for bertology, same columns)."""
+    if suite not in _OWN:
+        raise ValueError(f"no shipped stand-in for {suite!r}; shipped: {', '.join(_OWN)}")
+    return load_suite(suite, STIMULI / _OWN[suite])
+
+
+def load_ettinger(suites: Sequence[str] = SUITES, fallback: bool = True) -> tuple[dict[str, pd.DataFrame], str]:
+    """All suites from the data mirror; with ``fallback`` our shipped stand-ins when unavailable.
+
+    Returns ``(suites, origin)`` where origin is ``"ettinger"`` or ``"shipped"``.
+    """
+    from .data import DataUnavailableError
+
+    try:
+        return {s: load_suite(s) for s in suites}, "ettinger"
+    except DataUnavailableError:
+        if not fallback:
+            raise
+    return {s: load_own_suite(s) for s in suites if s in _OWN}, "shipped"
+
+
+# ----------------------------------------------------------------------------- queries
+
+
+def _with_mask(context: str) -> str:
+    return context.rstrip() + " " + MASK
+
+
+def _article(noun: str) -> str:
+    return "an" if re.match(r"[aeiou]", noun.lower()) else "a"
+
+
+def perturb_cprag(s1: str, s2: str, how: str, rng: random.Random) -> str:
+    """Ettinger §6 perturbations of a CPRAG context (the [MASK] is appended by the caller).
+
+    ``shuffled``: words of the first sentence in random order (its full stops dropped);
+    ``truncated``: the second sentence cut to its last two words; ``shuffled+truncated``: both.
+    """
+    if how not in PERTURBATIONS:
+        raise ValueError(f"unknown perturbation {how!r}; use one of {PERTURBATIONS}")
+    first, second = s1, s2
+    if "shuffled" in how:
+        words = s1.replace(".", "").split()
+        rng.shuffle(words)
+        first = " ".join(words) + "."
+    if "truncated" in how:
+        second = " ".join(s2.split()[-2:])
+    return f"{first} {second}"
+
+
+def ettinger_queries(suites: dict[str, pd.DataFrame], perturbations: Sequence[str] = PERTURBATIONS,
+                     seed: int = 0) -> pd.DataFrame:
+    """One row per (context, target) probability Ettinger's measures need.
+
+    Columns: ``suite, variant, item, condition, context, target, expected`` (``|``-joined
+    acceptable words for accuracy@k), ``accuracy_row`` (True on the one row per context that
+    counts for accuracy). Conditions: CPRAG ``exp/wc/bc``; ROLE ``a/b``; NEG ``TA, FA`` (affirmative
+    context with true/false target) and ``TN, FN`` (negated context with true/false target).
+    CPRAG ``variant`` is one of ``perturbations`` (shuffles drawn with ``seed``); others ``original``.
+    """
+    rows = []
+    rng = random.Random(seed)
+    for suite, df in suites.items():
+        if suite == "CPRAG":
+            for how in perturbations:
+                for r in df.itertuples(index=False):
+                    ctx = _with_mask(perturb_cprag(r.context_s1, r.context_s2, how, rng))
+                    for cond, tgt in (("exp", r.expected), ("wc", r.within_category), ("bc", r.between_category)):
+                        rows.append(dict(suite=suite, variant=how, item=str(r.item), condition=cond, context=ctx,
+                                         target=tgt, expected=r.expected, accuracy_row=cond == "exp",
+                                         constraint=r.constraint))
+        elif suite == "ROLE":
+            for r in df.itertuples(index=False):
+                expected = "|".join(e.split()[0] for e in r.expected.split("|"))
+                rows.append(dict(suite=suite, variant="original", item=str(r.pair), condition=r.condition,
+                                 context=_with_mask(r.context), target=r.target.split()[0], expected=expected,
+                                 accuracy_row=True, tgt_cloze=r.tgt_cloze))
+        elif suite in ("NEG-SIMP", "NEG-NAT"):
+            for r in df.itertuples(index=False):
+                for cond, ctx, tgt, true in (("TA", r.context_aff, r.target_aff, r.target_aff),
+                                             ("FA", r.context_aff, r.target_neg, r.target_aff),
+                                             ("TN", r.context_neg, r.target_neg, r.target_neg),
+                                             ("FN", r.context_neg, r.target_aff, r.target_neg)):
+                    if "(a|an)" in ctx:  # SIMP: the determiner agrees with the completion
+                        ctx = ctx.replace("(a|an)", _article(tgt))
+                    rows.append(dict(suite=suite, variant="original", item=str(r.item), condition=cond,
+                                     context=_with_mask(ctx), target=tgt, expected=true,
+                                     accuracy_row=cond == "TA",
+                                     licensing=getattr(r, "licensing", None)))
+        else:
+            raise ValueError(f"unknown suite {suite!r}")
+    if not rows:
+        raise ValueError("no items: every suite given is empty")
+    return pd.DataFrame(rows)
+
+
+def context_cloze(scorer, contexts: Sequence[str], words: Sequence[Sequence[str]], *, k: int = 0,
+                  vocab: Sequence[str] | None = None, batch_size: int = 32, progress: bool = True):
+    """Like ``bertology.cloze.cloze(..., multi_piece="skip")`` but with **one forward pass per
+    context**, however many single-piece words are scored in it.
+
+    The engine runs one masked sequence per (context, target); for single-piece targets those
+    sequences are identical, so Ettinger's three completions per context, or LAMA's target plus
+    top-k, would cost three or two passes. Here each distinct context runs once and every word is
+    read off the same log-softmax. Returns a ``ClozeResult`` with the engine's columns and meaning
+    (rank among ``vocab`` or all non-special tokens, 1 = best; multi-piece words NaN and counted in
+    ``n_skipped``); tests check it against ``cloze.cloze`` number for number.
+    """
+    import torch
+    from tqdm.auto import tqdm
+
+    from . import cloze
+
+    contexts = list(contexts)
+    if len(words) != len(contexts):
+        raise ValueError(f"words must hold one list per context ({len(contexts)} contexts, got {len(words)})")
+    tok = scorer.tokenizer
+    special = set(tok.all_special_ids)
+    if vocab is None:
+        allowed = torch.as_tensor([i for i in range(len(tok)) if i not in special])
+        dropped = []
+    else:
+        ids, dropped = [], []
+        for w in vocab:
+            p = cloze.word_pieces(tok, w)
+            (ids if len(p) == 1 else dropped).append(p[0] if len(p) == 1 else w)
+        allowed = torch.as_tensor(sorted(set(ids)))
+        if not len(allowed):
+            raise ValueError("no word of `vocab` is a single word piece of this tokenizer")
+    seqs, pos = [], []
+    for i, c in enumerate(contexts):
+        if not isinstance(c, str) or c.count(MASK) != 1:
+            raise ValueError(f"context {i} must be a string with exactly one {MASK}: {c!r}")
+        ids = tok(c.replace(MASK, tok.mask_token))["input_ids"]
+        where = [t for t, x in enumerate(ids) if x == scorer.mask_id]
+        if len(where) != 1:
+            raise ValueError(f"context {i}: expected one mask token after tokenizing, found {len(where)}")
+        if len(ids) > scorer.max_length:
+            raise ValueError(f"context {i} is {len(ids)} word pieces long, over the model's limit of {scorer.max_length}")
+        seqs.append(ids)
+        pos.append(where[0])
+    rows, targets_of = [], []
+    for i, ws in enumerate(words):
+        own = []
+        for w in ws:
+            if not isinstance(w, str) or not w.strip():
+                raise ValueError(f"item {i}: words must be non-empty strings, got {w!r}")
+            p = cloze.word_pieces(tok, w)
+            rows.append({"item": i, "target": w, "n_pieces": len(p)})
+            own.append(p[0] if len(p) == 1 else -1)
+        targets_of.append(own)
+    lp_all = np.full(len(rows), np.nan)
+    rank_all = np.full(len(rows), np.nan)
+    first_row = np.cumsum([0] + [len(w) for w in words])
+    top_rows = []
+    order = sorted(range(len(seqs)), key=lambda i: (len(seqs[i]), i))
+    batches = [order[j:j + batch_size] for j in range(0, len(order), batch_size)]
+    for batch in tqdm(batches, desc="cloze", disable=not progress or len(batches) < 5, leave=False):
+        width = max(len(seqs[i]) for i in batch)
+        ids = torch.zeros(len(batch), width, dtype=torch.long)
+        mask = torch.zeros_like(ids)
+        for b, i in enumerate(batch):
+            ids[b, :len(seqs[i])] = torch.as_tensor(seqs[i])
+            mask[b, :len(seqs[i])] = 1
+        positions = torch.stack([torch.arange(len(batch)), torch.as_tensor([pos[i] for i in batch])], 1)
+        out = scorer.log_probs(ids, mask, positions).cpu()
+        sub = out[:, allowed]
+        for b, i in enumerate(batch):
+            for j, t in enumerate(targets_of[i]):
+                if t >= 0:
+                    v = out[b, t]
+                    lp_all[first_row[i] + j] = float(v)
+                    rank_all[first_row[i] + j] = float(1 + (sub[b] > v).sum())
+        if k:
+            kk = min(k, sub.shape[1])
+            v, j = sub.topk(kk, dim=1)
+            tokens = allowed[j]
+            for b, i in enumerate(batch):
+                names = tok.convert_ids_to_tokens(tokens[b].tolist())
+                top_rows += [{"item": i, "rank": r + 1, "token": names[r], "logprob": float(v[b, r])} for r in range(kk)]
+    tdf = pd.DataFrame(rows, columns=["item", "target", "n_pieces"])
+    tdf["logprob"], tdf["prob"], tdf["rank"] = lp_all, np.exp(lp_all), rank_all
+    top = pd.DataFrame(top_rows, columns=["item", "rank", "token", "logprob"]).sort_values(["item", "rank"],
+                                                                                        ignore_index=True)
+    return cloze.ClozeResult(tdf, top, int((tdf["n_pieces"] > 1).sum()), dropped, scorer.source, scorer.label)
+
+
+def score_queries(scorer, queries: pd.DataFrame, batch_size: int = 32, k: int = 5) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Fill each query row with cloze numbers from ``scorer`` (a ``bertology.cloze.Scorer``).
+
+    Returns ``(scored, top)``. ``scored`` adds ``source`` (mlm/readout/control),
+    ``logprob``/``prob``/``rank``/``n_pieces`` of the target and ``expected_rank`` (best rank
+    among the expected words; rank is over the whole vocabulary, 1 = top prediction). Multi-piece
+    words get NaN: a word the tokenizer splits can never be a single top-k prediction, and
+    Ettinger's probabilities are single-token. ``top``: the top-``k`` predictions of each context
+    (``source, context, rank, token, logprob``). Each distinct context is run once.
+    """
+    need = {"context", "target", "expected"}
+    if not need <= set(queries.columns):
+        raise ValueError(f"queries need columns {sorted(need)}; got {list(queries.columns)}")
+    contexts = list(dict.fromkeys(queries["context"]))
+    words: dict[str, list[str]] = {c: [] for c in contexts}
+    for c, t, e in zip(queries["context"], queries["target"], queries["expected"]):
+        for w in [t, *e.split("|")]:
+            if w not in words[c]:
+                words[c].append(w)
+    res = context_cloze(scorer, contexts, [words[c] for c in contexts], k=k, batch_size=batch_size)
+    t = res.targets.assign(context=[contexts[i] for i in res.targets["item"]])
+    look = {(c, w): (lp, p, r, n) for c, w, lp, p, r, n in
+            zip(t["context"], t["target"], t["logprob"], t["prob"], t["rank"], t["n_pieces"])}
+    out = queries.copy()
+    vals = [look[(c, w)] for c, w in zip(out["context"], out["target"])]
+    out["logprob"] = [v[0] for v in vals]
+    out["prob"] = [v[1] for v in vals]
+    out["rank"] = [v[2] for v in vals]
+    out["n_pieces"] = [int(v[3]) for v in vals]
+    best = []
+    for c, e in zip(out["context"], out["expected"]):
+        r = [look[(c, w)][2] for w in e.split("|")]
+        r = [x for x in r if not np.isnan(x)]
+        best.append(min(r) if r else np.nan)
+    out["expected_rank"] = best
+    out.insert(0, "source", scorer.source)
+    top = res.top.assign(context=[contexts[i] for i in res.top["item"]], source=scorer.source)
+    return out, top[["source", "context", "rank", "token", "logprob"]]
+
+
+# ----------------------------------------------------------------------------- metrics
+
+
+def accuracy_at_k(scored: pd.DataFrame, ks: Sequence[int] = (1, 5),
+                  by: Sequence[str] = ("source", "suite", "variant")) -> pd.DataFrame:
+    """Ettinger's accuracy@k: share of accuracy rows whose ``expected_rank <= k``.
+
+    A NaN ``expected_rank`` (no expected word is a single vocabulary item) counts as a miss, as
+    it can never be among the top-k single-token predictions. Long format: ``*by, k, accuracy, n``.
+    """
+    rows = scored[scored["accuracy_row"]] if "accuracy_row" in scored else scored
+    by = [b for b in by if b in rows.columns]
+    out = []
+    for key, g in rows.groupby(by, sort=False):
+        key = key if isinstance(key, tuple) else (key,)
+        ranks = g["expected_rank"].to_numpy(dtype=float)
+        for k in ks:
+            hit = np.nan_to_num(ranks, nan=np.inf) <= k
+            out.append({**dict(zip(by, key)), "k": int(k), "accuracy": float(hit.mean()), "n": int(len(g))})
+    return pd.DataFrame(out)
+
+
+def sensitivity_pairs(scored: pd.DataFrame) -> pd.DataFrame:
+    """The good-vs-bad comparisons of Ettinger's sensitivity tests, one row each.
+
+    CPRAG: ``expected`` vs the better of within/between-category (good wins only if above both;
+    her "EXP TOP"), and ``expected vs within`` alone. ROLE: target in the canonical (a) vs the
+    role-reversed (b) context. NEG: ``affirmative`` (TA vs FA) and ``negated`` (TN vs FN).
+    Columns: ``source, suite, variant, item, comparison, good_prob, bad_prob, good_logprob, bad_logprob``.
+    """
+    out = []
+    keys = [c for c in ("source", "suite", "variant") if c in scored.columns]
+    for key, g in scored.groupby(keys, sort=False):
+        base = dict(zip(keys, key if isinstance(key, tuple) else (key,)))
+        suite = base["suite"]
+        for item, gi in g.groupby("item", sort=False):
+            c = {r["condition"]: r for r in gi.to_dict("records")}
+            pairs = []
+            if suite == "CPRAG" and {"exp", "wc", "bc"} <= set(c):
+                wc, bc = c["wc"], c["bc"]
+                if np.isnan(wc["logprob"]) or np.isnan(bc["logprob"]):
+                    worst = {"target": f'{wc["target"]}/{bc["target"]}', "prob": np.nan, "logprob": np.nan}
+                else:
+                    worst = wc if wc["logprob"] >= bc["logprob"] else bc
+                pairs += [("expected vs both", c["exp"], worst), ("expected vs within", c["exp"], wc)]
+            elif suite == "ROLE" and {"a", "b"} <= set(c):
+                pairs.append(("canonical vs reversed", c["a"], c["b"]))
+            elif suite.startswith("NEG") and {"TA", "FA", "TN", "FN"} <= set(c):
+                pairs += [("affirmative", c["TA"], c["FA"]), ("negated", c["TN"], c["FN"])]
+            for comp, good, bad in pairs:
+                out.append({**base, "item": item, "comparison": comp,
+                            "good": good["target"], "bad": bad["target"],
+                            "good_prob": good["prob"], "bad_prob": bad["prob"],
+                            "good_logprob": good["logprob"], "bad_logprob": bad["logprob"]})
+    return pd.DataFrame(out)
+
+
+def sensitivity(pairs: pd.DataFrame, threshold: float = THRESHOLD,
+                by: Sequence[str] = ("source", "suite", "variant", "comparison")) -> pd.DataFrame:
+    """Share of comparisons where P(good) > P(bad), and where it is larger by more than ``threshold``.
+
+    Pairs with a NaN (multi-piece word) are left out and counted in ``n_dropped``. Long format:
+    ``*by, sensitivity, sensitivity_thresh, n, n_dropped``.
+    """
+    by = [b for b in by if b in pairs.columns]
+    out = []
+    for key, g in pairs.groupby(by, sort=False):
+        ok = g.dropna(subset=["good_logprob", "bad_logprob"])
+        win = ok["good_logprob"] > ok["bad_logprob"]
+        win_t = (ok["good_prob"] - ok["bad_prob"]) > threshold
+        out.append({**dict(zip(by, key if isinstance(key, tuple) else (key,))),
+                    "sensitivity": float(win.mean()) if len(ok) else np.nan,
+                    "sensitivity_thresh": float(win_t.mean()) if len(ok) else np.nan,
+                    "n": int(len(ok)), "n_dropped": int(len(g) - len(ok))})
+    return pd.DataFrame(out)
+
+
+def ettinger_summary(accuracy: pd.DataFrame, sens: pd.DataFrame) -> pd.DataFrame:
+    """One long table of every headline number: ``source, suite, variant, metric, value, n``.
+
+    metric: ``accuracy@k`` and ``sensitivity: <comparison>``; ``thresholded`` variants too.
+    """
+    rows = []
+    for r in accuracy.itertuples(index=False):
+        rows.append(dict(source=r.source, suite=r.suite, variant=r.variant, metric=f"accuracy@{r.k}",
+                         value=r.accuracy, n=r.n))
+    for r in sens.itertuples(index=False):
+        rows.append(dict(source=r.source, suite=r.suite, variant=r.variant, metric=f"sensitivity: {r.comparison}",
+                         value=r.sensitivity, n=r.n))
+    return pd.DataFrame(rows)
+
+
+# ----------------------------------------------------------------------------- selectional preferences
+
+PLAUSIBILITY = ("typical", "atypical", "implausible")
+
+
+def load_selectional_preferences(path: str | Path | None = None) -> pd.DataFrame:
+    """Our selectional-preference suite: ``verb, context`` (with one [MASK] for the object) and
+    ``typical, atypical, implausible`` objects (e.g. tipped the waiter / chef / robin)."""
+    path = Path(path) if path is not None else STIMULI / "selectional_preferences.tsv"
+    df = _read_tsv(path, ("verb", "context", "typical", "atypical", "implausible"))
+    bad = df[df["context"].str.count(re.escape(MASK)) != 1]
+    if len(bad):
+        raise StimulusError(f"{path}: row {int(bad.index[0]) + 2} ({bad['verb'].iloc[0]!r}) must hold exactly one {MASK}")
+    dup = df[df.duplicated(["context"])]
+    if len(dup):
+        raise StimulusError(f"{path}: context {dup['context'].iloc[0]!r} appears twice")
+    return df.reset_index(drop=True)
+
+
+def selectional_queries(items: pd.DataFrame) -> pd.DataFrame:
+    """Long format for :func:`score_queries`: one row per (verb, object class)."""
+    rows = []
+    for i, r in items.iterrows():
+        for cls in PLAUSIBILITY:
+            rows.append(dict(suite="selectional", variant="original", item=r["verb"], condition=cls,
+                             context=r["context"], target=r[cls], expected=r["typical"], accuracy_row=cls == "typical"))
+    return pd.DataFrame(rows)
+
+
+def rank_agreement(scored: pd.DataFrame) -> pd.DataFrame:
+    """Per item: the model's order of the three objects against typical > atypical > implausible.
+
+    Columns: ``source, item, rank_typical, rank_atypical, rank_implausible`` (1 = most probable
+    of the three), ``kendall_tau`` (+1 same order, -1 reversed) and ``exact`` (order fully right).
+    Items with a multi-piece object are dropped (counted by :func:`rank_agreement_summary`).
+    """
+    out = []
+    keys = ["source"] if "source" in scored.columns else []
+    for key, g in scored.groupby(keys + ["item"], sort=False):
+        key = key if isinstance(key, tuple) else (key,)
+        lp = g.set_index("condition")["logprob"].reindex(list(PLAUSIBILITY)).to_numpy(dtype=float)
+        row = dict(zip(keys + ["item"], key))
+        if np.isnan(lp).any():
+            row.update(rank_typical=np.nan, rank_atypical=np.nan, rank_implausible=np.nan,
+                       kendall_tau=np.nan, exact=np.nan)
+        else:
+            ranks = (-lp).argsort().argsort() + 1
+            row.update({f"rank_{c}": int(r) for c, r in zip(PLAUSIBILITY, ranks)})
+            concord = sum(np.sign(lp[i] - lp[j]) for i in range(3) for j in range(i + 1, 3))
+            row["kendall_tau"] = float(concord / 3)
+            row["exact"] = bool(list(ranks) == [1, 2, 3])
+        out.append(row)
+    return pd.DataFrame(out)
+
+
+def rank_agreement_summary(agreement: pd.DataFrame) -> pd.DataFrame:
+    """Pairwise preference rates and order agreement per source, long format
+    ``source, metric, value, n, n_dropped``. Chance: 0.5 for each pair, 1/6 for exact order, 0 for tau."""
+    rows = []
+    for src, g in agreement.groupby("source", sort=False):
+        ok = g.dropna(subset=["kendall_tau"])
+        n, dropped = len(ok), len(g) - len(ok)
+        metrics = {
+            "typical > atypical": (ok["rank_typical"] < ok["rank_atypical"]).mean(),
+            "atypical > implausible": (ok["rank_atypical"] < ok["rank_implausible"]).mean(),
+            "typical > implausible": (ok["rank_typical"] < ok["rank_implausible"]).mean(),
+            "exact order": ok["exact"].astype(float).mean(),
+            "mean Kendall tau": ok["kendall_tau"].mean(),
+        }
+        for m, v in metrics.items():
+            rows.append(dict(source=src, metric=m, value=float(v) if n else np.nan, n=int(n), n_dropped=int(dropped)))
+    return pd.DataFrame(rows)
+
+
+# ----------------------------------------------------------------------------- reference values
+
+#: Ettinger (2020) BERT-base / BERT-large numbers, reference not target. Filled only with values
+#: verified through the search tool; see the notebook for the source line of each.
+REFERENCE: list[dict] = []
+
+
+def reference_table() -> pd.DataFrame:
+    cols = ["suite", "metric", "model", "value", "source"]
+    return pd.DataFrame(REFERENCE, columns=cols)
+
+
+# ----------------------------------------------------------------------------- notebook helpers
+
+
+def subset_items(suites: dict[str, pd.DataFrame], max_items: int) -> dict[str, pd.DataFrame]:
+    """The first ``max_items`` items of each suite (ROLE: the first ``max_items`` role-reversal
+    pairs, both members kept), for quick runs."""
+    if max_items < 1:
+        raise ValueError(f"max_items must be positive, got {max_items}")
+    out = {}
+    for name, df in suites.items():
+        if name == "ROLE":
+            keep = list(dict.fromkeys(df["pair"]))[:max_items]
+            out[name] = df[df["pair"].isin(keep)].reset_index(drop=True)
+        else:
+            out[name] = df.head(max_items).reset_index(drop=True)
+    return out
+
+
+def binomial_p(successes: int, n: int, chance: float = 0.5) -> float:
+    """One-sided exact binomial p-value of doing at least this well by chance."""
+    from scipy.stats import binomtest
+
+    return float(binomtest(int(successes), int(n), chance, alternative="greater").pvalue) if n else float("nan")
+
+
+def findings(summary: pd.DataFrame, sens: pd.DataFrame, sp_summary: pd.DataFrame, labels: dict[str, str]) -> list[str]:
+    """Markdown bullet points computed from this run's tables (the "What this run shows" cell)."""
+    out = []
+    val = summary.set_index(["source", "suite", "variant", "metric"])["value"]
+    main = [s for s in labels if s != "control"]
+    for src in main + ["control"]:
+        if src not in set(summary["source"]):
+            continue
+        parts = []
+        for suite, metric, name in [("CPRAG", "accuracy@5", "CPRAG accuracy@5"),
+                                    ("CPRAG", "sensitivity: expected vs both", "CPRAG sensitivity"),
+                                    ("ROLE", "accuracy@5", "ROLE accuracy@5"),
+                                    ("ROLE", "sensitivity: canonical vs reversed", "ROLE sensitivity"),
+                                    ("NEG-SIMP", "sensitivity: affirmative", "NEG-SIMP affirmative"),
+                                    ("NEG-SIMP", "sensitivity: negated", "NEG-SIMP negated")]:
+            key = (src, suite, "original", metric)
+            if key in val.index:
+                parts.append(f"{name} {val[key]:.2f}")
+        if parts:
+            out.append(f"**{labels.get(src, src)}** ({src}): " + ", ".join(parts) + ".")
+    s = sens[(sens["variant"] == "original")]
+    for src in main:
+        for suite, comp, what in [("ROLE", "canonical vs reversed", "role reversal (ROLE)"),
+                                  ("NEG-SIMP", "affirmative", "true over false completions in affirmative NEG-SIMP contexts"),
+                                  ("NEG-SIMP", "negated", "true over false completions in negated NEG-SIMP contexts")]:
+            r = s[(s["source"] == src) & (s["suite"] == suite) & (s["comparison"] == comp)]
+            if len(r) and r["n"].iloc[0]:
+                n, rate = int(r["n"].iloc[0]), float(r["sensitivity"].iloc[0])
+                p = binomial_p(round(rate * n), n)
+                verdict = "above chance" if p < 0.05 else "not distinguishable from chance"
+                out.append(f"{labels.get(src, src)} prefers {what} in {rate:.0%} of {n} comparisons: {verdict} "
+                           f"(one-sided binomial p = {p:.3g}).")
+        aff = s[(s["source"] == src) & (s["suite"] == "NEG-SIMP") & (s["comparison"] == "affirmative")]["sensitivity"]
+        neg = s[(s["source"] == src) & (s["suite"] == "NEG-SIMP") & (s["comparison"] == "negated")]["sensitivity"]
+        if len(aff) and len(neg) and aff.iloc[0] - neg.iloc[0] > 0.25:
+            out.append(f"As Ettinger found for BERT, negation is the weak spot: {aff.iloc[0]:.0%} right in affirmative "
+                       f"contexts but {neg.iloc[0]:.0%} in negated ones (the completion that is true without 'not' keeps winning).")
+    sp = sp_summary.set_index(["source", "metric"])["value"]
+    for src in main + ["control"]:
+        if (src, "exact order") in sp.index:
+            out.append(f"Selectional preferences, {labels.get(src, src)}: typical > atypical in "
+                       f"{sp[(src, 'typical > atypical')]:.0%}, atypical > implausible in {sp[(src, 'atypical > implausible')]:.0%}, "
+                       f"full order in {sp[(src, 'exact order')]:.0%} of verbs (chance 50%, 50%, 17%).")
+    return out

@@ -1,0 +1,563 @@
+"""Structural probes: is the parse tree a linear map away from the word vectors? (Hewitt & Manning 2019)
+
+Hewitt & Manning (2019, NAACL, §2) look for one linear map ``B`` (``rank x D``) per layer such that
+
+    distance probe:  ‖B(hᵢ − hⱼ)‖²  ≈  d_T(wᵢ, wⱼ)   (path length between two words in the parse tree)
+    depth probe:     ‖B hᵢ‖²        ≈  ‖wᵢ‖_T        (number of arcs from the word up to the root)
+
+and read syntax off the fitted geometry (§3–4): the minimum spanning tree of the predicted
+distances against the gold tree (UUAS, undirected, punctuation excluded), Spearman correlation
+of predicted and gold distances (DSpr.) and depths (NSpr.), each first averaged over all
+sentences of one length and then over the lengths 5–50, and how often the shallowest predicted
+word is the gold root (root%).
+
+**Conventions used here.**
+
+- Layers: ``0`` = the embedding output (non-contextual: word + position + segment embeddings),
+  ``1..L`` = the transformer layers' outputs, exactly :class:`bertology.extract.Item`'s ``hidden``.
+  (Hewitt & Manning's code numbers BERT-base layers 0–11 over the transformer layers, so their
+  "BERTbase7" is layer 8 here.)
+- Word vectors: the **mean** of a word's word pieces, as Hewitt & Manning's BERT data loader
+  does (``np.mean`` over the pieces of each PTB token); special tokens are left out.
+- Training (as §3.1 and their code): L1 loss, per sentence normalised by the number of word pairs
+  (``n²``, distances) or words (``n``, depths) and averaged over the batch; Adam, learning rate
+  1e-3, multiplied by 0.1 whenever the development loss stops improving, early stopping on the
+  development loss (best epoch kept). All layers are fitted *at once* as one ``(layers, rank, D)``
+  tensor: their losses are summed but share no parameters, so each layer's probe is exactly what
+  a separate fit with the same seed and batch order would give, at a fraction of the cost.
+- Punctuation = UPOS ``PUNCT`` (Hewitt & Manning used PTB punctuation tags). It is excluded from
+  UUAS (gold arcs between two non-punctuation words against the MST over the non-punctuation
+  words) and from root% (the shallowest *non-punctuation* word), and kept in DSpr./NSpr., as in
+  their reporting code.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+
+from .data import Sentence
+from .extract import encode_inputs, extract
+from .models import LoadedModel
+
+KINDS = ("distance", "depth")
+METRICS = {"distance": ("uuas", "dspr"), "depth": ("root_acc", "nspr")}
+METRIC_LABELS = {"uuas": "UUAS", "dspr": "DSpr. (5–50)", "root_acc": "root %", "nspr": "NSpr. (5–50)"}
+
+#: Reference values (PTB WSJ, Stanford Dependencies; **reference, not target** — other model,
+#: data and annotation scheme). Only numbers we could find and check are listed:
+#: - ``clark2019_table3``: Clark et al. (2019), Table 3 lists the structural probe on BERT-base at
+#:   80 UUAS (same source as :data:`bertology.parser_probe.CLARK_TABLE3`).
+#: - ``hm2019_rank_plot``: the data behind Hewitt & Manning's UUAS / DSpr.-by-maximum-rank plot
+#:   for BERTbase7, left as a commented-out list in the authors' plotting script
+#:   ``scripts/codalab/make_emnlp19_pos_graph.py`` of github.com/john-hewitt/control-tasks
+#:   (commit 29a06829); ranks 1, 2, 4, ..., 512. Not checked against the published figure.
+#: Hewitt & Manning's Table 1 values (BERT-base and BERT-large, root% and NSpr.) could not be
+#: found in a source we could read, so they are not printed.
+REFERENCE = pd.DataFrame(
+    [("BERT-base (H&M layer 7)", "uuas", None, 0.80, "Clark et al. 2019, Table 3 (PTB, WSJ)")]
+    + [("BERT-base (H&M layer 7)", "uuas", r, v, "H&M 2019 rank plot data (john-hewitt/control-tasks)")
+       for r, v in zip([2 ** j for j in range(10)],
+                       [0.266, 0.389, 0.509, 0.659, 0.742, 0.780, 0.795, 0.799, 0.797, 0.797])]
+    + [("BERT-base (H&M layer 7)", "dspr", r, v, "H&M 2019 rank plot data (john-hewitt/control-tasks)")
+       for r, v in zip([2 ** j for j in range(10)], [0.55, 0.63, 0.71, 0.77, 0.81, 0.83, 0.84, 0.85, 0.85, 0.85])],
+    columns=["model", "metric", "rank", "value", "source"],
+)
+
+
+# ----------------------------------------------------------------------------- trees
+
+
+def _check_heads(heads: Sequence[int]) -> np.ndarray:
+    h = np.asarray(heads, dtype=np.int64)
+    n = len(h)
+    if n == 0:
+        raise ValueError("empty tree: no words")
+    if (h < 0).any() or (h > n).any():
+        raise ValueError(f"head indices must be 0 (root) or 1..{n}, got {h.tolist()}")
+    if (h == 0).sum() != 1:
+        raise ValueError(f"a tree needs exactly one root (head 0), got {(h == 0).sum()}: {h.tolist()}")
+    return h
+
+
+def tree_depths(heads: Sequence[int]) -> np.ndarray:
+    """Depth of every word: arcs from the word up to the root word (the root word has depth 0).
+
+    ``heads`` in CoNLL-U numbering (1-based, 0 = root). Raises on cycles.
+    """
+    h = _check_heads(heads)
+    n = len(h)
+    depth = np.full(n, -1, dtype=np.int64)
+    for i in range(n):
+        path, j = [], i
+        while depth[j] < 0 and h[j] != 0:
+            path.append(j)
+            j = h[j] - 1
+            if len(path) > n:
+                raise ValueError(f"heads contain a cycle: {h.tolist()}")
+        base = 0 if h[j] == 0 and depth[j] < 0 else depth[j]
+        depth[j] = base
+        for k, node in enumerate(reversed(path), start=1):
+            depth[node] = base + k
+    return depth
+
+
+def tree_distances(heads: Sequence[int]) -> np.ndarray:
+    """``(n, n)`` path lengths between all pairs of words in the (undirected) tree."""
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import shortest_path
+
+    h = _check_heads(heads)
+    tree_depths(h)  # raises on cycles
+    n = len(h)
+    dep = np.flatnonzero(h > 0)
+    adj = coo_matrix((np.ones(len(dep)), (dep, h[dep] - 1)), shape=(n, n)).tocsr()
+    return shortest_path(adj, directed=False, unweighted=True).astype(np.int64)
+
+
+def mst_edges(dist: np.ndarray) -> set[tuple[int, int]]:
+    """Undirected minimum spanning tree of a symmetric distance matrix (Prim; ties → lower index).
+
+    Returns edges ``(i, j)`` with ``i < j``, 0-based.
+    """
+    d = np.asarray(dist, dtype=np.float64)
+    n = d.shape[0]
+    if d.shape != (n, n):
+        raise ValueError(f"distance matrix must be square, got shape {d.shape}")
+    if n < 2:
+        return set()
+    in_tree = np.zeros(n, dtype=bool)
+    in_tree[0] = True
+    best = d[0].copy()
+    parent = np.zeros(n, dtype=np.int64)
+    edges = set()
+    for _ in range(n - 1):
+        cand = np.where(in_tree, np.inf, best)
+        j = int(np.argmin(cand))
+        edges.add((min(j, int(parent[j])), max(j, int(parent[j]))))
+        in_tree[j] = True
+        closer = d[j] < best
+        best = np.where(closer, d[j], best)
+        parent = np.where(closer, j, parent)
+    return edges
+
+
+def _punct_mask(s: Sentence) -> np.ndarray:
+    return np.array([u == "PUNCT" for u in s.upos], dtype=bool)
+
+
+def uuas_counts(pred: np.ndarray, s: Sentence) -> tuple[int, int]:
+    """(correct, total) undirected arcs of one sentence, punctuation excluded (see module doc)."""
+    keep = np.flatnonzero(~_punct_mask(s))
+    gold = {(min(i, h - 1), max(i, h - 1)) for i, h in enumerate(s.heads)
+            if h > 0 and i in set(keep) and (h - 1) in set(keep)}
+    if len(keep) < 2:
+        return 0, 0
+    sub = np.asarray(pred)[np.ix_(keep, keep)]
+    predicted = {(int(keep[a]), int(keep[b])) for a, b in mst_edges(sub)}
+    return len(gold & predicted), len(gold)
+
+
+def uuas(pred_distances: Sequence[np.ndarray], sentences: Sequence[Sentence]) -> dict:
+    """UUAS over a corpus: correct / total gold arcs between non-punctuation words (§4)."""
+    _same_length(pred_distances, sentences)
+    c = t = 0
+    for p, s in zip(pred_distances, sentences):
+        a, b = uuas_counts(p, s)
+        c, t = c + a, t + b
+    return {"value": c / t if t else float("nan"), "correct": c, "total": t}
+
+
+def _rank_rows(x: np.ndarray) -> np.ndarray:
+    from scipy.stats import rankdata
+
+    return rankdata(x, axis=-1)
+
+
+def _row_spearman(pred: np.ndarray, gold: np.ndarray) -> np.ndarray:
+    """Spearman correlation of each row of ``pred`` with the same row of ``gold`` (NaN if constant)."""
+    rp, rg = _rank_rows(np.atleast_2d(pred)), _rank_rows(np.atleast_2d(gold))
+    rp = rp - rp.mean(-1, keepdims=True)
+    rg = rg - rg.mean(-1, keepdims=True)
+    den = np.sqrt((rp ** 2).sum(-1) * (rg ** 2).sum(-1))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(den > 0, (rp * rg).sum(-1) / np.where(den > 0, den, 1), np.nan)
+
+
+def _length_average(values_by_length: dict[int, list[float]], min_len: int, max_len: int) -> tuple[float, pd.DataFrame]:
+    rows = [(n, float(np.nanmean(v)), int(np.isfinite(v).sum())) for n, v in sorted(values_by_length.items())
+            if len(v) and np.isfinite(v).any()]
+    table = pd.DataFrame(rows, columns=["length", "value", "n"])
+    sel = table[(table.length >= min_len) & (table.length <= max_len)]
+    return (float(sel.value.mean()) if len(sel) else float("nan")), table
+
+
+def distance_spearman(pred_distances: Sequence[np.ndarray], sentences: Sequence[Sentence],
+                      min_len: int = 5, max_len: int = 50) -> tuple[float, pd.DataFrame]:
+    """DSpr. (§4): for each word, Spearman between its row of predicted and of gold distances
+    (all words of the sentence, itself included, as in H&M's reporter); averaged over all words of
+    all sentences of one length, then over lengths ``min_len..max_len``. Returns the macro average
+    and the per-length table."""
+    _same_length(pred_distances, sentences)
+    by_len: dict[int, list[float]] = {}
+    for p, s in zip(pred_distances, sentences):
+        if s.n < 2:
+            continue
+        by_len.setdefault(s.n, []).extend(_row_spearman(np.asarray(p), tree_distances(s.heads)).tolist())
+    return _length_average(by_len, min_len, max_len)
+
+
+def root_accuracy(pred_depths: Sequence[np.ndarray], sentences: Sequence[Sentence]) -> dict:
+    """root% (§4): share of sentences whose shallowest predicted non-punctuation word is the gold root."""
+    _same_length(pred_depths, sentences)
+    hit = tot = 0
+    for p, s in zip(pred_depths, sentences):
+        keep = np.flatnonzero(~_punct_mask(s))
+        if len(keep) == 0:
+            continue
+        guess = keep[int(np.argmin(np.asarray(p)[keep]))]
+        hit += int(s.heads[guess] == 0)
+        tot += 1
+    return {"value": hit / tot if tot else float("nan"), "correct": hit, "total": tot}
+
+
+def norm_spearman(pred_depths: Sequence[np.ndarray], sentences: Sequence[Sentence],
+                  min_len: int = 5, max_len: int = 50) -> tuple[float, pd.DataFrame]:
+    """NSpr. (§4): per sentence, Spearman between predicted and gold depths of all its words;
+    averaged per sentence length, then over lengths ``min_len..max_len``."""
+    _same_length(pred_depths, sentences)
+    by_len: dict[int, list[float]] = {}
+    for p, s in zip(pred_depths, sentences):
+        if s.n < 2:
+            continue
+        by_len.setdefault(s.n, []).append(float(_row_spearman(np.asarray(p)[None], tree_depths(s.heads)[None])[0]))
+    return _length_average(by_len, min_len, max_len)
+
+
+def _same_length(pred, sentences):
+    if len(pred) != len(sentences):
+        raise ValueError(f"{len(pred)} predictions for {len(sentences)} sentences")
+    for k, (p, s) in enumerate(zip(pred, sentences)):
+        if np.asarray(p).shape[0] != s.n:
+            raise ValueError(f"sentence {k} has {s.n} words but its prediction has {np.asarray(p).shape[0]}")
+
+
+# ----------------------------------------------------------------------------- word states
+
+
+@dataclass
+class WordStates:
+    """Word-level hidden states of a list of sentences, every layer, in one flat float32 array.
+
+    ``states[l, offsets[k]:offsets[k+1]]`` are the vectors of sentence ``k``'s words at layer ``l``
+    (0 = embeddings). Sentences that did not fit into the model's maximum length are left out
+    (``dropped`` counts them) so every kept sentence has a vector for every gold word.
+    """
+
+    states: np.ndarray  # (layers + 1, words, D)
+    offsets: np.ndarray  # (sentences + 1,)
+    sentences: list[Sentence]
+    dropped: int = 0
+    seconds: float = 0.0
+
+    @property
+    def n_layers(self) -> int:
+        return self.states.shape[0]
+
+    def sentence(self, k: int, layer: int | None = None) -> np.ndarray:
+        a, b = self.offsets[k], self.offsets[k + 1]
+        return self.states[:, a:b] if layer is None else self.states[layer, a:b]
+
+    def __len__(self) -> int:
+        return len(self.sentences)
+
+    def subset(self, rows: Sequence[int]) -> "WordStates":
+        """The sentences ``rows`` (in that order), with their states copied."""
+        rows = list(rows)
+        parts = [self.sentence(k) for k in rows]
+        states = np.concatenate(parts, 1) if parts else self.states[:, :0]
+        offsets = np.concatenate([[0], np.cumsum([self.sentences[k].n for k in rows])]).astype(np.int64)
+        return WordStates(states, offsets, [self.sentences[k] for k in rows])
+
+
+class _Collect:
+    """Reducer writing each input's word vectors into its rows of one preallocated array."""
+
+    def __init__(self, offsets: np.ndarray, n_layers: int, dim: int):
+        self.offsets = offsets
+        self.out = np.zeros((n_layers, int(offsets[-1]), dim), dtype=np.float32)
+
+    def update(self, item):
+        a, b = self.offsets[item.index], self.offsets[item.index + 1]
+        self.out[:, a:b] = item.hidden[:, item.encoding.word_units]
+
+    def result(self):
+        return self.out
+
+
+def word_states(loaded: LoadedModel, sentences: Sequence[Sentence], *, batch_size: int = 32,
+                cache_dir=None, progress: bool = True, desc: str = "states") -> WordStates:
+    """Mean-pooled word vectors of every layer for ``sentences`` (one batched, length-bucketed pass)."""
+    if not sentences:
+        raise ValueError("no sentences to extract word states from")
+    t0 = time.perf_counter()
+    encs = encode_inputs(loaded.tokenizer, [s.words for s in sentences], loaded.info.max_length)
+    keep = [k for k, e in enumerate(encs) if not e.truncated]
+    kept = [sentences[k] for k in keep]
+    offsets = np.concatenate([[0], np.cumsum([s.n for s in kept])]).astype(np.int64)
+    cfg = loaded.model.config
+    collect = _Collect(offsets, cfg.num_hidden_layers + 1, cfg.hidden_size)
+    extract(loaded, [encs[k] for k in keep], collect, attention=False, hidden_states=True, pool="mean",
+            batch_size=batch_size, cache_dir=cache_dir, progress=progress, desc=desc)
+    return WordStates(collect.result(), offsets, kept, len(sentences) - len(kept), time.perf_counter() - t0)
+
+
+# ----------------------------------------------------------------------------- probes
+
+
+def _targets(s: Sentence, kind: str) -> np.ndarray:
+    return tree_distances(s.heads) if kind == "distance" else tree_depths(s.heads)
+
+
+@dataclass
+class _Batch:
+    index: torch.Tensor  # (B, n) word rows into the flat states, -1 = padding
+    target: torch.Tensor  # (B, n, n) or (B, n), -1 = padding
+    lengths: torch.Tensor  # (B,)
+
+
+def _make_batches(ws: WordStates, kind: str, batch_size: int) -> list[_Batch]:
+    order = sorted(range(len(ws)), key=lambda k: (ws.sentences[k].n, k))
+    batches = []
+    for a in range(0, len(order), batch_size):
+        ks = order[a:a + batch_size]
+        n = max(ws.sentences[k].n for k in ks)
+        idx = torch.full((len(ks), n), -1, dtype=torch.long)
+        tgt = torch.full((len(ks), n, n) if kind == "distance" else (len(ks), n), -1.0)
+        for b, k in enumerate(ks):
+            m = ws.sentences[k].n
+            idx[b, :m] = torch.arange(ws.offsets[k], ws.offsets[k] + m)
+            t = torch.as_tensor(_targets(ws.sentences[k], kind), dtype=torch.float32)
+            if kind == "distance":
+                tgt[b, :m, :m] = t
+            else:
+                tgt[b, :m] = t
+        batches.append(_Batch(idx, tgt, torch.tensor([ws.sentences[k].n for k in ks], dtype=torch.float32)))
+    return batches
+
+
+def _gather(states: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """(layers, W, D) states, (B, n) rows → (layers, B, n, D), zeros at padding."""
+    x = states[:, idx.clamp_min(0)]
+    return x * (idx >= 0)[None, :, :, None].to(x.dtype)
+
+
+def _predict(B: torch.Tensor, x: torch.Tensor, kind: str) -> torch.Tensor:
+    """B (layers, rank, D), x (layers, batch, n, D) → squared distances (layers, batch, n, n) or norms."""
+    z = torch.einsum("lrd,lbnd->lbnr", B, x)
+    sq = (z * z).sum(-1)
+    if kind == "depth":
+        return sq
+    gram = z @ z.transpose(-1, -2)
+    return (sq[..., :, None] + sq[..., None, :] - 2 * gram).clamp_min(0.0)
+
+
+def _loss(pred: torch.Tensor, batch: _Batch, kind: str) -> torch.Tensor:
+    """Per-layer L1 loss (layers,): per sentence Σ|pred − gold| / n² (or / n), mean over sentences."""
+    mask = (batch.target >= 0).to(pred.dtype)
+    err = ((pred - batch.target) * mask).abs()
+    per_sent = err.sum(dim=(-1, -2)) if kind == "distance" else err.sum(-1)
+    norm = batch.lengths ** 2 if kind == "distance" else batch.lengths
+    return (per_sent / norm).mean(-1)
+
+
+@dataclass
+class FittedProbe:
+    """Probes of one kind and rank, one per layer in ``layers``; ``B`` is ``(len(layers), rank, D)``."""
+
+    kind: str
+    rank: int
+    layers: list[int]
+    B: np.ndarray
+    history: pd.DataFrame = field(default_factory=pd.DataFrame)  # epoch, layer, train_loss, dev_loss
+    best_epoch: dict = field(default_factory=dict)
+    seconds: float = 0.0
+    n_train_sentences: int = 0
+
+    def predict(self, ws: WordStates, batch_size: int = 64) -> dict[int, list[np.ndarray]]:
+        """Predicted squared distances ``(n, n)`` or depths ``(n,)`` per layer, per sentence."""
+        B = torch.as_tensor(self.B)
+        states = torch.as_tensor(ws.states[self.layers])
+        out: dict[int, list] = {layer: [None] * len(ws) for layer in self.layers}
+        order = sorted(range(len(ws)), key=lambda k: (ws.sentences[k].n, k))
+        with torch.inference_mode():
+            for a in range(0, len(order), batch_size):
+                ks = order[a:a + batch_size]
+                n = max(ws.sentences[k].n for k in ks)
+                idx = torch.full((len(ks), n), -1, dtype=torch.long)
+                for b, k in enumerate(ks):
+                    idx[b, :ws.sentences[k].n] = torch.arange(ws.offsets[k], ws.offsets[k + 1])
+                pred = _predict(B, _gather(states, idx), self.kind).numpy()
+                for li, layer in enumerate(self.layers):
+                    for b, k in enumerate(ks):
+                        m = ws.sentences[k].n
+                        out[layer][k] = pred[li, b, :m, :m] if self.kind == "distance" else pred[li, b, :m]
+        return out
+
+
+def fit_probe(train: WordStates, dev: WordStates, kind: str = "distance", rank: int = 128, *,
+              layers: Sequence[int] | None = None, max_epochs: int = 30, patience: int = 4, lr: float = 1e-3,
+              batch_size: int = 20, seed: int = 0, device: str | torch.device = "cpu",
+              progress: bool = True) -> FittedProbe:
+    """Fit a distance or depth probe of maximum rank ``rank`` on every layer in ``layers`` (default all).
+
+    Hewitt & Manning §3.1: L1 loss normalised by sentence length (squared for distances), Adam
+    (lr 1e-3); here the learning rate of a layer is divided by 10 whenever its development loss
+    does not improve and the layer stops after ``patience`` epochs without improvement (their code
+    stops after 4). The parameters of the epoch with the lowest development loss are kept.
+    Deterministic for a ``seed`` on one device.
+    """
+    from tqdm.auto import tqdm
+
+    if kind not in KINDS:
+        raise ValueError(f"kind must be one of {KINDS}, not {kind!r}")
+    if isinstance(rank, bool) or not isinstance(rank, int) or rank < 1:
+        raise ValueError(f"rank must be a positive integer, got {rank!r}")
+    if not len(train) or not len(dev):
+        raise ValueError("the probe needs training and development sentences")
+    layers = list(range(train.n_layers)) if layers is None else [int(x) for x in layers]
+    bad = [x for x in layers if not 0 <= x < train.n_layers]
+    if bad:
+        raise ValueError(f"layers {bad} out of range 0..{train.n_layers - 1}")
+    device = torch.device(device)
+    D = train.states.shape[-1]
+    t0 = time.perf_counter()
+    gen = torch.Generator().manual_seed(seed)
+    B = torch.nn.Parameter(((torch.rand(len(layers), rank, D, generator=gen) * 2 - 1) * 0.05).to(device))
+    opt = torch.optim.Adam([B], lr=lr)
+    # Per-layer learning rates: Adam's step is elementwise and its moments do not depend on the
+    # learning rate, so scaling a layer's step after opt.step() is exactly a per-layer learning rate.
+    scale = torch.ones(len(layers), device=device)
+    tr_states = torch.as_tensor(train.states[layers]).to(device)
+    dv_states = torch.as_tensor(dev.states[layers]).to(device)
+    tr_batches, dv_batches = _make_batches(train, kind, batch_size), _make_batches(dev, kind, batch_size)
+    rng = np.random.default_rng(seed)
+    best = torch.full((len(layers),), math.inf)
+    best_B = B.detach().clone()
+    best_epoch = {layer: 0 for layer in layers}
+    stale = torch.zeros(len(layers), dtype=torch.long)
+    active = torch.ones(len(layers), dtype=torch.bool)
+    rows = []
+    for epoch in tqdm(range(1, max_epochs + 1), desc=f"{kind} probe rank {rank}", disable=not progress):
+        tr_loss = torch.zeros(len(layers))
+        for bi in rng.permutation(len(tr_batches)):
+            b = _to(tr_batches[bi], device)
+            loss = _loss(_predict(B, _gather(tr_states, b.index), kind), b, kind)
+            opt.zero_grad()
+            loss.sum().backward()
+            before = B.detach().clone()
+            opt.step()
+            with torch.no_grad():  # per-layer learning-rate multiplier; finished layers stay put
+                m = (scale * active.to(device)).view(-1, 1, 1)
+                B.copy_(before + (B - before) * m)
+            tr_loss += loss.detach().cpu() * len(b.lengths)
+        tr_loss /= len(train)
+        with torch.inference_mode():
+            dv_loss = torch.zeros(len(layers))
+            for b in dv_batches:
+                b = _to(b, device)
+                dv_loss += _loss(_predict(B, _gather(dv_states, b.index), kind), b, kind).cpu() * len(b.lengths)
+            dv_loss /= len(dev)
+        for li, layer in enumerate(layers):
+            rows.append((epoch, layer, float(tr_loss[li]), float(dv_loss[li]), bool(active[li])))
+            if not active[li]:
+                continue
+            if dv_loss[li] < best[li] - 1e-7:
+                best[li] = dv_loss[li]
+                best_B[li] = B.detach()[li]
+                best_epoch[layer] = epoch
+                stale[li] = 0
+            else:
+                stale[li] += 1
+                scale[li] *= 0.1
+                if stale[li] >= patience:
+                    active[li] = False
+        if not active.any():
+            break
+    history = pd.DataFrame(rows, columns=["epoch", "layer", "train_loss", "dev_loss", "active"])
+    return FittedProbe(kind, rank, layers, best_B.cpu().numpy(), history, best_epoch,
+                       time.perf_counter() - t0, len(train))
+
+
+def _to(b: _Batch, device) -> _Batch:
+    if device.type == "cpu":
+        return b
+    return _Batch(b.index.to(device), b.target.to(device), b.lengths.to(device))
+
+
+# ----------------------------------------------------------------------------- evaluation
+
+
+def evaluate(probe: FittedProbe, ws: WordStates, min_len: int = 5, max_len: int = 50) -> pd.DataFrame:
+    """Long table ``layer, kind, rank, metric, value, n`` of the probe's metrics on ``ws``'s gold trees."""
+    preds = probe.predict(ws)
+    rows = []
+    for layer, p in preds.items():
+        if probe.kind == "distance":
+            u = uuas(p, ws.sentences)
+            d, tab = distance_spearman(p, ws.sentences, min_len, max_len)
+            rows += [(layer, "uuas", u["value"], u["total"]), (layer, "dspr", d, int(tab.n.sum()) if len(tab) else 0)]
+        else:
+            r = root_accuracy(p, ws.sentences)
+            s, tab = norm_spearman(p, ws.sentences, min_len, max_len)
+            rows += [(layer, "root_acc", r["value"], r["total"]), (layer, "nspr", s, int(tab.n.sum()) if len(tab) else 0)]
+    df = pd.DataFrame(rows, columns=["layer", "metric", "value", "n"])
+    df.insert(1, "kind", probe.kind)
+    df.insert(2, "rank", probe.rank)
+    return df
+
+
+def best_layer(table: pd.DataFrame, metric: str = "uuas") -> int:
+    """Layer with the highest ``metric`` in a table from :func:`evaluate` (ties → lower layer)."""
+    t = table[table.metric == metric].sort_values(["value", "layer"], ascending=[False, True])
+    if t.empty:
+        raise ValueError(f"no {metric!r} rows in the table")
+    return int(t.iloc[0].layer)
+
+
+def predicted_tree(probe: FittedProbe, ws: WordStates, k: int, layer: int) -> dict:
+    """Gold and predicted (MST) undirected arcs of sentence ``k`` at ``layer``, punctuation excluded."""
+    if probe.kind != "distance":
+        raise ValueError("trees come from a distance probe")
+    sub = WordStates(ws.states[:, ws.offsets[k]:ws.offsets[k + 1]], np.array([0, ws.sentences[k].n]),
+                     [ws.sentences[k]])
+    pred = probe.predict(sub)[layer][0]
+    s = ws.sentences[k]
+    keep = np.flatnonzero(~_punct_mask(s))
+    gold = sorted((min(i, h - 1), max(i, h - 1)) for i, h in enumerate(s.heads)
+                  if h > 0 and i in set(keep) and (h - 1) in set(keep))
+    predicted = sorted((int(keep[a]), int(keep[b])) for a, b in mst_edges(pred[np.ix_(keep, keep)]))
+    return {"words": list(s.words), "gold": gold, "predicted": predicted, "layer": layer,
+            "correct": len(set(gold) & set(predicted)), "total": len(gold)}
+
+
+def probe_layers(train: WordStates, dev: WordStates, test: WordStates, rank: int = 128, *,
+                 kinds: Sequence[str] = KINDS, layers: Sequence[int] | None = None, label: str = "",
+                 **fit_kwargs) -> tuple[pd.DataFrame, dict[str, FittedProbe]]:
+    """Fit the distance and depth probes on every layer and score them on ``test`` (§4, Table 1).
+
+    Returns the long table ``model, layer, kind, rank, metric, value, n`` (``model`` = ``label``)
+    and the fitted probes by kind.
+    """
+    probes, tables = {}, []
+    for kind in kinds:
+        probes[kind] = fit_probe(train, dev, kind, rank, layers=layers, **fit_kwargs)
+        tables.append(evaluate(probes[kind], test))
+    table = pd.concat(tables, ignore_index=True)
+    table.insert(0, "model", label)
+    return table, probes

@@ -1,0 +1,214 @@
+"""The cloze engine on models whose output scores are set by hand, so every number is derivable."""
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from bertology import cloze as C
+from bertology.models import MissingHeadError, random_bert
+
+
+def _id(tok, word):
+    ids = tok(word, add_special_tokens=False)["input_ids"]
+    assert len(ids) == 1, word
+    return ids[0]
+
+
+@pytest.fixture(scope="module")
+def bias_only(tokenizer):
+    """A tiny BertForMaskedLM whose logits are the decoder bias at every position, whatever the input:
+    the head's transform is zeroed (dense -> 0, GELU(0) = 0, LayerNorm bias 0), so logits = bias.
+    bias: 'paris' 3, 'london' 1, everything else 0."""
+    m = random_bert(tokenizer, n_layers=1, n_heads=2, hidden_size=8, mlm=True, seed=0)
+    pred = m.model.cls.predictions
+    with torch.no_grad():
+        pred.transform.dense.weight.zero_()
+        pred.transform.dense.bias.zero_()
+        pred.transform.LayerNorm.bias.zero_()
+        bias = torch.zeros(len(tokenizer))
+        bias[_id(tokenizer, "paris")] = 3.0
+        bias[_id(tokenizer, "london")] = 1.0
+        pred.decoder.bias.copy_(bias)
+    return m
+
+
+@pytest.fixture(scope="module")
+def logz(tokenizer):
+    return math.log(math.exp(3) + math.exp(1) + len(tokenizer) - 2)
+
+
+def test_single_piece_logprob_rank_and_top(bias_only, tokenizer, logz):
+    sc = C.mlm_scorer(bias_only)
+    assert sc.source == "mlm" and "MLM head" in sc.label
+    r = C.cloze(sc, ["The capital of France is [MASK].", "[MASK] is big"], [["paris", "london", "berlin"], "London"], k=2)
+    t = r.targets.set_index(["item", "target"])
+    assert t.loc[(0, "paris"), "logprob"] == pytest.approx(3 - logz, abs=1e-4)
+    assert t.loc[(0, "london"), "logprob"] == pytest.approx(1 - logz, abs=1e-4)
+    assert t.loc[(0, "berlin"), "prob"] == pytest.approx(math.exp(-logz), rel=1e-4)
+    # ranks among all non-special tokens: paris 1, london 2, berlin ties with ~30k zeros -> 3
+    assert t["rank"].tolist() == [1.0, 2.0, 3.0, 2.0]
+    assert t.loc[(1, "London"), "n_pieces"] == 1  # uncased tokenizer: same piece as 'london'
+    assert r.top.query("item == 0")["token"].tolist() == ["paris", "london"]
+    assert r.top["rank"].tolist() == [1, 2, 1, 2]
+
+
+def test_vocab_restricts_top_and_rank(bias_only, tokenizer, logz):
+    sc = C.mlm_scorer(bias_only)
+    r = C.cloze(sc, ["I live in [MASK]."], [["berlin", "paris"]], k=3, vocab=["london", "berlin", "unbelievably"])
+    assert r.vocab_dropped == ["unbelievably"]
+    assert r.top["token"].tolist()[:1] == ["london"] and len(r.top) == 2
+    t = r.targets.set_index("target")
+    assert t.loc["berlin", "rank"] == 2.0  # only london is higher among the vocab
+    assert t.loc["paris", "rank"] == 1.0  # higher than every vocab word
+
+
+def test_multi_piece_sequential_and_skip(bias_only, tokenizer, logz):
+    sc = C.mlm_scorer(bias_only)
+    n = len(tokenizer("unbelievably", add_special_tokens=False)["input_ids"])
+    assert n == 5
+    r = C.cloze(sc, ["That is [MASK] good."], [["unbelievably", "paris"]], k=0)
+    t = r.targets.set_index("target")
+    assert t.loc["unbelievably", "n_pieces"] == 5
+    assert t.loc["unbelievably", "logprob"] == pytest.approx(-5 * logz, abs=1e-3)
+    assert np.isnan(t.loc["unbelievably", "rank"]) and r.top.empty
+    s = C.cloze(sc, ["That is [MASK] good."], [["unbelievably", "paris"]], k=0, multi_piece="skip")
+    assert s.n_skipped == 1
+    assert np.isnan(s.targets.set_index("target").loc["unbelievably", "logprob"])
+    assert s.targets.set_index("target").loc["paris", "logprob"] == pytest.approx(3 - logz, abs=1e-4)
+
+
+class LeftEcho(C.Scorer):
+    """Fake scorer: the logit of the token just left of the masked position is 2, all others 0.
+    Records the sequences it is asked about."""
+
+    def __init__(self, loaded):
+        super().__init__(loaded, "mlm", "left-echo")
+        self.seen = []
+
+    def _states(self, input_ids, attention_mask, positions):
+        out = torch.zeros(len(positions), len(self.tokenizer))
+        for n, (r, c) in enumerate(positions.tolist()):
+            out[n, input_ids[r, c - 1]] = 2.0
+            self.seen.append(input_ids[r, : int(attention_mask[r].sum())].tolist())
+        return out
+
+
+def test_sequential_fills_earlier_pieces(bias_only, tokenizer):
+    sc = LeftEcho(bias_only)
+    lz = math.log(math.exp(2) + len(tokenizer) - 1)
+    r = C.cloze(sc, ["you say [MASK] again"], [["no no", "say"]], k=1, batch_size=1)
+    t = r.targets.set_index("target")
+    # piece 1 'no' follows 'say' (no bonus); piece 2 'no' follows the filled-in 'no' (+2)
+    assert t.loc["no no", "n_pieces"] == 2
+    assert t.loc["no no", "logprob"] == pytest.approx((0 - lz) + (2 - lz), abs=1e-4)
+    assert t.loc["say", "logprob"] == pytest.approx(2 - lz, abs=1e-4) and t.loc["say", "rank"] == 1
+    assert r.top["token"].tolist() == ["say"]
+    mask, no = tokenizer.mask_token_id, _id(tokenizer, "no")
+    assert sum(s.count(mask) == 2 for s in sc.seen) == 1  # step 1: both pieces masked
+    assert any(s.count(mask) == 1 and no in s for s in sc.seen)  # step 2: first piece filled
+
+
+def test_pll_is_sum_over_masked_pieces(bias_only, tokenizer, logz):
+    sc = C.mlm_scorer(bias_only)
+    df = C.pll(sc, ["paris london .", "london", "unbelievably paris"], batch_size=4)
+    assert df["n_pieces"].tolist() == [3, 1, 6]
+    assert df["pll"].tolist() == pytest.approx([(3 - logz) + (1 - logz) - logz, 1 - logz, 3 - 6 * logz], abs=1e-3)
+
+
+def test_pll_batching_does_not_change_scores(tokenizer):
+    m = random_bert(tokenizer, n_layers=1, n_heads=2, hidden_size=16, mlm=True, seed=1)
+    sc = C.mlm_scorer(m)
+    sents = ["the cat sat on the mat .", "dogs bark", "a much longer sentence about nothing in particular"]
+    one = C.pll(sc, sents, batch_size=1)["pll"].to_numpy()
+    many = C.pll(sc, sents, batch_size=64)["pll"].to_numpy()
+    np.testing.assert_allclose(one, many, atol=1e-4)
+    assert np.all(one < 0)
+
+
+def test_bad_contexts_and_targets(bias_only):
+    sc = C.mlm_scorer(bias_only)
+    with pytest.raises(ValueError, match="context 1 must contain exactly one"):
+        C.cloze(sc, ["a [MASK] b", "no mask here"])
+    with pytest.raises(ValueError, match="context 0 must contain exactly one .*found 2"):
+        C.cloze(sc, ["[MASK] and [MASK]"])
+    with pytest.raises(ValueError, match="one list of words per context"):
+        C.cloze(sc, ["a [MASK]"], [["x"], ["y"]])
+    with pytest.raises(ValueError, match="multi_piece"):
+        C.cloze(sc, ["a [MASK]"], multi_piece="average")
+    with pytest.raises(ValueError, match="non-empty"):
+        C.pll(sc, ["fine", ""])
+
+
+def test_heads_and_controls(minilm, bias_only):
+    with pytest.raises(MissingHeadError, match="'minilm' has no masked-LM head"):
+        C.get_scorer(minilm, head="mlm")
+    with pytest.raises(ValueError, match="head must be one of"):
+        C.get_scorer(minilm, head="best")
+    assert C.get_scorer(bias_only).source == "mlm"
+    ctrl = C.get_scorer(bias_only, head="control", seed=4)
+    assert ctrl.source == "control" and ctrl.label == "random-init control (seed 4)"
+    a = C.pll(ctrl, ["the cat sat ."])["pll"].iloc[0]
+    b = C.pll(C.control_scorer(bias_only, seed=4), ["the cat sat ."])["pll"].iloc[0]
+    c = C.pll(C.control_scorer(bias_only, seed=5), ["the cat sat ."])["pll"].iloc[0]
+    assert a == b and a != c
+
+
+# ----------------------------------------------------------------------------- fitted readout
+
+
+def test_readout_recovers_a_planted_mapping():
+    """States are the embedding of the original token plus noise: the readout must decode them."""
+    from bertology.readout import top1_accuracy, train_readout
+
+    g = torch.Generator().manual_seed(0)
+    E = torch.randn(60, 16, generator=g)
+    y = torch.randint(0, 60, (3000,), generator=g)
+    X = E[y] + 0.1 * torch.randn(3000, 16, generator=g)
+    head, info = train_readout(X[:2000], y[:2000], E, epochs=10, batch_size=256, lr=3e-3, progress=False)
+    assert top1_accuracy(head, X[2000:], y[2000:]) > 0.95
+    assert info["n_train_types"] == 60 and len(info["train_loss"]) == 10
+    # a head that never saw the mapping (no ridge start, no training) is at chance
+    rand, _ = train_readout(X[:10], y[:10], E, epochs=0, ridge=None, progress=False)
+    assert top1_accuracy(rand, X[2000:], y[2000:]) < 0.2
+
+
+def test_readout_fit_cache_and_label(tokenizer, tmp_path, monkeypatch):
+    from bertology import readout as R
+
+    m = random_bert(tokenizer, n_layers=2, n_heads=2, hidden_size=16, mlm=False, seed=0)
+    settings = R.FitSettings(data="sample", n_sentences=40, n_dev=20, epochs=1)
+    head, meta = R.get_readout(m, 2, cache_dir=tmp_path, settings=settings, progress=False)
+    assert meta["label"].startswith("fitted readout on layer 2 of random-bert-2x2 (bertology sample treebank")
+    assert meta["n_train_tokens"] >= 40 and 0 <= meta["dev_top1"] <= 1
+    assert len(list((tmp_path / "readouts").glob("*.safetensors"))) == 1
+
+    def no_fit(*a, **k):
+        raise AssertionError("the cached head should have been used")
+
+    monkeypatch.setattr(R, "fit_readouts", no_fit)
+    again, meta2 = R.get_readout(m, 2, cache_dir=tmp_path, settings=settings)
+    assert meta2 == meta
+    for (n, a), (_, b) in zip(head.state_dict().items(), again.state_dict().items()):
+        assert torch.equal(a, b), n
+    sc = R.ReadoutScorer(m, 2, again, meta2)
+    lp = sc.log_probs(torch.tensor([[101, 103, 102]]), torch.ones(1, 3, dtype=torch.long), torch.tensor([[0, 1]]))
+    assert lp.shape == (1, len(tokenizer)) and torch.exp(lp).sum().item() == pytest.approx(1.0, abs=1e-4)
+    with pytest.raises(ValueError, match="layer 3 is out of range"):
+        R.get_readout(m, 3, cache_dir=tmp_path, settings=settings)
+
+
+def test_shipped_minilm_readout_loads(minilm):
+    from bertology.readout import shipped_readouts
+
+    shipped = shipped_readouts(minilm)
+    assert shipped is not None, "no shipped readout matches this MiniLM revision: run `bertology fit-readout --model minilm --layers all`"
+    last = str(minilm.info.n_layers)
+    assert last in shipped[1]["layers"] and "fitted" in shipped[1]["what"]
+    sc = C.get_scorer(minilm)  # no MLM head -> the fitted readout on the last layer
+    assert sc.source == "readout" and sc.label.startswith("fitted readout on layer 6 of minilm")
+    # the last layer decodes masked tokens better than always answering the most frequent token
+    info = shipped[1]["layers"][last]
+    assert info["dev_top1"] > info["dev_top1_majority"]
+    r = C.cloze(sc, ["The capital of France is [MASK] ."], [["paris"]], k=3)
+    assert len(r.top) == 3 and r.label == sc.label

@@ -1,0 +1,223 @@
+"""LAMA P@k, negation overlap and the Forbes et al. (2019) probes, on hand-made predictions and data."""
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from bertology import cloze
+from bertology import knowledge as kn
+from bertology.models import random_bert
+
+MIRROR = Path(os.environ.get("BERTOLOGY_DATA", "/nonexistent"))
+
+
+def _line(**kw):
+    rec = {"sub_label": "Dante", "obj_label": "Florence", "masked_sentences": ["Dante was born in [MASK] ."],
+           "masked_negations": ["Dante was  not born in [MASK] ."], "uuid": 1,
+           "masked_misprimed": ["Talk? Dante was born in [MASK] ."]}
+    rec.update(kw)
+    return json.dumps(rec)
+
+
+def test_parse_lama_lines_relation_names_and_errors():
+    f = kn.parse_lama_lines([_line(), "", _line(uuid=2, obj_label="Rome")], "TREx", "data/TREx/random/P19_random.jsonl")
+    assert list(f["relation"]) == ["P19", "P19"] and set(f["corpus"]) == {"T-REx"}
+    assert f.loc[0, "negated"] == "Dante was not born in [MASK] ."  # whitespace normalised
+    g = kn.parse_lama_lines([_line(pred="CapableOf")], "ConceptNet", "data/ConceptNet/random/ConceptNet.jsonl")
+    assert g.loc[0, "relation"] == "CapableOf"
+    with pytest.raises(kn.KnowledgeDataError, match=r"P19_random.jsonl:2.*masked_negations"):
+        kn.parse_lama_lines([_line(), _line(masked_negations=["no mask here"])], "TREx", "data/TREx/random/P19_random.jsonl")
+    with pytest.raises(kn.KnowledgeDataError, match="x.jsonl:1: not JSON"):
+        kn.parse_lama_lines(["{oops"], "TREx", "x.jsonl")
+
+
+def test_precision_at_k_and_macro_average_by_hand():
+    ranks = pd.DataFrame({
+        "source": "mlm", "corpus": ["T-REx"] * 4 + ["SQuAD"], "relation": ["P19", "P19", "P19", "P36", "squad"],
+        "query": "original", "rank": [1, 3, 20, 1, np.nan]})
+    per = kn.precision_at_k(ranks, ks=(1, 10))
+    p = per.set_index(["relation", "k"])["precision"]
+    assert p[("P19", 1)] == pytest.approx(1 / 3) and p[("P19", 10)] == pytest.approx(2 / 3)
+    assert p[("P36", 1)] == 1.0 and p[("squad", 10)] == 0.0
+    macro = kn.macro_by_corpus(per).set_index(["corpus", "k"])
+    assert macro.loc[("T-REx", 1), "value"] == pytest.approx((1 / 3 + 1) / 2)  # macro, not micro (2/4)
+    assert macro.loc[("T-REx", 10), "value"] == pytest.approx((2 / 3 + 1) / 2)
+    assert macro.loc[("T-REx", 1), "n_relations"] == 2 and macro.loc[("T-REx", 1), "n_facts"] == 4
+
+
+def test_negation_overlap_by_hand():
+    facts = pd.DataFrame({"corpus": "T-REx", "relation": "P19", "uuid": ["1", "2"], "obj_label": ["Paris", "Rome"],
+                          "misprimed": ["Talk? x [MASK] .", "Bird? y [MASK] ."]})
+    top = pd.DataFrame([
+        ("mlm", "T-REx", "P19", "1", "original", 1, "paris", -1.0), ("mlm", "T-REx", "P19", "1", "negated", 1, "paris", -1.0),
+        ("mlm", "T-REx", "P19", "1", "misprimed", 1, "talk", -1.0), ("mlm", "T-REx", "P19", "2", "original", 1, "milan", -1.0),
+        ("mlm", "T-REx", "P19", "2", "negated", 1, "rome", -1.0), ("mlm", "T-REx", "P19", "2", "misprimed", 1, "milan", -1.0),
+        ("mlm", "T-REx", "P19", "2", "original", 2, "rome", -2.0),
+    ], columns=["source", "corpus", "relation", "uuid", "query", "rank", "token", "logprob"])
+    m = kn.negation_overlap(top, facts).set_index("metric")["value"]
+    assert m["same top-1 as original"] == 0.5
+    assert m["negated top-1 is the true object"] == 1.0
+    assert m["misprime is top-1"] == 0.5 and m["misprime changed top-1"] == 0.5
+    assert m["two facts share top-1 (baseline)"] == 0.0  # paris vs milan
+
+
+def test_single_piece_facts_counts_drops(tokenizer):
+    facts = pd.DataFrame({"corpus": "T-REx", "relation": ["P1", "P1", "P2"], "obj_label": ["Paris", "Reykjavíkurborg", "French"]})
+    kept, counts = kn.single_piece_facts(facts, tokenizer, kn.candidate_vocab(tokenizer))
+    assert list(kept["obj_label"]) == ["Paris", "French"]
+    c = counts.set_index("relation")
+    assert (c.loc["P1", "n_facts"], c.loc["P1", "n_kept"], c.loc["P1", "n_dropped"]) == (2, 1, 1)
+    vocab = kn.candidate_vocab(tokenizer)
+    assert "paris" in vocab and not any(v.startswith("##") or v in ("[MASK]", "[unused0]") for v in vocab)
+
+
+def test_score_lama_ranks_over_vocab(tokenizer):
+    scorer = cloze.control_scorer(random_bert(tokenizer, n_layers=1, n_heads=2, hidden_size=16, seed=1), seed=2)
+    facts = kn.load_own_facts().head(4)
+    vocab = ["paris", "rome", "tokyo", "berlin", "french", "the", "a"]
+    ranks, top = kn.score_lama(scorer, facts, vocab=vocab, k=3)
+    assert len(ranks) == 4 * 3 and set(ranks["query"]) == set(kn.QUERIES)
+    assert ranks["rank"].between(1, len(vocab)).all()
+    assert set(top["token"]) <= set(vocab) and len(top) == 4 * 3 * 3
+    ref = cloze.cloze(scorer, list(facts["original"]), [[o] for o in facts["obj_label"]], k=0, vocab=vocab)
+    orig = ranks[ranks["query"] == "original"]
+    assert list(orig["rank"]) == list(ref.targets["rank"])
+    np.testing.assert_allclose(orig["logprob"], ref.targets["logprob"], atol=1e-5)
+
+
+def test_shipped_facts_are_single_pieces(tokenizer):
+    facts = kn.load_own_facts()
+    kept, counts = kn.single_piece_facts(facts, tokenizer, kn.candidate_vocab(tokenizer))
+    assert len(facts) >= 25 and len(kept) == len(facts) and facts["relation"].nunique() >= 5
+
+
+@pytest.mark.skipif(not (MIRROR / kn.LAMA).is_dir(), reason="LAMA data mirror not available")
+def test_load_lama_from_mirror_counts():
+    f = kn.load_lama()
+    assert len(f) == 11165
+    assert f.groupby("corpus")["relation"].nunique().to_dict() == {"ConceptNet": 13, "Google-RE": 3, "SQuAD": 1, "T-REx": 40}
+    s = kn.load_lama(facts_per_relation=5, seed=1)
+    assert s.groupby("relation").size().max() == 5
+    assert s.equals(kn.load_lama(facts_per_relation=5, seed=1))
+
+
+def test_forbes_f1_by_hand():
+    # object x: y 1 1 0, yhat 1 0 0 -> P 1, R 1/2 ; object z: y 0 1, yhat 1 1 -> P 1/2, R 1 ; object w: no positives
+    a = ["x", "x", "x", "z", "z", "w"]
+    b = ["p", "q", "r", "p", "q", "p"]
+    y = [1, 1, 0, 0, 1, 0]
+    yhat = [1, 0, 0, 1, 1, 1]
+    s = kn.forbes_f1(a, b, y, yhat, ("object", "property"))
+    mp, mr = (1 + 0.5) / 2, (0.5 + 1) / 2
+    assert s["object"] == pytest.approx(2 * mp * mr / (mp + mr))
+    # property p: y (1,0,0), yhat (1,1,1) -> P 1/3 R 1 ; q: y (1,1), yhat (0,1) -> P 1 R 1/2 ; r: no positives
+    mp, mr = (1 / 3 + 1) / 2, (1 + 0.5) / 2
+    assert s["property"] == pytest.approx(2 * mp * mr / (mp + mr))
+    tp, fp, fn = 2, 2, 1
+    assert s["micro"] == pytest.approx(2 * tp / (2 * tp + fp + fn))
+    assert s["accuracy"] == pytest.approx(3 / 6)
+
+
+def test_majority_baseline_by_category():
+    train = pd.DataFrame({"a": ["x", "y", "z", "x"], "b": ["p", "p", "p", "q"], "label": [1, 1, 0, 0]})
+    test = pd.DataFrame({"a": ["u", "u", "u"], "b": ["p", "q", "new"], "label": [1, 0, 1]})
+    assert kn.majority_baseline(train, test).tolist() == [1, 0, 1]
+
+
+def _forbes_root(tmp_path):
+    pc = tmp_path / "data" / "pc"
+    pc.mkdir(parents=True)
+    (pc / "situated-properties.csv").write_text(
+        "cocoImgID,cocoAnnID,objectUID,hard,edible\n1,10,apple,0,1\n1,11,chair,1,0\n2,12,apple,1,1\n")
+    (pc / "situated-affordances-sampled.csv").write_text(
+        'affordancesNo,affordancesYes,cocoAnnID,cocoImgID,objectHuman,objectUID\n'
+        '"sit,drive,read","eat,peel,cut",10,1,apple,apple\n"eat,peel,fly","sit,lift,move",11,1,chair,chair\n'
+        '"sit,drive,read","eat,throw,cut",12,2,apple,apple\n')
+    (pc / "situated-train-object-uids.txt").write_text("apple\n")
+    (pc / "situated-test-object-uids.txt").write_text("chair\n")
+    return tmp_path
+
+
+def test_load_forbes_builds_tasks_like_the_authors(tmp_path):
+    root = _forbes_root(tmp_path)
+    tr, te = kn.load_forbes("situated-OP", root)
+    assert len(tr) == 2 * 2 and len(te) == 2 and set(te["a"]) == {"chair"}
+    assert te.set_index("b")["label"].to_dict() == {"hard": 1, "edible": 0}
+    tr, te = kn.load_forbes("situated-OA", root)
+    assert len(tr) == 12 and tr["label"].sum() == 6 and set(te.query("label == 1")["b"]) == {"sit", "lift", "move"}
+    tr, te = kn.load_forbes("situated-AP", root)
+    assert len(tr) == 2 * 3 * 2  # 2 apple instances x 3 yes-affordances x 2 properties
+    # affordance "eat" gets the properties of each instance it came with: (hard 0, edible 1) and (hard 1, edible 1)
+    eat = tr[tr["a"] == "eat"].groupby("b")["label"].apply(list).to_dict()
+    assert eat == {"hard": [0, 1], "edible": [1, 1]}
+    assert set(te["a"]) == {"sit", "lift", "move"} and te.query("b == 'hard'")["label"].tolist() == [1, 1, 1]
+    with pytest.raises(ValueError, match="unknown task"):
+        kn.load_forbes("abstract-OA", root)
+
+
+def test_probe_learns_a_planted_property_and_picks_its_layer():
+    rng = np.random.default_rng(0)
+    objs = [f"o{i}" for i in range(60)]
+    props = [f"p{j}" for j in range(4)]
+    emb = {}
+    truth = {}
+    for o in objs:
+        e = rng.normal(size=(2, 8))
+        truth[o] = int(e[1, 0] > 0)  # layer 1 carries the label in dimension 0; layer 0 is noise
+        emb[o] = e
+    for p in props:
+        emb[p] = rng.normal(size=(2, 8))
+    rows = [(o, p, truth[o] if p in ("p0", "p1") else 1 - truth[o], o) for o in objs for p in props]
+    df = pd.DataFrame(rows, columns=["a", "b", "label", "obj"])
+    train, test = df[df["obj"].isin(objs[:45])], df[df["obj"].isin(objs[45:])]
+    res = kn.probe_forbes(emb, "abstract-OP", train, test, layers=[0, 1], source="planted", seed=0, c=1.0)
+    val_f1 = res[(res.split == "val") & (res.category == "property")].set_index("layer")["value"]
+    assert val_f1[1] > val_f1[0] + 0.2
+    best = kn.best_layer_scores(res).set_index("category")
+    assert set(best["layer"]) == {1} and best.loc["property", "value"] > 0.9 and best.loc["property", "n"] == len(test)
+
+
+@pytest.mark.skipif(not (MIRROR / kn.FORBES).is_dir(), reason="Forbes data mirror not available")
+def test_forbes_real_data_sizes_and_human_figures():
+    sizes = {t: tuple(len(x) for x in kn.load_forbes(t)) for t in kn.TASKS}
+    assert sizes["abstract-OP"] == (411 * 50, 103 * 50)
+    tr, te = kn.load_forbes("situated-OA")
+    assert tr["label"].mean() == 0.5 and set(tr["obj"]).isdisjoint(te["obj"])
+    h = kn.human_scores().set_index(["task", "category"])["value"]
+    assert all(0.3 < v <= 1 for v in h) and len(h) == 12
+    objs, props = kn.forbes_texts()
+    assert objs["baseball_bat"] == "baseball bat" and props["a_tool"] == "is a tool" and "<" not in props["unhealthy"]
+
+
+def test_offline_lama_and_forbes_say_unavailable(monkeypatch):
+    import bertology.data as data
+
+    def unavailable(dataset, file):
+        raise data.DataUnavailableError(f"cannot get {dataset}/{file}: offline")
+
+    monkeypatch.setattr(data, "data_path", unavailable)
+    with pytest.raises(data.DataUnavailableError):
+        kn.load_lama()
+    with pytest.raises(data.DataUnavailableError):
+        kn.load_forbes("situated-OA")
+    own = kn.load_own_facts()  # the shipped fallback needs no data
+    assert set(own["corpus"]) == {"bertology facts"} and own["negated"].str.contains(" not | cannot ").all()
+
+
+def test_forbes_verdict_by_hand():
+    rows = []
+    for system, vals in {"probe": (0.6, 0.5, 0.32), "control": (0.4, 0.3, 0.3), "majority": (0.3, 0.3, 0.1),
+                         "human": (0.8, 0.8, 0.7)}.items():
+        for task, v in zip(("abstract-OP", "situated-OA", "situated-AP"), vals):
+            rows.append(dict(system=system, task=task, category="x", value=v))
+    scores = pd.DataFrame(rows)
+    g, gc = kn.forbes_gains(scores, "probe"), kn.forbes_gains(scores, "control")
+    v = kn.forbes_verdict(g, control_gains=gc)
+    assert v["gain_op_oa"] == pytest.approx(0.25) and v["gain_ap"] == pytest.approx(0.22)
+    assert not v["pattern_as_forbes"]  # AP gain (0.22) is not below OP/OA (0.25) by the margin
+    assert v["over_control_op_oa"] == pytest.approx(0.2) and v["over_control_ap"] == pytest.approx(0.02)
+    assert v["pattern_vs_control"]
+    assert v["shortfall_ap"] == pytest.approx(0.38)

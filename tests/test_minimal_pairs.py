@@ -1,0 +1,135 @@
+"""Agreement and BLiMP scoring on a tiny MLM whose scores are set by hand, plus the data loaders."""
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from bertology import minimal_pairs as mp
+from bertology.cloze import mlm_scorer, word_pieces
+from bertology.data import DataUnavailableError
+from bertology.models import random_bert
+
+
+@pytest.fixture(scope="module")
+def scorer(tokenizer):
+    """logits = decoder bias at every position: 'is' 2, 'are' 1, 'paris' 3, all else 0."""
+    m = random_bert(tokenizer, n_layers=1, n_heads=2, hidden_size=8, mlm=True, seed=0)
+    pred = m.model.cls.predictions
+    with torch.no_grad():
+        pred.transform.dense.weight.zero_()
+        pred.transform.dense.bias.zero_()
+        pred.transform.LayerNorm.bias.zero_()
+        bias = torch.zeros(len(tokenizer))
+        for w, v in {"is": 2.0, "are": 1.0, "paris": 3.0}.items():
+            bias[tokenizer.convert_tokens_to_ids(w)] = v
+        pred.decoder.bias.copy_(bias)
+    return mlm_scorer(m)
+
+
+def items():
+    return pd.DataFrame({
+        "dataset": ["a", "a", "a", "b", "b"],
+        "condition": ["x"] * 5,
+        "n_attractors": [0, 1, 1, 0, 0],
+        "context": ["The dog [MASK] here .", "The dogs near him [MASK] here .", "It [MASK] good .",
+                    "They [MASK] here .", "He [MASK] here ."],
+        "correct": ["is", "are", "unbelievably", "were", "was"],
+        "wrong": ["are", "is", "is", "was", "were"],
+    })
+
+
+def test_agreement_scores_skips_and_accuracy(scorer, tokenizer):
+    lz = math.log(math.exp(2) + math.exp(1) + math.exp(3) + len(tokenizer) - 3)
+    s = mp.score_agreement(scorer, items())
+    assert s["skipped"].tolist() == ["", "", "correct form is several word pieces", "", ""]
+    assert s.loc[0, "logprob_correct"] == pytest.approx(2 - lz, abs=1e-4)
+    assert s.loc[0, "logprob_wrong"] == pytest.approx(1 - lz, abs=1e-4)
+    # is > are: item 0 right, item 1 wrong; were/was tie at bias 0: strict comparison -> wrong
+    assert s["right"].tolist()[:2] == [1.0, 0.0] and np.isnan(s.loc[2, "right"]) and s["right"].tolist()[3:] == [0.0, 0.0]
+    assert set(s["source"]) == {"mlm"}
+    acc = mp.agreement_accuracy(s, by=["dataset", "n_attractors"]).set_index(["dataset", "n_attractors"])
+    assert acc.loc[("a", 0), "accuracy"] == 1.0 and acc.loc[("a", 0), "n"] == 1
+    assert acc.loc[("a", 1), "accuracy"] == 0.0 and acc.loc[("a", 1), "n"] == 1 and acc.loc[("a", 1), "n_skipped"] == 1
+    assert acc.loc[("b", 0), "accuracy"] == 0.0 and acc.loc[("b", 0), "n"] == 2
+    skip = mp.skip_summary(s)
+    assert skip.to_dict("records") == [{"dataset": "a", "reason": "correct form is several word pieces", "n": 1,
+                                        "share": pytest.approx(1 / 3)}]
+
+
+def test_blimp_scoring_is_pll_comparison(scorer, tokenizer):
+    lz = math.log(math.exp(2) + math.exp(1) + math.exp(3) + len(tokenizer) - 3)
+    pairs = pd.DataFrame({"paradigm": ["p1", "p1", "p2"], "phenomenon": ["A", "A", "B"], "field": ["f"] * 3,
+                          "pair_id": [0, 1, 0], "good": ["paris is", "are", "it is"], "bad": ["paris are", "is", "it are"]})
+    s = mp.score_blimp(scorer, pairs, batch_size=3)
+    assert s.loc[0, "pll_good"] == pytest.approx((3 - lz) + (2 - lz), abs=1e-3)
+    assert s.loc[0, "pll_bad"] == pytest.approx((3 - lz) + (1 - lz), abs=1e-3)
+    assert s["right"].tolist() == [1.0, 0.0, 1.0]
+    by_p = mp.blimp_accuracy(s, "paradigm").set_index("group")["accuracy"]
+    assert by_p.to_dict() == {"p1": 0.5, "p2": 1.0}
+    assert mp.blimp_accuracy(s, "overall")["accuracy"].iloc[0] == pytest.approx(2 / 3)
+    with pytest.raises(ValueError, match="by must be"):
+        mp.blimp_accuracy(s, "uid")
+
+
+def test_shipped_stimuli_are_well_formed(tokenizer):
+    a = mp.load_agreement_stimuli()
+    assert len(a) == 40 and set(a["n_attractors"]) == {0, 1, 2}
+    # every verb form is one word piece of the default tokenizer, so offline runs skip nothing
+    assert all(len(word_pieces(tokenizer, w)) == 1 for w in pd.concat([a["correct"], a["wrong"]]))
+    b = mp.load_blimp_stimuli()
+    assert len(b) >= 30 and list(b.columns) == ["paradigm", "phenomenon", "field", "pair_id", "good", "bad"]
+    assert (b["good"] != b["bad"]).all()
+
+
+def test_offline_fallback(monkeypatch):
+    def unavailable(dataset, file):
+        raise DataUnavailableError(f"{dataset}/{file}: no mirror, no cache, no network")
+
+    monkeypatch.setattr("bertology.data.data_path", unavailable)
+    items_, notes = mp.agreement_items("auto")
+    assert items_["dataset"].unique().tolist() == ["bertology-stimuli"] and "hand-written" in notes[-1]
+    with pytest.raises(DataUnavailableError):
+        mp.agreement_items("linzen")
+    pairs, notes = mp.blimp_pairs("auto")
+    assert pairs["field"].unique().tolist() == ["bertology-stimuli"] and "BLiMP unavailable" in notes[0]
+
+
+def _have(dataset, file):
+    from bertology.data import data_path
+
+    try:
+        data_path(dataset, file)
+        return True
+    except DataUnavailableError:
+        return False
+
+
+@pytest.mark.skipif(not _have(*mp.GULORDAVA), reason="Gulordava data not available")
+def test_real_agreement_sets():
+    g = mp.load_gulordava()
+    assert len(g) == 410 and (g["condition"] == "original").sum() == 41
+    assert g["n_attractors"].value_counts().to_dict() == {0: 330, 1: 70, 2: 10}
+    first = g.iloc[0]
+    assert first["context"].startswith("An agreeable insight executed in fifty [MASK] there")
+    assert (first["correct"], first["wrong"]) == ("represents", "represent")
+    lz = mp.load_linzen()
+    assert len(lz) == 7489 and lz["n_attractors"].max() == 4
+    assert lz.iloc[0]["context"].startswith("as a consequence of being mostly privately owned , the town [MASK] very")
+    assert mp.load_linzen(limit=5).shape[0] == 5
+
+
+@pytest.mark.skipif(not _have("blimp", "data/adjunct_island.jsonl"), reason="BLiMP not available")
+def test_real_blimp_loader():
+    assert len(mp.blimp_paradigms()) == 67
+    b = mp.load_blimp(["adjunct_island", "anaphor_number_agreement"], limit=3)
+    assert len(b) == 6 and b["phenomenon"].tolist()[:1] == ["island_effects"]
+    assert b.iloc[0]["good"] == "Who should Derek hug after shocking Richard?"
+    with pytest.raises(ValueError, match="unknown BLiMP paradigms"):
+        mp.load_blimp(["no_such_paradigm"])
+
+
+def test_skip_summary_when_nothing_skipped(scorer):
+    s = mp.score_agreement(scorer, items().iloc[[0, 1]])
+    assert mp.skip_summary(s).empty and list(mp.skip_summary(s).columns) == ["dataset", "reason", "n", "share"]

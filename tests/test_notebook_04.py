@@ -1,0 +1,55 @@
+"""End to end: `bertology run --notebooks 04 --quick` on the default model (no MLM head)."""
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from bertology import cli
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.slow
+def test_notebook_04_quick_report(tmp_path):
+    code = cli.main(["run", "--notebooks", "04", "--quick", "--out", str(tmp_path),
+                     "--notebook-dir", str(ROOT / "notebooks")])
+    assert code == 0
+    base = tmp_path / "minilm" / "04_syntax_probes"
+    res = json.loads((base / "results.json").read_text())
+    meta, tables, values = res["meta"], res["tables"], res["values"]
+    assert meta["quick"] is True and meta["model"] == "minilm"
+    n_layers = meta["model_info"]["n_layers"]
+    # every layer 0..L, both models, four metrics, all within their ranges
+    probe = tables["structural_probe"]
+    assert {r["model"] for r in probe} == {"minilm", "random-init control"}
+    assert {r["layer"] for r in probe} == set(range(n_layers + 1))
+    assert len(probe) == 2 * (n_layers + 1) * 4
+    for r in probe:
+        lo = -1 if r["metric"] in ("dspr", "nspr") else 0
+        assert lo <= r["value"] <= 1 and r["n"] > 0, r
+    summary = values["probe_summary"]
+    by = {(r["model"], r["layer"], r["metric"]): r["value"] for r in probe}
+    assert summary["uuas_best"] == pytest.approx(max(by[("minilm", layer, "uuas")] for layer in range(n_layers + 1)))
+    assert set(values["key_numbers"]) >= {f"UUAS, best layer ({summary['best_layer_uuas']})", "UUAS, layer 0 (embeddings)"}
+    # rank sweep: one fit per rank, on the best layer only
+    sweep = tables["rank_sweep"]
+    assert {r["rank"] for r in sweep} == set(values["ranks"])
+    assert {r["layer"] for r in sweep} == {summary["best_layer_uuas"]}
+    # example tree: a spanning tree over the non-punctuation words
+    tree = values["example_tree"]
+    assert len(tree["predicted"]) == len(tree["gold"]) and 0 <= tree["correct"] <= tree["total"]
+    # perturbations: counts add up; truncation leaves layer-0 states of surviving words unchanged
+    counts = {r["perturbation"]: r for r in tables["perturbation_counts"]}
+    assert set(counts) == {"shuffle", "truncate", "drop_subject", "drop_object"}
+    n_intact = counts["shuffle"]["sentences"] + counts["shuffle"]["skipped"]
+    assert all(c["sentences"] + c["skipped"] == n_intact for c in counts.values())
+    sim = {(r["perturbation"], r["layer"], r["metric"]): r["value"] for r in tables["perturbation_similarity"]}
+    assert sim[("truncate", 0, "cka")] == pytest.approx(1.0, abs=1e-4)
+    assert sim[("truncate", 0, "cosine")] == pytest.approx(1.0, abs=1e-4)
+    assert sim[("shuffle", n_layers, "cka")] < 1 - 1e-3  # word order does reach the last layer
+    assert all(math.isfinite(v) for v in sim.values())
+    for name in ("probe_by_layer", "rank_sweep", "example_tree", "perturbation_similarity", "perturbation_probe"):
+        assert (base / "figures" / f"{name}.png").stat().st_size > 10_000
+    html = (tmp_path / "minilm" / "04_syntax_probes.html").read_text()
+    assert "What this run shows" in html and "Where this run deviates from the paper" in html

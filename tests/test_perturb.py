@@ -1,0 +1,109 @@
+"""Perturbations of treebank sentences, their gold trees, and state similarity, checked by hand."""
+import numpy as np
+import pytest
+
+from bertology import perturb as pt
+from bertology import structural_probe as sp
+from bertology.data import Sentence
+
+# "The cat saw the dog ." : The->cat, cat->saw (nsubj), saw=root, the->dog, dog->saw (obj), .->saw
+SAW = Sentence(words="The cat saw the dog .".split(), heads=[2, 3, 0, 5, 3, 3],
+               deprels=["det", "nsubj", "root", "det", "obj", "punct"],
+               upos=["DET", "NOUN", "VERB", "DET", "NOUN", "PUNCT"], sent_id="saw")
+# "Yesterday , the dog barked" : root at the end, so truncation cuts it off
+LATE = Sentence(words="Yesterday , the dog barked".split(), heads=[5, 5, 4, 5, 0],
+                deprels=["obl", "punct", "det", "nsubj", "root"], upos=["NOUN", "PUNCT", "DET", "NOUN", "VERB"])
+
+
+def test_shuffle_keeps_every_words_head():
+    rng = np.random.default_rng(3)
+    s, perm = pt.shuffle_words(SAW, rng)
+    assert sorted(perm) == list(range(6)) and perm != list(range(6))
+    assert s.words == [SAW.words[o] for o in perm]
+    # tree distances are the original ones carried through the permutation
+    old, new = sp.tree_distances(SAW.heads), sp.tree_distances(s.heads)
+    assert (new == old[np.ix_(perm, perm)]).all()
+    # the head word of each word is unchanged
+    for i, o in enumerate(perm):
+        h = s.heads[i]
+        assert (h == 0) == (SAW.heads[o] == 0)
+        if h:
+            assert s.words[h - 1] == SAW.words[SAW.heads[o] - 1]
+
+
+def test_truncate_restricts_the_tree_by_hand():
+    s, keep = pt.truncate(SAW)
+    assert keep == [0, 1, 2] and s.words == ["The", "cat", "saw"] and s.heads == [2, 3, 0]
+    # root cut off: "Yesterday" (depth 1, leftmost) becomes root; "," (depth 1) attaches to it;
+    # "the" (its head "dog" and "barked" are gone) attaches to it too
+    s, keep = pt.truncate(LATE)
+    assert keep == [0, 1, 2] and s.heads == [0, 1, 1]
+
+
+def test_restrict_tree_nearest_kept_ancestor():
+    # keep The, saw, dog: "The" loses its head "cat" -> attaches to "saw"
+    assert pt.restrict_tree(SAW.heads, [0, 2, 4]) == [2, 0, 2]
+    with pytest.raises(ValueError, match="increasing"):
+        pt.restrict_tree(SAW.heads, [2, 0])
+
+
+def test_drop_subject_and_object_and_skips():
+    s, keep = pt.drop_dependent(SAW, pt.SUBJECT)
+    assert s.words == ["saw", "the", "dog", "."] and keep == [2, 3, 4, 5] and s.heads == [0, 3, 1, 1]
+    s, keep = pt.drop_dependent(SAW, pt.OBJECT)
+    assert s.words == ["The", "cat", "saw", "."] and s.heads == [2, 3, 0, 3]
+    assert pt.drop_dependent(LATE, pt.OBJECT) is None
+    items, skipped = pt.perturb([SAW, LATE, SAW], "drop_object")
+    assert skipped == 1 and [p.index for p in items] == [0, 2]
+    items, skipped = pt.perturb([SAW, LATE], "drop_subject")
+    assert skipped == 0 and items[1].sentence.words == ["Yesterday", ",", "barked"]
+    with pytest.raises(ValueError, match="kind"):
+        pt.perturb([SAW], "reverse")
+
+
+def test_shuffle_is_seeded():
+    a, _ = pt.perturb([SAW, LATE], "shuffle", seed=1)
+    b, _ = pt.perturb([SAW, LATE], "shuffle", seed=1)
+    assert [p.source for p in a] == [p.source for p in b]
+
+
+def test_cka_and_cosine_by_hand():
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(50, 8))
+    Q, _ = np.linalg.qr(rng.normal(size=(8, 8)))
+    assert pt.linear_cka(X, 3.0 * X @ Q) == pytest.approx(1.0)  # rotation + isotropic scale
+    assert pt.linear_cka(X[:5], X[:5] @ Q) == pytest.approx(1.0)  # fewer items than dims: Gram form
+    assert pt.linear_cka(X, rng.normal(size=(50, 8))) < 0.3
+    assert pt.mean_cosine(X, 2 * X) == pytest.approx(1.0)
+    assert pt.mean_cosine(np.array([[1.0, 0], [1, 1]]), np.array([[0.0, 1], [1, 1]])) == pytest.approx(0.5)
+    with pytest.raises(ValueError, match="same items"):
+        pt.linear_cka(X, X[:10])
+
+
+def test_paired_states_align_surviving_words():
+    # intact: two sentences (6 and 5 words); vector of word k of sentence s = [s, k]
+    sents = [SAW, LATE]
+    off = np.array([0, 6, 11])
+    vec = np.array([[s, k] for s, n in enumerate([6, 5]) for k in range(n)], np.float32)
+    intact = sp.WordStates(np.stack([vec, vec + 100]), off, sents)
+    items, _ = pt.perturb(sents, "drop_subject")
+    # perturbed states: copy the intact vectors of the surviving words (as a model with no context would)
+    pv = np.concatenate([vec[off[p.index] + np.array(p.source)] for p in items])
+    poff = np.concatenate([[0], np.cumsum([len(p.source) for p in items])])
+    pert = sp.WordStates(np.stack([pv, pv + 100]), poff, [p.sentence for p in items])
+    X, Y = pt.paired_states(intact, pert, items)
+    assert X.shape == (2, 7, 2) and (X == Y).all()
+    assert X[0, :4].tolist() == [[0, 2], [0, 3], [0, 4], [0, 5]]
+    sim = pt.state_similarity(X, Y).set_index(["layer", "metric"]).value
+    assert sim[(0, "cka")] == pytest.approx(1.0) and sim[(1, "cosine")] == pytest.approx(1.0)
+
+
+def test_shuffle_context_keeps_the_mask_in_place():
+    rng = np.random.default_rng(0)
+    out = pt.shuffle_context("the keys to the cabinet [MASK] on the table", rng)
+    words = out.split()
+    assert words[5] == "[MASK]" and sorted(words) == sorted("the keys to the cabinet [MASK] on the table".split())
+    assert out != "the keys to the cabinet [MASK] on the table"
+    assert pt.shuffle_context("it [MASK]", rng) == "it [MASK]"
+    with pytest.raises(ValueError, match="exactly once"):
+        pt.shuffle_context("no mask here", rng)

@@ -1,0 +1,189 @@
+"""Structural probe metrics on hand-made trees, and a probe that must recover a planted tree metric."""
+import numpy as np
+import pytest
+
+from bertology import structural_probe as sp
+from bertology.data import Sentence
+
+# "The cat sat on the mat ." : The->cat, cat->sat, sat=root, on->mat, the->mat, mat->sat, .->sat
+CAT = Sentence(words="The cat sat on the mat .".split(), heads=[2, 3, 0, 6, 6, 3, 3],
+               deprels=["det", "nsubj", "root", "case", "det", "obl", "punct"],
+               upos=["DET", "NOUN", "VERB", "ADP", "DET", "NOUN", "PUNCT"], sent_id="cat")
+
+
+def test_depths_and_distances_by_hand():
+    assert sp.tree_depths(CAT.heads).tolist() == [2, 1, 0, 2, 2, 1, 1]
+    d = sp.tree_distances(CAT.heads)
+    assert d[0, 3] == 4  # The-cat-sat-mat-on
+    assert d[1, 5] == 2 and d[3, 4] == 2 and d[6, 2] == 1 and d[0, 6] == 3
+    assert (d == d.T).all() and (np.diag(d) == 0).all()
+
+
+def test_bad_trees_are_refused():
+    with pytest.raises(ValueError, match="exactly one root"):
+        sp.tree_depths([0, 0, 1])
+    with pytest.raises(ValueError, match="cycle"):
+        sp.tree_depths([2, 3, 2, 0])
+    with pytest.raises(ValueError, match="head indices"):
+        sp.tree_distances([4, 0])
+
+
+def test_mst_of_gold_distances_is_the_tree():
+    gold = {(0, 1), (1, 2), (3, 5), (4, 5), (2, 5), (2, 6)}
+    assert sp.mst_edges(sp.tree_distances(CAT.heads)) == gold
+    assert sp.mst_edges(np.zeros((1, 1))) == set()
+
+
+def test_uuas_excludes_punctuation_and_counts_by_hand():
+    gold = sp.tree_distances(CAT.heads).astype(float)
+    # gold arcs between non-punctuation words: 5 ("." -> sat is left out)
+    assert sp.uuas_counts(gold, CAT) == (5, 5)
+    # a path in word order: MST over non-punct words = 0-1, 1-2, 2-3, 3-4, 4-5; correct: 0-1, 1-2, 4-5
+    chain = np.abs(np.subtract.outer(np.arange(7), np.arange(7))).astype(float)
+    assert sp.uuas_counts(chain, CAT) == (3, 5)
+    res = sp.uuas([gold, chain], [CAT, CAT])
+    assert res["correct"] == 8 and res["total"] == 10 and res["value"] == pytest.approx(0.8)
+
+
+def test_distance_spearman_by_hand():
+    gold = sp.tree_distances(CAT.heads).astype(float)
+    value, table = sp.distance_spearman([gold], [CAT])
+    assert value == pytest.approx(1.0) and table.length.tolist() == [7] and table.n.tolist() == [7]
+    value, _ = sp.distance_spearman([-gold], [CAT])
+    assert value == pytest.approx(-1.0)
+    # two words whose rows are swapped in rank: word 0's row predicted as word 6's
+    # lengths outside 5..50 do not count
+    short = Sentence(words=["a", "b"], heads=[0, 1], deprels=["root", "dep"], upos=["X", "X"])
+    value, table = sp.distance_spearman([np.array([[0, 1], [1, 0.0]])], [short])
+    assert np.isnan(value) and table.length.tolist() == [2]
+
+
+def test_root_accuracy_skips_punctuation_and_norm_spearman():
+    depth = sp.tree_depths(CAT.heads).astype(float)
+    assert sp.root_accuracy([depth], [CAT])["value"] == 1.0
+    # punctuation predicted shallowest is ignored; next shallowest is "sat" -> correct
+    p = depth.copy()
+    p[6] = -5
+    assert sp.root_accuracy([p], [CAT])["value"] == 1.0
+    # "cat" shallowest -> wrong
+    p = depth.copy()
+    p[1] = -1
+    assert sp.root_accuracy([p], [CAT]) == {"value": 0.0, "correct": 0, "total": 1}
+    assert sp.norm_spearman([depth], [CAT])[0] == pytest.approx(1.0)
+    # ranks of [0,1,2,3,4,5,6] against depths [2,1,0,2,2,1,1] (ranks 6,3,1,6,6,3,3): by hand
+    r_gold = np.array([6, 3, 1, 6, 6, 3, 3], float)
+    r_pred = np.arange(1, 8, dtype=float)
+    a, b = r_gold - r_gold.mean(), r_pred - r_pred.mean()
+    expected = (a * b).sum() / np.sqrt((a ** 2).sum() * (b ** 2).sum())
+    assert sp.norm_spearman([np.arange(7.0)], [CAT])[0] == pytest.approx(expected)
+
+
+def test_prediction_length_must_match():
+    with pytest.raises(ValueError, match="sentence 0 has 7 words"):
+        sp.uuas([np.zeros((3, 3))], [CAT])
+    with pytest.raises(ValueError, match="2 predictions for 1"):
+        sp.root_accuracy([np.zeros(7), np.zeros(7)], [CAT])
+
+
+# ----------------------------------------------------------------------------- planted tree metric
+
+
+def _random_tree(rng, n):
+    """A random tree on n words: word 0..n-1, each non-root attaches to an earlier-visited word."""
+    order = rng.permutation(n)
+    heads = [0] * n
+    for k in range(1, n):
+        heads[order[k]] = int(order[rng.integers(0, k)]) + 1
+    return heads
+
+
+def _planted_states(rng, n_sent, Q, max_len=9, noise_dims=6):
+    """Word vectors x_i = sum of unit vectors e_c over the words c on the path from i up to (not
+    including) the root, so ||x_i - x_j||^2 = tree distance and ||x_i||^2 = depth exactly; then
+    noise dimensions are appended and everything is rotated by a random orthogonal matrix.
+    Layer 0 holds pure noise of the same size."""
+    D = max_len + noise_dims
+    sents, layer0, layer1 = [], [], []
+    for k in range(n_sent):
+        n = int(rng.integers(4, max_len + 1))
+        heads = _random_tree(rng, n)
+        x = np.zeros((n, D))
+        for i in range(n):
+            j = i
+            while heads[j] != 0:
+                x[i, j] = 1.0
+                j = heads[j] - 1
+        x[:, max_len:] = rng.normal(size=(n, noise_dims))
+        layer1.append(x @ Q.T)
+        layer0.append(rng.normal(size=(n, D)))
+        sents.append(Sentence(words=[f"w{i}" for i in range(n)], heads=heads, deprels=["dep"] * n,
+                              upos=["X"] * n, sent_id=str(k)))
+    states = np.stack([np.concatenate(layer0), np.concatenate(layer1)]).astype(np.float32)
+    offsets = np.concatenate([[0], np.cumsum([s.n for s in sents])])
+    return sp.WordStates(states, offsets, sents)
+
+
+@pytest.fixture(scope="module")
+def planted():
+    rng = np.random.default_rng(0)
+    Q, _ = np.linalg.qr(rng.normal(size=(15, 15)))  # one rotation shared by all splits
+    return _planted_states(rng, 160, Q), _planted_states(rng, 40, Q), _planted_states(rng, 80, Q)
+
+
+@pytest.mark.slow  # ~10-30 s on a 2-core CPU
+def test_distance_probe_recovers_planted_tree_metric(planted):
+    train, dev, test = planted
+    fit = dict(rank=15, lr=0.05, max_epochs=25, batch_size=40, progress=False)
+    probe = sp.fit_probe(train, dev, "distance", **fit)
+    res = sp.evaluate(probe, test).set_index(["layer", "metric"]).value
+    assert res[(1, "uuas")] > 0.95 and res[(1, "dspr")] > 0.9
+    assert res[(0, "uuas")] < 0.6  # pure noise: no tree to find
+    # same seed, same numbers (a short fit is enough to show it)
+    short = {**fit, "max_epochs": 2}
+    np.testing.assert_array_equal(sp.fit_probe(train, dev, "distance", **short).B,
+                                  sp.fit_probe(train, dev, "distance", **short).B)
+    tree = sp.predicted_tree(probe, test, 0, layer=1)
+    assert tree["total"] == test.sentences[0].n - 1 and tree["correct"] >= tree["total"] - 1
+
+
+def test_depth_probe_recovers_planted_depths(planted):
+    train, dev, test = planted
+    probe = sp.fit_probe(train, dev, "depth", rank=15, lr=0.05, max_epochs=25, batch_size=40, layers=[1],
+                         progress=False)
+    res = sp.evaluate(probe, test).set_index(["layer", "metric"]).value
+    assert res[(1, "root_acc")] > 0.95 and res[(1, "nspr")] > 0.9
+    assert list(probe.history.layer.unique()) == [1] and probe.B.shape == (1, 15, train.states.shape[-1])
+
+
+def test_fit_probe_checks_arguments(planted):
+    train, dev, _ = planted
+    with pytest.raises(ValueError, match="kind"):
+        sp.fit_probe(train, dev, "parse")
+    with pytest.raises(ValueError, match="rank"):
+        sp.fit_probe(train, dev, "depth", rank=0)
+    with pytest.raises(ValueError, match="out of range"):
+        sp.fit_probe(train, dev, "depth", layers=[5])
+
+
+def test_word_states_are_mean_pooled_word_vectors(minilm):
+    from bertology.extract import Item, extract
+
+    sents = [CAT, Sentence(words=["Unbelievably", "short", "."], heads=[2, 0, 2], deprels=["advmod", "root", "punct"],
+                           upos=["ADV", "ADJ", "PUNCT"])]
+    ws = sp.word_states(minilm, sents, progress=False)
+    assert ws.states.shape == (7, 10, 384) and ws.offsets.tolist() == [0, 7, 10] and ws.dropped == 0
+
+    class Keep:
+        items = {}
+
+        def update(self, item: Item):
+            self.items[item.index] = item.hidden
+
+        def result(self):
+            return self.items
+
+    k = Keep()
+    extract(minilm, [s.words for s in sents], k, attention=False, hidden_states=True, progress=False)
+    # units are [CLS] words [SEP]: the word vectors are units 1..n
+    np.testing.assert_allclose(ws.sentence(1), k.items[1][:, 1:4], atol=1e-5)
+    np.testing.assert_allclose(ws.sentence(0, layer=3), k.items[0][3, 1:8], atol=1e-5)
