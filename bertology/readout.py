@@ -30,7 +30,7 @@ import hashlib
 import json
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Sequence
 
@@ -192,6 +192,16 @@ def top1_accuracy(head: ReadoutHead, states: torch.Tensor, targets: torch.Tensor
 
 
 # --------------------------------------------------------------------------- data
+
+
+def _ewt_available() -> bool:
+    from .data import DataUnavailableError, data_path
+
+    try:
+        data_path("ud-english-ewt", "en_ewt-ud-train.conllu")
+        return True
+    except DataUnavailableError:
+        return False
 
 
 def _texts(data: str, split: str, limit: int) -> tuple[list[list[str]], str]:
@@ -369,6 +379,8 @@ def get_readout(loaded: LoadedModel, layer: int, cache_dir=None, settings: FitSe
             meta = {**shipped[1]["layers"][str(layer)], "model": loaded.info.name, "shipped": str(shipped[0].name)}
             meta["label"] = readout_label(meta)
             return _load_head(loaded, load_file(str(shipped[0])), f"layer{layer}."), meta
+    if settings.data == "auto":  # key the cache by the data actually used, not by "auto"
+        settings = replace(settings, data="ewt" if _ewt_available() else "sample")
     path = cache_path(loaded, layer, settings, cache_dir)
     if path.exists() and path.with_suffix(".json").exists():
         try:
