@@ -193,18 +193,9 @@ class _Requests:
 
 
 def _buckets(lengths: Sequence[int], batch_size: int, max_tokens: int = 16384) -> list[list[int]]:
-    order = sorted(range(len(lengths)), key=lambda i: (lengths[i], i))
-    out, cur, longest = [], [], 0
-    for i in order:
-        n = lengths[i]
-        if cur and (len(cur) >= batch_size or max(longest, n) * (len(cur) + 1) > max_tokens):
-            out.append(cur)
-            cur, longest = [], 0
-        cur.append(i)
-        longest = max(longest, n)
-    if cur:
-        out.append(cur)
-    return out
+    from .extract import buckets_by_length
+
+    return buckets_by_length(lengths, batch_size, max_tokens)
 
 
 def _run(scorer: Scorer, req: _Requests, batch_size: int, *, k: int = 0, allowed: torch.Tensor | None = None,

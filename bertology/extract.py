@@ -78,10 +78,15 @@ def encode_inputs(tokenizer, inputs: Iterable[Input], max_length: int) -> list[E
 def length_buckets(encodings: Sequence[Encoding], batch_size: int = 32, max_tokens: int = 8192) -> list[list[int]]:
     """Group inputs of similar length: sort by length, cut when ``batch_size`` or the padded
     token budget ``max_tokens`` (batch x longest) would be exceeded. Padding stays minimal."""
-    order = sorted(range(len(encodings)), key=lambda i: (encodings[i].n_tokens, i))
+    return buckets_by_length([e.n_tokens for e in encodings], batch_size, max_tokens)
+
+
+def buckets_by_length(lengths: Sequence[int], batch_size: int, max_tokens: int) -> list[list[int]]:
+    """Indices of ``lengths`` in batches of similar length (see :func:`length_buckets`)."""
+    order = sorted(range(len(lengths)), key=lambda i: (lengths[i], i))
     batches, cur, longest = [], [], 0
     for i in order:
-        n = encodings[i].n_tokens
+        n = lengths[i]
         if cur and (len(cur) >= batch_size or max(longest, n) * (len(cur) + 1) > max_tokens):
             batches.append(cur)
             cur, longest = [], 0

@@ -89,3 +89,24 @@ def to_gold_head_and_previous(sentence, enc):
         out[0, t, first_piece[h] if h >= 0 else 0] = 1.0
         out[1, t, max(t - 1, 0)] = 1.0
     return out
+
+
+def bias_only_mlm(tokenizer, biases: dict[str, float]):
+    """A tiny BertForMaskedLM whose logits are the decoder bias at every position, whatever the input:
+    the head's transform is zeroed (dense -> 0, GELU(0) = 0, LayerNorm bias 0), so logits = bias, with
+    ``biases`` on the named tokens and 0 elsewhere."""
+    import torch
+
+    from bertology.models import random_bert
+
+    m = random_bert(tokenizer, n_layers=1, n_heads=2, hidden_size=8, mlm=True, seed=0)
+    pred = m.model.cls.predictions
+    with torch.no_grad():
+        pred.transform.dense.weight.zero_()
+        pred.transform.dense.bias.zero_()
+        pred.transform.LayerNorm.bias.zero_()
+        bias = torch.zeros(len(tokenizer))
+        for w, v in biases.items():
+            bias[tokenizer.convert_tokens_to_ids(w)] = v
+        pred.decoder.bias.copy_(bias)
+    return m

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from bertology import cloze as C
+from conftest import bias_only_mlm
 from bertology.models import MissingHeadError, random_bert
 
 
@@ -20,17 +21,7 @@ def bias_only(tokenizer):
     """A tiny BertForMaskedLM whose logits are the decoder bias at every position, whatever the input:
     the head's transform is zeroed (dense -> 0, GELU(0) = 0, LayerNorm bias 0), so logits = bias.
     bias: 'paris' 3, 'london' 1, everything else 0."""
-    m = random_bert(tokenizer, n_layers=1, n_heads=2, hidden_size=8, mlm=True, seed=0)
-    pred = m.model.cls.predictions
-    with torch.no_grad():
-        pred.transform.dense.weight.zero_()
-        pred.transform.dense.bias.zero_()
-        pred.transform.LayerNorm.bias.zero_()
-        bias = torch.zeros(len(tokenizer))
-        bias[_id(tokenizer, "paris")] = 3.0
-        bias[_id(tokenizer, "london")] = 1.0
-        pred.decoder.bias.copy_(bias)
-    return m
+    return bias_only_mlm(tokenizer, {"paris": 3.0, "london": 1.0})
 
 
 @pytest.fixture(scope="module")

@@ -4,28 +4,17 @@ import math
 import numpy as np
 import pandas as pd
 import pytest
-import torch
 
 from bertology import minimal_pairs as mp
+from conftest import bias_only_mlm
 from bertology.cloze import mlm_scorer, word_pieces
 from bertology.data import DataUnavailableError
-from bertology.models import random_bert
 
 
 @pytest.fixture(scope="module")
 def scorer(tokenizer):
     """logits = decoder bias at every position: 'is' 2, 'are' 1, 'paris' 3, all else 0."""
-    m = random_bert(tokenizer, n_layers=1, n_heads=2, hidden_size=8, mlm=True, seed=0)
-    pred = m.model.cls.predictions
-    with torch.no_grad():
-        pred.transform.dense.weight.zero_()
-        pred.transform.dense.bias.zero_()
-        pred.transform.LayerNorm.bias.zero_()
-        bias = torch.zeros(len(tokenizer))
-        for w, v in {"is": 2.0, "are": 1.0, "paris": 3.0}.items():
-            bias[tokenizer.convert_tokens_to_ids(w)] = v
-        pred.decoder.bias.copy_(bias)
-    return mlm_scorer(m)
+    return mlm_scorer(bias_only_mlm(tokenizer, {"is": 2.0, "are": 1.0, "paris": 3.0}))
 
 
 def items():
