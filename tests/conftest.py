@@ -110,3 +110,14 @@ def bias_only_mlm(tokenizer, biases: dict[str, float]):
             bias[tokenizer.convert_tokens_to_ids(w)] = v
         pred.decoder.bias.copy_(bias)
     return m
+
+
+def run_quick(out, *notebooks: str, extra=()) -> int:
+    """`bertology run --notebooks ... --quick` into ``out`` on the default model, as CI runs it."""
+    from pathlib import Path
+
+    from bertology import cli
+
+    root = Path(__file__).resolve().parents[1]
+    return cli.main(["run", "--notebooks", *notebooks, "--quick", "--out", str(out),
+                     "--notebook-dir", str(root / "notebooks"), *extra])

@@ -1,19 +1,16 @@
 """End to end: `bertology run --notebooks 04 --quick` on the default model (no MLM head)."""
 import json
 import math
-from pathlib import Path
 
 import pytest
 
-from bertology import cli
+from conftest import run_quick
 
-ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.mark.slow
 def test_notebook_04_quick_report(tmp_path):
-    code = cli.main(["run", "--notebooks", "04", "--quick", "--out", str(tmp_path),
-                     "--notebook-dir", str(ROOT / "notebooks")])
+    code = run_quick(tmp_path, "04")
     assert code == 0
     base = tmp_path / "minilm" / "04_syntax_probes"
     res = json.loads((base / "results.json").read_text())

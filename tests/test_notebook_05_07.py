@@ -1,21 +1,18 @@
 """End to end: notebooks 05 (semantic roles) and 07 (world knowledge) in quick mode on the default model."""
 import json
-from pathlib import Path
 
 import pandas as pd
 import pytest
 
-from bertology import cli
+from conftest import run_quick
 from bertology import knowledge as kn
 
-ROOT = Path(__file__).resolve().parents[1]
 SOURCES = {"mlm", "readout", "control"}
 
 
 @pytest.mark.slow
 def test_notebooks_05_07_quick_reports(tmp_path):
-    code = cli.main(["run", "--notebooks", "05", "07", "--quick", "--out", str(tmp_path),
-                     "--notebook-dir", str(ROOT / "notebooks")])
+    code = run_quick(tmp_path, "05", "07")
     assert code == 0
     base = tmp_path / "minilm"
 

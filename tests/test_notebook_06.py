@@ -1,19 +1,16 @@
 """End to end: notebook 06 (numeracy) in quick mode on the default model, offline."""
 import json
 import math
-from pathlib import Path
 
 import pytest
 
-from bertology import cli
+from conftest import run_quick
 
-ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.mark.slow
 def test_notebook_06_quick_report(tmp_path):
-    code = cli.main(["run", "--notebooks", "06", "--quick", "--out", str(tmp_path),
-                     "--notebook-dir", str(ROOT / "notebooks")])
+    code = run_quick(tmp_path, "06")
     assert code == 0
     base = tmp_path / "minilm"
     html = (base / "06_numeracy.html").read_text()

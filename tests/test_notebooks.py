@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from bertology import cli
+from conftest import run_quick
 from bertology.notebook import ParameterError, check_params
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -16,8 +16,7 @@ ROOT = Path(__file__).resolve().parents[1]
 @pytest.fixture(scope="module")
 def quick_reports(tmp_path_factory):
     out = tmp_path_factory.mktemp("reports")
-    code = cli.main(["run", "--notebooks", "01", "--quick", "--out", str(out),
-                     "--notebook-dir", str(ROOT / "notebooks")])
+    code = run_quick(out, "01")
     return code, out
 
 
@@ -53,8 +52,7 @@ def test_notebook_01_quick_report(quick_reports):
 def test_wrong_parameter_fails_clearly_and_keeps_good_report(quick_reports, capsys):
     code, out = quick_reports
     good = (out / "minilm" / "01_attention_patterns.html").read_bytes()
-    bad = cli.main(["run", "--notebooks", "01", "--quick", "--out", str(out), "-p", "n_pairs=0",
-                    "--notebook-dir", str(ROOT / "notebooks")])
+    bad = run_quick(out, "01", extra=["-p", "n_pairs=0"])
     assert bad != 0
     err = capsys.readouterr().err
     assert "ParameterError" in err and "n_pairs" in err
@@ -88,8 +86,7 @@ def test_every_notebook_is_clean_and_parameterized():
 
 @pytest.mark.slow
 def test_notebooks_02_03_quick_reports(tmp_path):
-    code = cli.main(["run", "--notebooks", "02", "03", "--quick", "--out", str(tmp_path),
-                     "--notebook-dir", str(ROOT / "notebooks")])
+    code = run_quick(tmp_path, "02", "03")
     assert code == 0
     base = tmp_path / "minilm"
     r2 = json.loads((base / "02_attention_heads_syntax" / "results.json").read_text())
@@ -118,8 +115,7 @@ def test_notebooks_02_03_quick_reports(tmp_path):
 
 @pytest.mark.slow
 def test_notebook_08_quick_report(tmp_path):
-    code = cli.main(["run", "--notebooks", "08", "--quick", "--out", str(tmp_path),
-                     "--notebook-dir", str(ROOT / "notebooks")])
+    code = run_quick(tmp_path, "08")
     assert code == 0
     r = json.loads((tmp_path / "minilm" / "08_pruning" / "results.json").read_text())
     v, t = r["values"], r["tables"]
