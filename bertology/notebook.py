@@ -103,6 +103,17 @@ class Run:
         """Where this run departs from the paper (model, data, method); shown in the report header."""
         self.meta.setdefault("deviations", []).append(text)
 
+    def method(self, study: str, **options) -> list[str]:
+        """Record the declared deviations of ``study`` (see :mod:`bertology.fidelity`) that apply
+        under ``options`` in the report header, each once; return their texts."""
+        from .fidelity import lines
+
+        have = self.meta.setdefault("deviations", [])
+        out = lines(study, **options)
+        have.extend(t for t in out if t not in have)
+        self.meta.setdefault("methods", {})[study] = {k: _plain(v) for k, v in options.items()}
+        return out
+
     @property
     def cache_dir(self) -> Path:
         """Feature cache of this machine (``$BERTOLOGY_CACHE/features``)."""
@@ -161,6 +172,15 @@ class Run:
             "values": self.values,
         }
         return atomic_write_json(self.output_dir / "results.json", doc)
+
+
+def _plain(value):
+    """An option value as JSON can hold it (numbers, strings, lists; anything else as its repr)."""
+    if isinstance(value, (bool, int, float, str)) or value is None:
+        return value
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return repr(value)
 
 
 def _records(df: pd.DataFrame) -> list[dict]:
