@@ -20,6 +20,7 @@ import os
 import platform
 import re
 import shutil
+import sys
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field
@@ -186,7 +187,7 @@ def run_notebook(
                 str(nb_path), str(stage_nb),
                 parameters={**run_params, "output_dir": str(stage_out.resolve())},
                 cwd=str(nb_path.parent), kernel_name=kernel_name,
-                progress_bar=False, log_output=False, request_save_on_cell_execute=False,
+                progress_bar=sys.stderr.isatty(), log_output=False, request_save_on_cell_execute=False,
             )
             record.elapsed = time.perf_counter() - t0
             results = _read_results(stage_out / "results.json")
@@ -364,11 +365,54 @@ def header_markdown(record: RunRecord, meta: dict) -> str:
     return "\n".join(lines)
 
 
+# What a progress bar or widget fallback writes to stderr: tqdm's "12/40 [00:01<00:03, 9.5it/s]",
+# its bar "|####  |", ipywidgets' missing-widget warning, transformers' weight-loading bars.
+_PROGRESS_LINE = re.compile(
+    r"(it/s\]|s/it\]|\d+it \[|\d+/\d+ \[\d|\|[\u2588-\u258f#\s]*\||IProgress not found|"
+    r"ipywidgets\.readthedocs|from \.autonotebook import tqdm|Loading (checkpoint shards|weights)|^\s*warnings\.warn\()")
+_WIDGET_MIME = "application/vnd.jupyter.widget-view+json"
+_MAX_MESSAGES, _MAX_MESSAGE_CHARS = 12, 400
+
+
+def clean_outputs(nb) -> list[str]:
+    """Take progress bars, widget placeholders and stderr out of an executed notebook, in place.
+
+    Returns the stderr lines that are not progress (warnings a reader should see), each once, in
+    the order they first appeared, for the report header. The notebook's own output (stdout,
+    figures, tables) is left as it is."""
+    messages: list[str] = []
+    for cell in nb.cells:
+        if cell.get("cell_type") != "code":
+            continue
+        kept = []
+        for out in cell.get("outputs", []):
+            if out.get("output_type") == "stream" and out.get("name") == "stderr":
+                for line in re.split(r"[\r\n]+", out.get("text", "")):
+                    line = line.strip()
+                    if line and not _PROGRESS_LINE.search(line):
+                        line = re.sub(r"^\S+\.py:\d+: ", "", line)[:_MAX_MESSAGE_CHARS]
+                        if line not in messages:
+                            messages.append(line)
+                continue
+            if out.get("output_type") in ("display_data", "execute_result") and _WIDGET_MIME in out.get("data", {}):
+                continue
+            kept.append(out)
+        cell["outputs"] = kept
+    if len(messages) > _MAX_MESSAGES:
+        rest = len(messages) - _MAX_MESSAGES
+        messages = messages[:_MAX_MESSAGES] + [f"... and {rest} more lines"]
+    return messages
+
+
 def _add_header(nb_file: Path, record: RunRecord, meta: dict) -> None:
     import nbformat
 
     nb = nbformat.read(str(nb_file), as_version=4)
     nb.cells = [c for c in nb.cells if HEADER_TAG not in c.metadata.get("tags", [])]
+    messages = clean_outputs(nb)
+    if messages:
+        meta = {**meta, "notes": [*(meta.get("notes") or []),
+                                  "The run printed (moved here from the cells): " + " / ".join(messages)]}
     cell = nbformat.v4.new_markdown_cell(header_markdown(record, meta), metadata={"tags": [HEADER_TAG]})
     if (nb.nbformat, nb.nbformat_minor) < (4, 5):
         cell.pop("id", None)  # cell ids are invalid before nbformat 4.5

@@ -119,5 +119,11 @@ def run_quick(out, *notebooks: str, extra=()) -> int:
     from bertology import cli
 
     root = Path(__file__).resolve().parents[1]
-    return cli.main(["run", "--notebooks", *notebooks, "--quick", "--out", str(out),
-                     "--notebook-dir", str(root / "notebooks"), *extra])
+    rc = cli.main(["run", "--notebooks", *notebooks, "--quick", "--out", str(out),
+                   "--notebook-dir", str(root / "notebooks"), *extra])
+    # a report is read by people: no progress bars or widget warnings in any executed HTML
+    for page in Path(out).glob("*/*.html"):
+        text = page.read_text(encoding="utf-8")
+        for noise in ("it/s]", "s/it]", "IProgress not found"):
+            assert noise not in text, f"{page.name} contains progress output {noise!r}"
+    return rc

@@ -156,6 +156,32 @@ def test_ok_run_header_cell(ok_run):
     assert "fixture deviation from the paper" in page and "3 items for minilm, seed 7" in page
 
 
+def test_report_has_no_progress_bars_and_warnings_become_one_note(ok_run):
+    rec, out = ok_run
+    page = (out / "minilm" / "01_ok.html").read_text()
+    assert "it/s]" not in page and "fixture bar: " not in page
+    nb = nbformat.read(out / "minilm" / "01_ok.ipynb", as_version=4)
+    streams = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []) if o.get("name") == "stderr"]
+    assert streams == []
+    header = nb.cells[0].source
+    assert header.count("fixture: 2 sentences truncated") == 1 and "UserWarning" in header
+    assert "items done" in page  # stdout stays where it was printed
+
+
+def test_clean_outputs_keeps_messages_once_and_drops_widgets():
+    nb = nbformat.v4.new_notebook()
+    cell = nbformat.v4.new_code_cell("x")
+    bar = "embed:  40%|####      | 2/5 [00:01<00:02,  1.5it/s]\rembed: 100%|##########| 5/5 [00:03<00:00,  1.6it/s]\n"
+    warn = "/a/b/align.py:12: UserWarning: 3 sentences truncated\n  warnings.warn(\n"
+    cell.outputs = [nbformat.v4.new_output("stream", name="stderr", text=bar + warn + warn),
+                    nbformat.v4.new_output("display_data", data={report._WIDGET_MIME: {"model_id": "x"},
+                                                                   "text/plain": "bar"}),
+                    nbformat.v4.new_output("stream", name="stdout", text="kept\n")]
+    nb.cells = [cell]
+    assert report.clean_outputs(nb) == ["UserWarning: 3 sentences truncated"]
+    assert [o.get("name") for o in cell.outputs] == ["stdout"]
+
+
 def test_ok_run_log_and_index(ok_run):
     rec, out = ok_run
     runs = json.loads((out / "runs.json").read_text())
