@@ -69,6 +69,9 @@ def build_parser() -> argparse.ArgumentParser:
     p_list = sub.add_parser("list", help="list the available notebooks")
     p_list.add_argument("--notebook-dir", type=Path, default=None)
 
+    p_dev = sub.add_parser("deviations", help="every declared deviation from the authors' definitions (Markdown)")
+    p_dev.add_argument("--study", default=None, help="only this study (e.g. clark.relations)")
+
     p_fit = sub.add_parser("fit-readout", help="fit per-layer MLM readout heads (for models without an MLM head)")
     p_fit.add_argument("--model", default="minilm")
     p_fit.add_argument("--layers", default="all", help="'all' or comma-separated layers, 0 = embeddings")
@@ -85,6 +88,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 2
+
+    if args.command == "deviations":
+        from . import fidelity
+
+        print(fidelity.markdown(args.study))
+        return 0
 
     if args.command == "fit-readout":
         from .readout import fit_command

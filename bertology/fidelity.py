@@ -111,9 +111,12 @@ def table() -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["study", "key", "kind", "text", "reference"])
 
 
-def markdown() -> str:
-    """``table()`` as the Markdown of ``docs/fidelity.md``'s register section."""
-    df = table().sort_values(["study", "kind", "key"], kind="stable")
+def markdown(study: str | None = None) -> str:
+    """``table()`` (or one study's rows) as a Markdown table: ``docs/fidelity.md``'s register."""
+    df = table()
+    if study:
+        df = df[(df.study == study) | df.study.str.startswith(study + ".")]
+    df = df[~df.study.str.startswith("test.")].sort_values(["study", "kind", "key"], kind="stable")
     out = ["| study | key | kind | deviation | authors' definition read from |", "|---|---|---|---|---|"]
     for r in df.itertuples():
         cell = r.text.replace("|", "\\|")
