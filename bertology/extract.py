@@ -180,6 +180,33 @@ def extract(
                         time.perf_counter() - t0, False, str(cache.path) if cache else None)
 
 
+class _Keep:
+    """Reducer that keeps every item (for a handful of inputs only)."""
+
+    def __init__(self):
+        self.items: list[Item] = []
+
+    def update(self, item: Item) -> None:
+        self.items.append(item)
+
+    def result(self) -> list[Item]:
+        return self.items
+
+
+def attention_of(loaded: LoadedModel, text: str, text_b: str | None = None, level: str = "token") -> Item:
+    """One input's attention through the engine: ``text`` (and ``text_b`` for a pair) split on
+    whitespace into words; ``level="token"`` gives word pieces, ``"word"`` Clark's word-level maps.
+    Returns the :class:`Item` (``.attention`` is layers x heads x U x U, ``.encoding.tokens`` or
+    ``.encoding.unit_labels()`` the labels)."""
+    if not isinstance(text, str) or not text.split():
+        raise ValueError("text must be a non-empty string")
+    words = text.split()
+    inp = (words, text_b.split()) if text_b else words
+    keep = _Keep()
+    extract(loaded, [inp], keep, level=level, progress=False)
+    return keep.items[0]
+
+
 def _forward(loaded, encs, indices, level, attention, hidden_states, pool) -> Iterator[Item]:
     device = loaded.device
     batch = collate(encs, device)
