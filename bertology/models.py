@@ -295,7 +295,7 @@ def random_bert(
         max_position_embeddings=max_length,
         architectures=["BertForMaskedLM" if mlm else "BertModel"],
     )
-    return _random_from_config(config, tokenizer, mlm, seed, name or f"random-bert-{n_layers}x{n_heads}", device)
+    return random_from_config(config, tokenizer, mlm, seed, name or f"random-bert-{n_layers}x{n_heads}", device)
 
 
 def random_init_control(loaded: LoadedModel, seed: int = 0) -> LoadedModel:
@@ -304,12 +304,12 @@ def random_init_control(loaded: LoadedModel, seed: int = 0) -> LoadedModel:
     The "random-init" baseline of Clark et al. (2019, §5) and Hewitt & Manning (2019).
     """
     config = loaded.model.config.__class__.from_dict(loaded.model.config.to_dict())
-    return _random_from_config(
+    return random_from_config(
         config, loaded.tokenizer, loaded.info.has_mlm_head, seed, f"{loaded.info.name}+random-init", loaded.device
     )
 
 
-def _random_from_config(config, tokenizer, mlm: bool, seed: int, name: str, device) -> LoadedModel:
+def random_from_config(config, tokenizer, mlm: bool, seed: int, name: str, device) -> LoadedModel:
     from transformers import AutoModel, AutoModelForMaskedLM
 
     config._attn_implementation = "eager"

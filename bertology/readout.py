@@ -39,7 +39,8 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .cloze import Scorer, _buckets
+from .extract import buckets_by_length
+from .scorers import Scorer
 from .io import atomic_write_json
 from .models import LoadedModel
 
@@ -260,7 +261,7 @@ def masked_states(loaded: LoadedModel, sentences: Sequence[Sequence[str]], layer
     dev = loaded.device
     out = {k: [] for k in layers}
     order = []
-    batches = _buckets([len(s) for s in seqs], batch_size, max_tokens=8192)
+    batches = buckets_by_length([len(s) for s in seqs], batch_size, 8192)
     with torch.inference_mode():
         for batch in tqdm(batches, desc="readout states", disable=not progress, leave=False):
             width = max(len(seqs[i]) for i in batch)
