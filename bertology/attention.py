@@ -3,6 +3,12 @@
 All statistics are streamed: :class:`AttentionPatterns` is a reducer for
 :func:`bertology.extract.extract` and keeps only per-head running sums. Run it at token level
 (``level="token"``) to match the paper, which measured attention between word pieces.
+
+The definitions follow the authors' released notebook (clarkkev/attention-analysis,
+``General_Analysis.ipynb``, cells "Computing Average Attention" and "Computing Attention Head
+Entropies"): every statistic is first averaged over the query positions of one input, then over
+inputs, so every input weighs the same. Our token-weighted variant (all positions of all inputs
+pooled) is the option ``average="pooled"``.
 """
 from __future__ import annotations
 
@@ -14,10 +20,25 @@ import torch
 
 from . import extract as _extract
 from .align import CLS, SEP, Encoding
+from .fidelity import declare, option_differs
 from .models import LoadedModel
+
+#: The study names this module declares deviations for (see :mod:`bertology.fidelity`).
+STUDIES = ("clark.patterns", "clark.gradients")
+
+_NOTEBOOK = "clarkkev/attention-analysis General_Analysis.ipynb"
 
 #: Tokens counted as punctuation in Clark et al. Fig. 2 ("." and ",").
 PUNCT = frozenset({".", ","})
+
+#: How per-head statistics are averaged: ``"per_input"`` (the authors': mean over the query
+#: positions of each input, then mean over inputs) or ``"pooled"`` (ours: mean over all query
+#: positions of all inputs, so longer inputs weigh more).
+AVERAGES = ("per_input", "pooled")
+
+#: Smoothing of attention before its entropy is taken, as in the authors' notebook:
+#: p -> (1 - eps) p + eps / n with eps = 1e-4 (n = number of keys of the input).
+ENTROPY_SMOOTHING = 1e-4
 
 #: Metric names of :class:`AttentionPatterns`, with what they mean.
 PATTERN_METRICS = {
@@ -34,6 +55,19 @@ PATTERN_METRICS = {
     "uniform_entropy": "entropy of uniform attention over the same inputs (nats)",
 }
 
+declare("clark.patterns", "average_pooled",
+        "§3 averages pool all query positions of all inputs (longer inputs weigh more); the authors average "
+        "over the positions of each input, then over inputs (every input weighs the same).",
+        kind="option", when=option_differs("average", "per_input"), reference=_NOTEBOOK)
+declare("clark.patterns", "entropy_smoothing",
+        "Attention entropies are computed after smoothing p -> (1 - {entropy_smoothing}) p + {entropy_smoothing}/n; "
+        "the authors smooth with 1e-4.",
+        kind="option", when=option_differs("entropy_smoothing", ENTROPY_SMOOTHING), reference=_NOTEBOOK)
+declare("clark.patterns", "sep_denominators",
+        "[SEP]->[SEP] and other->[SEP] are divided by the number of [SEP] / non-[SEP] queries of each input; "
+        "the authors divide by 2 and n-2, the same for their two-segment inputs but not for single segments.",
+        kind="option", when=option_differs("segments", 2), reference=_NOTEBOOK)
+
 
 def _entropy(p: np.ndarray) -> np.ndarray:
     """Shannon entropy in nats over the last axis (0 log 0 = 0)."""
@@ -45,21 +79,48 @@ def _entropy(p: np.ndarray) -> np.ndarray:
 class AttentionPatterns:
     """Reducer: per-head averages of where attention goes (Clark et al. §3, Fig. 2 and 4).
 
-    Every average is over query tokens of all inputs (token-weighted), as in the paper:
-    ``to_X`` = mean over queries q of sum_{k in X} A[q, k]. ``to_prev``/``to_next`` average
-    A[q, q-1] / A[q, q+1] over the queries that have such a neighbour (the original code swaps
-    the two labels; here previous means i-1). Entropies are in nats.
+    For one input of n positions with attention A (rows sum to 1), as in the authors' notebook:
+
+    - ``to_X`` (X = [CLS], [SEP], "." or ","; self, previous, next) = (1/n) sum_q sum_{k in X(q)} A[q, k];
+      previous is k = q-1, next k = q+1, and the first / last query, which have no such
+      neighbour, count with 0 (the denominator is n, not n-1);
+    - ``sep_to_sep`` = sum over [SEP] queries of their attention to [SEP] / number of [SEP] queries;
+      ``other_to_sep`` likewise over the other queries ([CLS] included);
+    - ``entropy`` = (1/n) sum_q H(A'[q]) with A' = (1 - eps) A + eps/n, eps = ``entropy_smoothing``;
+      ``entropy_from_cls`` = H(A'[[CLS]]); ``uniform_entropy`` = ln n.
+
+    ``average="per_input"`` (default, the authors') then takes the plain mean over inputs;
+    ``average="pooled"`` instead divides the sums over all inputs by the summed denominators
+    (a token-weighted mean). Previous means i-1 (the authors' Fig. 2 plotting cell swaps the two
+    labels; their Fig. 6 cell uses them the right way round). Entropies are in nats.
     """
 
-    def __init__(self, n_layers: int, n_heads: int):
+    def __init__(self, n_layers: int, n_heads: int, average: str = "per_input",
+                 entropy_smoothing: float = ENTROPY_SMOOTHING):
+        if average not in AVERAGES:
+            raise ValueError(f"average must be one of {AVERAGES}, got {average!r}")
+        if not 0 <= entropy_smoothing < 1:
+            raise ValueError(f"entropy_smoothing must be in [0, 1), got {entropy_smoothing!r}")
         shape = (n_layers, n_heads)
+        self.average, self.entropy_smoothing = average, float(entropy_smoothing)
         self.sums = {m: np.zeros(shape) for m in PATTERN_METRICS}
         self.counts = {m: 0 for m in PATTERN_METRICS}
         self.n_inputs = 0
 
-    def _add(self, metric: str, per_head_sum: np.ndarray, count: int) -> None:
-        self.sums[metric] += per_head_sum
-        self.counts[metric] += count
+    @property
+    def options(self) -> dict:
+        """The options of this reducer, for ``run.method("clark.patterns", **options)``."""
+        return {"average": self.average, "entropy_smoothing": self.entropy_smoothing}
+
+    def _add(self, metric: str, per_head_sum: np.ndarray, denom: int) -> None:
+        if denom <= 0:  # e.g. an input without [SEP]: nothing to average
+            return
+        if self.average == "per_input":
+            self.sums[metric] += per_head_sum / denom
+            self.counts[metric] += 1
+        else:
+            self.sums[metric] += per_head_sum
+            self.counts[metric] += denom
 
     def update(self, item: _extract.Item) -> None:
         a = item.attention.astype(np.float64)  # (L, H, T, T)
@@ -76,16 +137,19 @@ class AttentionPatterns:
         self._add("other_to_sep", to_sep[..., ~is_sep].sum(-1), int((~is_sep).sum()))
         self._add("to_punct", a[..., is_punct].sum(-1).sum(-1), n)
         idx = np.arange(n)
-        self._add("to_prev", a[..., idx[1:], idx[1:] - 1].sum(-1), n - 1)
+        self._add("to_prev", a[..., idx[1:], idx[1:] - 1].sum(-1), n)
         self._add("to_self", a[..., idx, idx].sum(-1), n)
-        self._add("to_next", a[..., idx[:-1], idx[:-1] + 1].sum(-1), n - 1)
-        self._add("entropy", _entropy(a).sum(-1), n)
-        self._add("entropy_from_cls", _entropy(a[..., is_cls, :]).sum(-1), int(is_cls.sum()))
+        self._add("to_next", a[..., idx[:-1], idx[:-1] + 1].sum(-1), n)
+        eps = self.entropy_smoothing
+        smooth = (1 - eps) * a + eps / n if eps else a
+        self._add("entropy", _entropy(smooth).sum(-1), n)
+        self._add("entropy_from_cls", _entropy(smooth[..., is_cls, :]).sum(-1), int(is_cls.sum()))
         self._add("uniform_entropy", np.full(a.shape[:2], n * np.log(n)), n)
         self.n_inputs += 1
 
     def result(self) -> pd.DataFrame:
-        """Tidy table: ``layer, head, metric, value, n`` (layer and head 0-indexed)."""
+        """Tidy table: ``layer, head, metric, value, n`` (layer and head 0-indexed); ``n`` is the
+        number of inputs averaged over (``per_input``) or of query positions (``pooled``)."""
         rows = []
         for m, s in self.sums.items():
             c = self.counts[m]
@@ -149,12 +213,24 @@ class GradientObjective:
     description: str
 
 
-MLM_OBJECTIVE = GradientObjective("mlm", "masked-LM cross-entropy at masked positions (as in Clark et al.)")
+MLM_OBJECTIVE = GradientObjective("mlm", "masked-LM cross-entropy at masked positions (the paper's loss)")
 RECON_OBJECTIVE = GradientObjective(
     "reconstruction",
     "substitute objective (the model has no masked-LM head): squared distance between the last-layer "
     "states of masked positions and the same positions' states on the unmasked input",
 )
+
+_FIG3 = ("paper §3.2 and Fig. 3 (the authors released no code for Fig. 3: clarkkev/attention-analysis "
+         "has none)")
+declare("clark.gradients", "objective",
+        "Fig. 3 uses a {objective} objective (the model has no masked-LM head): squared distance between the "
+        "last-layer states of masked positions and their states on the unmasked input; the paper uses the "
+        "masked-LM loss.", kind="objective", when=option_differs("objective", "mlm"), reference=_FIG3)
+declare("clark.gradients", "averaging",
+        "Fig. 3: the paper gives the gradient magnitude of the masked-LM loss with respect to each attention "
+        "weight but not how it was masked or averaged; we replace a fraction mask_prob (15% unless set) of the word pieces of each input "
+        "(at least one) by [MASK] and average |dL/dα| over heads and over every (query, key) cell whose key is of "
+        "the category, pooled over inputs.", reference=_FIG3)
 
 
 def gradient_importance(
@@ -168,6 +244,12 @@ def gradient_importance(
 ) -> tuple[pd.DataFrame, GradientObjective]:
     """Gradient-based importance of attention to [SEP], punctuation and other tokens
     (Clark et al. 2019, §3.2, Fig. 3): mean |dL/dα_ij| by layer and by the kind of token j.
+
+    The paper defines the quantity as the magnitude of the gradient of the masked-LM loss with
+    respect to each attention weight; it does not say how tokens were masked or how the
+    magnitudes were averaged, and the authors released no code for Fig. 3. Our choices (declared
+    in the register as ``clark.gradients``): masked pieces all become [MASK], and |dL/dα| is
+    averaged over heads and over all (query, key) cells of a key category, pooled over inputs.
 
     ``objective``: ``"mlm"`` (needs an MLM head), ``"reconstruction"`` (works for any encoder),
     or ``"auto"`` (MLM when available). A fraction ``mask_prob`` of the word pieces of each input
@@ -242,17 +324,20 @@ def attention_gradients(loaded: LoadedModel, inputs: dict, masked: torch.Tensor,
 # ----------------------------------------------------------------------------- reading the results
 
 #: What Clark et al. (2019) report for BERT-base on 1000 Wikipedia segments (§3), as reference
-#: points for a different model and data, not as targets.
+#: points for a different model and data, not as targets: ``(section, claim, provenance)``, the
+#: provenance saying where the claim was read.
 CLARK_REFERENCE = [
     ("§3.1, Fig. 1", "Most heads put little attention on the current token; some heads attend almost "
-     "entirely to the previous or the next token, mostly in early layers."),
+     "entirely to the previous or the next token, mostly in early layers.", "paper §3.1 text"),
     ("§3.2, Fig. 2", "Early heads attend to [CLS]; over half of the attention in layers 6-10 goes to "
-     "[SEP]; late layers attend much to periods and commas."),
-    ("§3.2, Fig. 2", "[SEP] tokens attend mostly to [SEP] themselves, as a 'no-op' would."),
+     "[SEP]; late layers attend much to periods and commas.", "paper §3.2 text and Fig. 2 (top)"),
+    ("§3.2, Fig. 2", "[SEP] tokens attend mostly to [SEP] themselves, as a 'no-op' would.",
+     "paper §3.2 text and Fig. 2 (middle)"),
     ("§3.2, Fig. 3", "Gradients of the MLM loss with respect to attention to [SEP] become very small "
-     "from layer 5 on: changing that attention barely changes the output."),
+     "from layer 5 on: changing that attention barely changes the output.", "paper §3.2 text and Fig. 3"),
     ("§3.3, Fig. 4", "Lower layers have some very broad heads (high entropy); attention from [CLS] in the "
-     "last layer is very broad, as it aggregates the whole input for next-sentence prediction."),
+     "last layer is very broad, as it aggregates the whole input for next-sentence prediction.",
+     "paper §3.3 text and Fig. 4"),
 ]
 
 

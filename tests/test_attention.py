@@ -10,37 +10,60 @@ from bertology import extract as ex
 SENTS = [["the", "cat", "sat", "."], ["dogs", "bark"]]
 
 
-@pytest.fixture
-def patterns(planted):
-    red = at.AttentionPatterns(planted.info.n_layers, planted.info.n_heads)
+def _patterns(planted, **kw):
+    red = at.AttentionPatterns(planted.info.n_layers, planted.info.n_heads, **kw)
     ex.extract(planted, SENTS, red, level="token", progress=False)
     wide = red.result().pivot_table(index=["layer", "head"], columns="metric", values="value")
     return wide.loc[1]  # layer 2; both layers are planted alike
+
+
+@pytest.fixture
+def patterns(planted):
+    """The authors' definitions (per-input means, their denominators and entropy smoothing)."""
+    return _patterns(planted)
+
+
+def smoothed_entropy(row, eps=1e-4):
+    """Entropy (nats) of one attention row after the authors' smoothing 0.9999 p + 0.0001 / n."""
+    q = (1 - eps) * np.asarray(row, float) + eps / len(row)
+    return float(-(q * np.log(q)).sum())
+
+
+def one_hot(n):
+    return [1.0] + [0.0] * (n - 1)
 
 
 def test_tokens_are_single_pieces(tokenizer):
     assert tokenizer.tokenize("the cat sat . dogs bark") == ["the", "cat", "sat", ".", "dogs", "bark"]
 
 
+# Inputs of n = 6 and n = 4 positions; the authors average over the positions of an input, then
+# over inputs, and divide previous/next sums by n (the first/last query counts with 0).
+
 def test_cls_head(patterns):
     h = patterns.loc[0]
     assert h.to_cls == pytest.approx(1.0)
-    assert h.to_sep == pytest.approx(0.0) and h.entropy == pytest.approx(0.0)
-    assert h.to_prev == pytest.approx(2 / 8)  # only query 1 has its previous token = [CLS]; 5 + 3 queries
+    assert h.to_sep == pytest.approx(0.0)
+    # only query 1 has [CLS] as its previous token: 1/6 and 1/4 (pooled with n-1 it was 2/8)
+    assert h.to_prev == pytest.approx((1 / 6 + 1 / 4) / 2)
+    # every row is one-hot: smoothed entropy, not 0
+    assert h.entropy == pytest.approx((smoothed_entropy(one_hot(6)) + smoothed_entropy(one_hot(4))) / 2, rel=1e-9)
+    assert h.entropy > 1e-4
 
 
 def test_previous_token_head(patterns):
     h = patterns.loc[1]
-    assert h.to_prev == pytest.approx(1.0) and h.to_next == pytest.approx(0.0)
-    assert h.to_self == pytest.approx(2 / 10)  # [CLS] attends to itself, 6 + 4 queries
-    assert h.to_punct == pytest.approx(1 / 10)  # [SEP] of sentence 1 looks back at "."
+    assert h.to_prev == pytest.approx((5 / 6 + 3 / 4) / 2)  # [CLS] has no previous token: counts 0
+    assert h.to_next == pytest.approx(0.0)
+    assert h.to_self == pytest.approx((1 / 6 + 1 / 4) / 2)  # [CLS] attends to itself
+    assert h.to_punct == pytest.approx((1 / 6 + 0) / 2)  # [SEP] of sentence 1 looks back at "."
 
 
 def test_uniform_head(patterns):
     h = patterns.loc[2]
-    assert h.to_cls == pytest.approx((6 / 6 + 4 / 4) / 10)
-    assert h.to_punct == pytest.approx((6 * (1 / 6)) / 10)
-    assert h.entropy == pytest.approx((6 * np.log(6) + 4 * np.log(4)) / 10)
+    assert h.to_cls == pytest.approx((1 / 6 + 1 / 4) / 2)  # every input weighs the same
+    assert h.to_punct == pytest.approx((1 / 6 + 0) / 2)
+    assert h.entropy == pytest.approx((np.log(6) + np.log(4)) / 2)  # smoothing leaves uniform rows alone
     assert h.uniform_entropy == pytest.approx(h.entropy)
     assert h.sep_to_sep == pytest.approx((1 / 6 + 1 / 4) / 2)
     assert h.entropy_from_cls == pytest.approx((np.log(6) + np.log(4)) / 2)
@@ -50,7 +73,40 @@ def test_last_token_head(patterns):
     h = patterns.loc[3]
     assert h.to_sep == pytest.approx(1.0) and h.sep_to_sep == pytest.approx(1.0)
     assert h.other_to_sep == pytest.approx(1.0)
-    assert h.to_next == pytest.approx(2 / 8) and h.to_self == pytest.approx(2 / 10)
+    assert h.to_next == pytest.approx((1 / 6 + 1 / 4) / 2) and h.to_self == pytest.approx((1 / 6 + 1 / 4) / 2)
+
+
+def test_pooled_option_weighs_positions(planted):
+    """``average="pooled"``: sums over both inputs over summed denominators (6 + 4 positions)."""
+    p = _patterns(planted, average="pooled", entropy_smoothing=0.0)
+    assert p.loc[2, "to_cls"] == pytest.approx((6 / 6 + 4 / 4) / 10)
+    assert p.loc[2, "entropy"] == pytest.approx((6 * np.log(6) + 4 * np.log(4)) / 10)
+    assert p.loc[1, "to_prev"] == pytest.approx((5 + 3) / 10)
+    assert p.loc[0, "entropy"] == pytest.approx(0.0)  # no smoothing: one-hot rows have entropy 0
+    assert p.loc[2, "sep_to_sep"] == pytest.approx((1 / 6 + 1 / 4) / 2)  # one [SEP] query per input
+    with pytest.raises(ValueError, match="average"):
+        at.AttentionPatterns(2, 4, average="tokens")
+
+
+def test_two_segment_denominators_and_options():
+    """[CLS] a [SEP] b [SEP]: [SEP]->[SEP] over the 2 [SEP] queries, other->[SEP] over n - 2 = 3."""
+    from bertology.align import CLS, SEP, WORD
+
+    class Enc:
+        unit_kind = [CLS, WORD, SEP, WORD, SEP]
+        tokens = ["[CLS]", "a", "[SEP]", "b", "[SEP]"]
+        n_tokens = 5
+
+    a = np.zeros((1, 1, 5, 5))
+    a[0, 0, :, 2] = [1.0, 0.5, 1.0, 0.0, 0.5]  # to the first [SEP]
+    a[0, 0, :, 0] = 1 - a[0, 0, :, 2]
+    red = at.AttentionPatterns(1, 1)
+    red.update(ex.Item(index=0, encoding=Enc(), attention=a, hidden=None))
+    v = red.result().set_index("metric")["value"]
+    assert v["sep_to_sep"] == pytest.approx((1.0 + 0.5) / 2)
+    assert v["other_to_sep"] == pytest.approx((1.0 + 0.5 + 0.0) / 3)
+    assert v["to_sep"] == pytest.approx(3.0 / 5)
+    assert red.options == {"average": "per_input", "entropy_smoothing": 1e-4}
 
 
 def test_notable_heads_pick_the_planted_ones(planted):
