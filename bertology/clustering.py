@@ -1,8 +1,9 @@
 """Clustering attention heads by how alike they attend (Clark et al. 2019, §6, Fig. 6).
 
 Two heads are close when, for the same query token, they spread attention the same way: the
-distance is the Jensen-Shannon divergence (natural log, so it lies in [0, ln 2]) between their
-attention rows, averaged over every query unit of every input. :class:`HeadDistances` streams it
+distance is the Jensen-Shannon divergence (natural log, so it lies in [0, ln 2] per query) between
+their smoothed attention rows, summed over every query token of every input, as the authors'
+``head_distances.py`` (clarkkev/attention-analysis) computes it. :class:`HeadDistances` streams it
 as a reducer for :func:`bertology.extract.extract`; the rest works on the finished N x N matrix
 (N = layers x heads, heads in layer-major order, ``i = layer * n_heads + head``): a 2-D MDS map
 (Fig. 6), behaviour labels for colouring it, an average-linkage dendrogram, and a permutation
@@ -20,17 +21,53 @@ import torch
 from scipy.special import xlogy
 
 from .attention import head_label
+from .fidelity import declare, option_differs
+
+#: The study names this module declares deviations for (see :mod:`bertology.fidelity`).
+STUDIES = ("clark.clustering",)
+
+_DISTANCES = "clarkkev/attention-analysis head_distances.py"
+_FIG6 = "clarkkev/attention-analysis General_Analysis.ipynb (Clustering Attention Heads cell)"
+
+#: Smoothing of attention rows before the JS divergence, as in the authors' ``head_distances.py``:
+#: p -> (1 - eps) p + eps / n with eps = 1e-3 (n = number of keys of the input).
+JS_SMOOTHING = 1e-3
+
+#: How :class:`HeadDistances` reduces over query tokens: ``"sum"`` (the authors') or ``"mean"``
+#: (ours: the sum divided by the number of query tokens, a pure rescaling).
+REDUCES = ("sum", "mean")
+
+declare("clark.clustering", "js_smoothing",
+        "Attention rows are smoothed p -> (1 - {js_smoothing}) p + {js_smoothing}/n before the JS divergence; "
+        "the authors smooth with 1e-3.", kind="option", when=option_differs("js_smoothing", JS_SMOOTHING),
+        reference=_DISTANCES)
+declare("clark.clustering", "js_mean",
+        "Head distances are the JS divergence averaged over query tokens; the authors sum it over tokens. This "
+        "only rescales the matrix (MDS map, clustering and permutation p-value are unchanged), and keeps values "
+        "in [0, ln 2] whatever the corpus size.", kind="option", when=option_differs("reduce", "sum"),
+        reference=_DISTANCES)
+declare("clark.clustering", "behaviour_rule",
+        "Fig. 6 behaviours by our relative rule: a share above {share} of attention to one target (largest wins), "
+        "else 'broad' when the mean entropy is at least {broad} of uniform; the authors use fixed thresholds "
+        "(next/previous > 0.5, entropy > 3.8 nats, [CLS]/[SEP]/punctuation > 0.6, later rules overriding).",
+        kind="option", when=option_differs("rule", "clark"), reference=_FIG6)
+declare("clark.clustering", "mds",
+        "MDS: scikit-learn's metric SMACOF from a classical-MDS start (one run; 4 random starts before "
+        "scikit-learn 1.8) with a fixed seed; the authors run it from 5 random starts with eps 1e-10 and at most "
+        "1000 iterations, unseeded. The map is a display: no number here is read from it.", reference=_FIG6)
 
 #: Memory budget of one pairwise block, in elements. On CPU a block that stays in cache (2**16
 #: float32 = 256 KiB) was 2-3x faster than a large one; a GPU wants large blocks (few launches).
 CHUNK_ELEMENTS = {"numpy": 1 << 16, "torch": 1 << 24}
 
 
-def pairwise_js(attention: np.ndarray, *, chunk_elements: int | None = None, device=None,
-                dtype: str = "float32") -> np.ndarray:
+def pairwise_js(attention: np.ndarray, *, smoothing: float = JS_SMOOTHING, chunk_elements: int | None = None,
+                device=None, dtype: str = "float32") -> np.ndarray:
     """Sum over query units of JS(head i's row, head j's row) for one input: an N x N float64 array.
 
-    ``attention`` is (layers, heads, T, T) or (N, T, T) with rows summing to 1. Uses
+    ``attention`` is (layers, heads, T, K) or (N, T, K) with rows summing to 1. Each row is first
+    smoothed p -> (1 - ``smoothing``) p + ``smoothing``/K, as the authors' ``head_distances.py``
+    does (1e-3); ``smoothing=0`` gives the exact divergence. Uses
     JS(p, q) = ln 2 + (sum p ln p + sum q ln q)/2 - (sum s ln s)/2 with s = p + q, so each pair
     costs one log per (query, key) and the per-head terms are computed once. Pairs are done in
     blocks of at most max(``chunk_elements``, N) values (heads x heads x (query, key) cells), only
@@ -43,6 +80,10 @@ def pairwise_js(attention: np.ndarray, *, chunk_elements: int | None = None, dev
     """
     att = np.asarray(attention)
     n, t = int(np.prod(att.shape[:-2])), att.shape[-2]
+    if not 0 <= smoothing < 1:
+        raise ValueError(f"smoothing must be in [0, 1), got {smoothing!r}")
+    if smoothing:
+        att = (1 - smoothing) * att.astype(np.float64) + smoothing / att.shape[-1]
     flat = att.reshape(n, -1)  # (N, T*K): the sum runs over queries and keys alike
     f64 = flat.astype(np.float64)
     self_term = xlogy(f64, f64).sum(1)  # sum over queries of sum_k p ln p, per head
@@ -85,13 +126,15 @@ def _symmetric(upper: np.ndarray) -> np.ndarray:
 
 @dataclass
 class HeadDistanceResult:
-    """Mean JS divergence between every pair of heads (symmetric, zero diagonal, nats)."""
+    """JS divergence between every pair of heads, summed (``reduce="sum"``) or averaged
+    (``"mean"``) over query tokens (symmetric, zero diagonal, nats)."""
 
     matrix: np.ndarray  # (N, N), N = n_layers * n_heads, layer-major
     n_layers: int
     n_heads: int
-    n_queries: int  # query units averaged over
+    n_queries: int  # query units summed / averaged over
     n_inputs: int
+    reduce: str = "sum"
 
     @property
     def labels(self) -> list[str]:
@@ -117,24 +160,34 @@ class HeadDistanceResult:
 
 
 class HeadDistances:
-    """Reducer: JS divergence between all pairs of heads, averaged over query units (§6).
+    """Reducer: JS divergence between all pairs of heads over every query token (§6).
 
-    Clark et al. define the distance as a *sum* over tokens; here it is the mean, which only
-    rescales the matrix (so MDS and the clustering look the same) but keeps values in [0, ln 2]
-    and comparable across corpus sizes. Every query unit counts, [CLS] and [SEP] included, and
-    longer inputs weigh more (token-weighted, like :class:`~bertology.attention.AttentionPatterns`).
-    Keeps one N x N running sum. ``device`` (e.g. ``loaded.device``) moves the pairwise work to
-    a GPU when it is one, worth it for large N; on CPU it runs in numpy.
+    As the authors' ``head_distances.py``: for each input, every attention row of every head is
+    smoothed (``smoothing``, default 1e-3), and JS(head i's row, head j's row) is summed over all
+    query tokens, [CLS] and [SEP] included, and over inputs (longer inputs weigh more).
+    ``reduce="mean"`` divides by the number of query tokens: only a rescaling (MDS map,
+    clustering and permutation test are unchanged), which keeps values in [0, ln 2] and
+    comparable across corpus sizes. Keeps one N x N running sum. ``device`` (e.g.
+    ``loaded.device``) moves the pairwise work to a GPU when it is one, worth it for large N; on
+    CPU it runs in numpy.
     """
 
-    def __init__(self, n_layers: int, n_heads: int, *, chunk_elements: int | None = None,
-                 device=None, dtype: str = "float32"):
+    def __init__(self, n_layers: int, n_heads: int, *, reduce: str = "sum", smoothing: float = JS_SMOOTHING,
+                 chunk_elements: int | None = None, device=None, dtype: str = "float32"):
+        if reduce not in REDUCES:
+            raise ValueError(f"reduce must be one of {REDUCES}, got {reduce!r}")
         self.n_layers, self.n_heads = n_layers, n_heads
+        self.reduce, self.smoothing = reduce, float(smoothing)
         n = n_layers * n_heads
         self.sums = np.zeros((n, n))
         self.n_queries = 0
         self.n_inputs = 0
-        self.kw = dict(chunk_elements=chunk_elements, device=device, dtype=dtype)
+        self.kw = dict(smoothing=smoothing, chunk_elements=chunk_elements, device=device, dtype=dtype)
+
+    @property
+    def options(self) -> dict:
+        """The options of this reducer, for ``run.method("clark.clustering", **options)``."""
+        return {"reduce": self.reduce, "js_smoothing": self.smoothing}
 
     def update(self, item) -> None:
         a = item.attention
@@ -148,8 +201,10 @@ class HeadDistances:
         if not self.n_queries:
             raise ValueError("HeadDistances saw no inputs")
         # float32 rounding can leave tiny negative values where two heads are identical
-        d = np.clip(_symmetric(self.sums) / self.n_queries, 0.0, math.log(2))
-        return HeadDistanceResult(d, self.n_layers, self.n_heads, self.n_queries, self.n_inputs)
+        d = np.clip(_symmetric(self.sums), 0.0, math.log(2) * self.n_queries)
+        if self.reduce == "mean":
+            d = d / self.n_queries
+        return HeadDistanceResult(d, self.n_layers, self.n_heads, self.n_queries, self.n_inputs, self.reduce)
 
 
 # ----------------------------------------------------------------------------- embedding, clustering
@@ -185,24 +240,54 @@ def head_linkage(distance: np.ndarray, labels: list[str], method: str = "average
 BEHAVIOUR_METRICS = {"[CLS]": "to_cls", "[SEP]": "to_sep", "punctuation": "to_punct",
                      "previous token": "to_prev", "next token": "to_next"}
 
+#: The authors' Fig. 6 rules, in the order of their plotting cell (a later rule that holds
+#: overrides an earlier one): ``(behaviour, metric, threshold)``, each "metric > threshold".
+#: Provenance: clarkkev/attention-analysis General_Analysis.ipynb, cell "Clustering Attention
+#: Heads" (POSITION_THRESHOLD = 0.5, ENTROPY_THRESHOLD = 3.8, SPECIAL_TOKEN_THRESHOLD = 0.6).
+CLARK_BEHAVIOUR_RULES = (
+    ("next token", "to_next", 0.5),
+    ("previous token", "to_prev", 0.5),
+    ("broad", "entropy", 3.8),
+    ("[CLS]", "to_cls", 0.6),
+    ("[SEP]", "to_sep", 0.6),
+    ("punctuation", "to_punct", 0.6),
+)
 
-def head_behaviours(patterns: pd.DataFrame, extra: dict | None = None, share: float = 0.5,
+#: Rules of :func:`head_behaviours`: ``"clark"`` (the authors') or ``"relative"`` (ours).
+BEHAVIOUR_RULES = ("clark", "relative")
+
+
+def head_behaviours(patterns: pd.DataFrame, extra: dict | None = None, rule: str = "clark", share: float = 0.5,
                     broad: float = 0.8) -> pd.DataFrame:
-    """Label each head with its dominant surface behaviour, to colour Fig. 6.
+    """Label each head with its surface behaviour, to colour Fig. 6.
 
-    A head is "[CLS]" / "[SEP]" / "punctuation" / "previous token" / "next token" when more than
-    ``share`` (default one half, as Clark et al. §3.1 count heads) of its average attention goes
-    there (the largest such share wins); otherwise "broad" when its mean entropy is at least
-    ``broad`` times that of uniform attention over the same inputs; otherwise "other".
-    ``extra`` maps heads to labels that override these (e.g. syntactic heads from notebook 02):
-    keys are ``(layer, head)`` 0-indexed or ``"layer-head"`` strings 1-indexed.
-    Returns ``layer, head, behaviour``.
+    ``rule="clark"`` (default) applies the authors' thresholds of :data:`CLARK_BEHAVIOUR_RULES`
+    in their order, a later rule that holds overriding an earlier one: next / previous token
+    > 0.5, broad when the mean entropy > 3.8 nats, [CLS] / [SEP] / punctuation > 0.6; a head no
+    rule picks is "other". The entropy threshold is absolute: on inputs much shorter than the
+    authors' segments of up to 128 pieces, few heads can reach it.
+
+    ``rule="relative"`` (ours): a head is "[CLS]" / "[SEP]" / "punctuation" / "previous token" /
+    "next token" when more than ``share`` of its average attention goes there (the largest such
+    share wins); otherwise "broad" when its mean entropy is at least ``broad`` times that of
+    uniform attention over the same inputs; otherwise "other".
+
+    ``extra`` maps heads to labels that override these (e.g. syntactic heads from notebook 02, as
+    the authors' linguistic heads do): keys are ``(layer, head)`` 0-indexed or ``"layer-head"``
+    strings 1-indexed. Returns ``layer, head, behaviour``.
     """
+    if rule not in BEHAVIOUR_RULES:
+        raise ValueError(f"rule must be one of {BEHAVIOUR_RULES}, got {rule!r}")
     wide = patterns.pivot_table(index=["layer", "head"], columns="metric", values="value")
-    shares = wide[list(BEHAVIOUR_METRICS.values())].set_axis(list(BEHAVIOUR_METRICS), axis=1)
-    label = shares.idxmax(axis=1).where(shares.max(axis=1) > share)
-    is_broad = wide["entropy"] >= broad * wide["uniform_entropy"]
-    label = label.fillna(pd.Series(np.where(is_broad, "broad", "other"), index=wide.index))
+    if rule == "clark":
+        label = pd.Series("other", index=wide.index, dtype=object)
+        for name, metric, threshold in CLARK_BEHAVIOUR_RULES:
+            label[wide[metric] > threshold] = name
+    else:
+        shares = wide[list(BEHAVIOUR_METRICS.values())].set_axis(list(BEHAVIOUR_METRICS), axis=1)
+        label = shares.idxmax(axis=1).where(shares.max(axis=1) > share)
+        is_broad = wide["entropy"] >= broad * wide["uniform_entropy"]
+        label = label.fillna(pd.Series(np.where(is_broad, "broad", "other"), index=wide.index))
     for key, name in (extra or {}).items():
         if isinstance(key, str):
             layer, head = (int(x) - 1 for x in key.split("-"))

@@ -49,8 +49,10 @@ def plot_mds(coords: pd.DataFrame, hue: str = "behaviour", annotate: bool = Fals
     return fig
 
 
-def plot_dendrogram(linkage: np.ndarray, labels: list[str], color_threshold: float | None = None):
-    """Dendrogram of the heads' average-linkage clustering (``clustering.head_linkage``)."""
+def plot_dendrogram(linkage: np.ndarray, labels: list[str], color_threshold: float | None = None,
+                    ylabel: str = "JS divergence (nats)"):
+    """Dendrogram of the heads' average-linkage clustering (``clustering.head_linkage``); ``ylabel``
+    should say whether the distances are summed or averaged over tokens."""
     from scipy.cluster.hierarchy import dendrogram
 
     set_style()
@@ -58,7 +60,7 @@ def plot_dendrogram(linkage: np.ndarray, labels: list[str], color_threshold: flo
     fig, ax = plt.subplots(figsize=(min(24.0, max(6.0, 0.09 * n)), 4.0))
     dendrogram(linkage, labels=list(labels), ax=ax, color_threshold=color_threshold,
                leaf_rotation=90, leaf_font_size=max(4, min(8, 600 // max(n, 1))))
-    ax.set_ylabel("mean JS divergence (nats)")
+    ax.set_ylabel(ylabel)
     ax.grid(False, axis="x")
     ax.set_title("attention heads, average-linkage clustering", fontsize=10)
     fig.tight_layout()

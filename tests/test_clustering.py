@@ -21,16 +21,45 @@ def rows(*dists):
     return np.array(dists, dtype=float)
 
 
-@pytest.fixture
-def three_heads():
+def _three_heads(**kw):
     """1 layer x 3 heads over two inputs. Input 1 (2 queries): head 0 -> [1,0], head 1 -> [0,1],
     head 2 -> [.5,.5] for both queries. Input 2 (3 queries): all heads uniform (JS 0)."""
     a1 = np.stack([rows([1, 0], [1, 0]), rows([0, 1], [0, 1]), rows([.5, .5], [.5, .5])])[None]
     a2 = np.full((1, 3, 3, 3), 1 / 3)
-    red = cl.HeadDistances(1, 3)
+    red = cl.HeadDistances(1, 3, **kw)
     red.update(item(a1, 0))
     red.update(item(a2, 1))
     return red.result()
+
+
+@pytest.fixture
+def three_heads():
+    """Our options: exact JS (no smoothing), averaged over the 5 query tokens."""
+    return _three_heads(reduce="mean", smoothing=0.0)
+
+
+def js_by_formula(p, q):
+    """0.5 KL(p || m) + 0.5 KL(q || m), m = (p + q) / 2, natural log (all entries > 0)."""
+    p, q = np.asarray(p, float), np.asarray(q, float)
+    m = (p + q) / 2
+    return float(0.5 * (p * np.log(p / m)).sum() + 0.5 * (q * np.log(q / m)).sum())
+
+
+def test_authors_js_is_smoothed_and_summed():
+    """Default = head_distances.py: rows smoothed 0.999 p + 0.001 / n, JS summed over queries and inputs."""
+    r = _three_heads()
+    sm = lambda row: 0.999 * np.asarray(row, float) + 0.001 / len(row)  # noqa: E731
+    # two queries of input 1 differ; input 2 is uniform for every head (smoothing keeps it uniform: 0)
+    assert r.matrix[0, 1] == pytest.approx(2 * js_by_formula(sm([1, 0]), sm([0, 1])), rel=1e-5)
+    assert r.matrix[0, 2] == pytest.approx(2 * js_by_formula(sm([1, 0]), sm([.5, .5])), rel=1e-5)
+    # smoothing pulls disjoint one-hots below ln 2 (per query); the exact value would be 2 ln 2
+    assert r.matrix[0, 1] < 2 * LN2 - 1e-3
+    assert r.reduce == "sum" and r.n_queries == 5
+    # "mean" is the same matrix divided by the number of query tokens
+    mean = _three_heads(reduce="mean")
+    assert np.allclose(mean.matrix * 5, r.matrix)
+    with pytest.raises(ValueError, match="reduce"):
+        cl.HeadDistances(1, 3, reduce="median")
 
 
 def test_js_by_hand(three_heads):
@@ -56,7 +85,7 @@ def test_matrix_and_table(three_heads):
 def test_identical_heads_and_per_query_average():
     # head 0 alternates [1,0], [0,1]; head 1 always [1,0]: JS 0 on query 0, ln 2 on query 1
     a = np.stack([rows([1, 0], [0, 1]), rows([1, 0], [1, 0]), rows([1, 0], [0, 1])])[None]
-    red = cl.HeadDistances(1, 3)
+    red = cl.HeadDistances(1, 3, reduce="mean", smoothing=0.0)
     red.update(item(a))
     d = red.result().matrix
     assert d[0, 1] == pytest.approx(LN2 / 2, abs=1e-6)
@@ -72,13 +101,18 @@ def test_chunked_equals_unchunked_with_384_heads():
     rng = np.random.default_rng(0)
     a = rng.dirichlet(np.full(4, 0.3), size=(24, 16, 4)).astype(np.float32)  # 384 heads, T = 4
     iu = np.triu_indices(384, 1)
-    whole = cl.pairwise_js(a, chunk_elements=1 << 30)  # one block
-    tiny = cl.pairwise_js(a, chunk_elements=50)  # one (query, key) column and few heads per block
+    whole = cl.pairwise_js(a, smoothing=0.0, chunk_elements=1 << 30)  # one block
+    tiny = cl.pairwise_js(a, smoothing=0.0, chunk_elements=50)  # one (query, key) column and few heads per block
     assert np.allclose(whole[iu], tiny[iu], atol=1e-5)
     flat = a.reshape(384, 4, 4)
     for i, j in [(0, 1), (5, 383), (200, 201)]:  # against scipy's JS distance, squared
         ref = sum(jensenshannon(flat[i, t], flat[j, t]) ** 2 for t in range(4))
         assert whole[i, j] == pytest.approx(ref, abs=1e-5)
+    smoothed = cl.pairwise_js(a)  # default: the authors' smoothing, then the same sum
+    sm = 0.999 * flat.astype(np.float64) + 0.001 / 4
+    for i, j in [(0, 1), (5, 383)]:
+        ref = sum(jensenshannon(sm[i, t], sm[j, t]) ** 2 for t in range(4))
+        assert smoothed[i, j] == pytest.approx(ref, abs=1e-5)
 
 
 @pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="needs a GPU")
@@ -93,7 +127,7 @@ def test_gpu_equals_cpu():
 
 def test_planted_model(planted):
     """Planted heads ([CLS], previous, uniform, last) on '[CLS] the cat sat . [SEP]', '[CLS] dogs bark [SEP]'."""
-    red = cl.HeadDistances(2, 4)
+    red = cl.HeadDistances(2, 4, reduce="mean", smoothing=0.0)
     ex.extract(planted, [["the", "cat", "sat", "."], ["dogs", "bark"]], red, level="token", progress=False)
     r = red.result()
     d = r.matrix
@@ -206,11 +240,36 @@ def test_head_behaviours():
         (1, 2): {"to_prev": 0.55},
         (1, 3): {"to_cls": 0.2},
     })
-    b = cl.head_behaviours(p, extra={(1, 2): "nsubj", "2-4": "dobj"}).set_index(["layer", "head"])["behaviour"]
+    b = cl.head_behaviours(p, extra={(1, 2): "nsubj", "2-4": "dobj"}, rule="relative")
+    b = b.set_index(["layer", "head"])["behaviour"]
     assert list(b) == ["[CLS]", "[SEP]", "punctuation", "next token", "broad", "other", "nsubj", "dobj"]
-    assert cl.head_behaviours(p, share=0.4).set_index(["layer", "head"]).loc[(1, 0), "behaviour"] == "[SEP]"
+    relaxed = cl.head_behaviours(p, rule="relative", share=0.4).set_index(["layer", "head"])
+    assert relaxed.loc[(1, 0), "behaviour"] == "[SEP]"
     with pytest.raises(KeyError):
         cl.head_behaviours(p, extra={(5, 0): "x"})
+    with pytest.raises(ValueError, match="rule"):
+        cl.head_behaviours(p, rule="mine")
+
+
+def test_clark_behaviour_rules():
+    """General_Analysis.ipynb: next > .5, previous > .5, entropy > 3.8, [CLS] > .6, [SEP] > .6,
+    punctuation > .6, each later rule that holds overriding the earlier ones; then the extra heads."""
+    p = patterns_table({
+        (0, 0): {"to_next": 0.55, "to_prev": 0.45},  # next
+        (0, 1): {"to_sep": 0.55},  # not above 0.6: other (the relative rule says [SEP])
+        (0, 2): {"to_prev": 0.7, "entropy": 3.9},  # broad overrides previous
+        (0, 3): {"to_cls": 0.65, "entropy": 4.0},  # [CLS] overrides broad
+        (1, 0): {"to_punct": 0.62, "to_sep": 0.3, "entropy": 3.81},  # punctuation overrides broad
+        (1, 1): {"entropy": 3.8, "uniform_entropy": 3.9},  # not above 3.8: other (relative: broad)
+        (1, 2): {"to_next": 0.5},  # exactly 0.5 is not above it
+        (1, 3): {"to_sep": 0.61, "to_next": 0.6},  # [SEP] overrides next
+    })
+    b = cl.head_behaviours(p, extra={(1, 2): "det"}).set_index(["layer", "head"])["behaviour"]
+    assert list(b) == ["next token", "other", "broad", "[CLS]", "punctuation", "other", "det", "[SEP]"]
+    rel = cl.head_behaviours(p, rule="relative").set_index(["layer", "head"])["behaviour"]
+    assert rel[(0, 1)] == "[SEP]" and rel[(1, 1)] == "broad"
+    assert [r[0] for r in cl.CLARK_BEHAVIOUR_RULES] == ["next token", "previous token", "broad", "[CLS]", "[SEP]",
+                                                        "punctuation"]
 
 
 def test_behaviours_of_planted_heads(planted):
@@ -219,6 +278,9 @@ def test_behaviours_of_planted_heads(planted):
     red = AttentionPatterns(2, 4)
     ex.extract(planted, [["the", "cat", "sat", "."], ["dogs", "bark"]], red, level="token", progress=False)
     b = cl.head_behaviours(red.result())
+    # the uniform head over 6 and 4 positions has entropy (ln 6 + ln 4) / 2 = 1.6 nats, far below 3.8
+    assert list(b[b.layer == 1]["behaviour"]) == ["[CLS]", "previous token", "other", "[SEP]"]
+    b = cl.head_behaviours(red.result(), rule="relative")
     assert list(b[b.layer == 1]["behaviour"]) == ["[CLS]", "previous token", "broad", "[SEP]"]
 
 
