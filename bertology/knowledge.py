@@ -36,12 +36,83 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
+from .fidelity import declare, option_differs
+
 MASK = "[MASK]"
 LAMA = "lama-negated-misprimed"
 FORBES = "forbes-physical-commonsense"
 STIMULI = Path(__file__).with_name("data") / "stimuli"
 CORPORA = {"TREx": "T-REx", "GoogleRE": "Google-RE", "ConceptNet": "ConceptNet", "SQUAD": "SQuAD"}
 QUERIES = ("original", "negated", "misprimed")
+
+
+#: Study names declared here (see :mod:`bertology.fidelity`).
+STUDIES = ("petroni.lama", "kassner.negated", "forbes.physical")
+KASSNER_RELEASE = "kassner-schutze-release"
+_LAMA_CODE = "facebookresearch/LAMA scripts/batch_eval_KB_completion.py, scripts/run_experiments.py"
+
+
+def _uses_release(options: dict) -> bool:
+    return options.get("lama_data") == KASSNER_RELEASE
+
+
+declare("petroni.lama", "subset",
+        "LAMA facts are Kassner & Schütze's negated/misprimed release (11,165 facts), a subset of LAMA, not "
+        "Petroni et al.'s full LAMA (data.zip, not in our data): per-relation counts are far below LAMA's (e.g. T-REx "
+        "P140 has 3 facts, ConceptNet 146, SQuAD 51) and the release does not state how facts were selected, so its "
+        "P@k is not comparable with Petroni et al.'s Table 2 and no such number is printed beside it.",
+        kind="data", when=_uses_release,
+        reference="norakassner/LAMA_primed_negated README.md and data/*/random/*.jsonl; facebookresearch/LAMA README.md")
+declare("petroni.lama", "queries",
+        "Cloze sentences are the release's own `masked_sentences`; the release has no Google-RE annotator judgments, so "
+        "LAMA's filter (drop a Google-RE fact with more 'no' than 'yes' judgments) cannot be applied.",
+        kind="data", when=_uses_release, reference=f"{_LAMA_CODE} (filter_samples)")
+declare("petroni.lama", "vocab",
+        "Predictions are ranked over the model's own whole-word tokens ({candidates} candidates); LAMA ranks over "
+        "common_vocab_cased.txt, the intersection of the vocabularies of the models it compares, which is not in our "
+        "data. Facts whose object is not one such token are dropped and counted, as LAMA drops them.",
+        reference="facebookresearch/LAMA scripts/run_experiments.py (common_vocab_filename), lama/vocab_intersection.py, "
+                  "scripts/batch_eval_KB_completion.py (filter_samples)")
+declare("petroni.lama", "ties",
+        "Rank of the object = 1 + candidates scored strictly above it (a tie counts in its favour); LAMA takes the "
+        "object's position in torch.topk order. The two differ only when log-probabilities tie exactly.",
+        reference="facebookresearch/LAMA lama/evaluation_metrics.py (get_ranking)")
+declare("petroni.lama", "conceptnet_by_predicate",
+        "ConceptNet split by predicate (CapableOf, ...) and macro-averaged over predicates; LAMA scores ConceptNet as one "
+        "relation (P@k over all its facts).",
+        kind="option", when=option_differs("conceptnet_by_predicate", False),
+        reference="facebookresearch/LAMA scripts/run_experiments.py (get_ConceptNet_parameters, get_Squad_parameters)")
+declare("kassner.negated", "corpus_mean",
+        "Overlap at 1 and Spearman are averaged over the facts of a relation (as LAMA's negation code does), then over "
+        "the relations of a corpus, like P@1; LAMA's code reports them per relation only, and the paper's table "
+        "could not be read here to confirm the corpus average.",
+        reference="facebookresearch/LAMA scripts/batch_eval_KB_completion.py (use_negated_probes), lama/evaluation_metrics.py "
+                  "(get_negation_metric)")
+declare("kassner.negated", "spearman_vocab",
+        "Spearman's rank correlation between original and negated log-probabilities is taken over our candidate "
+        "vocabulary ({candidates} tokens), not LAMA's common vocabulary.",
+        reference="facebookresearch/LAMA lama/evaluation_metrics.py (get_negation_metric)")
+declare("kassner.negated", "misprime_metrics",
+        "Misprime metrics (misprimed top-1 is the priming word; misprime changed the top-1) are our reading of the paper: "
+        "the authors' misprime scoring code is not released (their repository holds data and a README only).",
+        reference="norakassner/LAMA_primed_negated (README.md, data only)")
+declare("forbes.physical", "probe",
+        "Frozen representations: each object, property and affordance embedded on its own (mean-pooled word states of "
+        "one layer), a class-balanced logistic regression on [u, v, u*v]. The authors fine-tune BERT end-to-end on "
+        "template sentences (data/sentences, not in our data) and fit an MLP on [u, v] of GloVe/ELMo vectors.",
+        kind="objective", reference="mbforbes/physical-commonsense pc/bert.py, pc/models.py, pc/experiments.py")
+declare("forbes.physical", "layer_choice",
+        "The probe's layer is chosen on 20% of the training objects held out, then the probe is refitted on all training "
+        "pairs; the authors choose no layer (BERT is fine-tuned whole, fixed epochs).",
+        reference="mbforbes/physical-commonsense pc/bert.py")
+declare("forbes.physical", "max_train_pairs",
+        "At most {max_train_pairs} training pairs per task (subsampled with the seed); the authors train on all of them.",
+        kind="option", when=option_differs("max_train_pairs", None),
+        reference="mbforbes/physical-commonsense pc/data.py (get), pc/bert.py")
+declare("forbes.physical", "max_test_pairs",
+        "At most {max_test_pairs} test pairs per task (subsampled with the seed); the authors test on all of them.",
+        kind="option", when=option_differs("max_test_pairs", None),
+        reference="mbforbes/physical-commonsense pc/data.py (get), pc/bert.py")
 
 
 class KnowledgeDataError(ValueError):
@@ -59,11 +130,16 @@ def lama_files() -> list[str]:
 
 
 def _relation_of(corpus: str, file: str, rec: dict) -> str:
+    """LAMA's unit of averaging: one file per T-REx / Google-RE relation; ConceptNet and SQuAD are
+    one file each (``ConceptNet/test.jsonl``, ``Squad/test.jsonl`` in facebookresearch/LAMA
+    ``scripts/run_experiments.py``), so each is one "relation" whatever its predicates."""
     if corpus == "TREx":
         return Path(file).stem.split("_")[0]
     if corpus == "GoogleRE":
         return Path(file).stem
-    if corpus in ("ConceptNet", "own"):
+    if corpus == "ConceptNet":
+        return "ConceptNet"
+    if corpus == "own":
         return str(rec.get("pred", corpus))
     return "squad"
 
@@ -78,7 +154,9 @@ def _first(rec: dict, key: str, where: str) -> str:
 
 
 def parse_lama_lines(lines: Sequence[str], corpus: str, file: str) -> pd.DataFrame:
-    """Facts of one JSONL file: ``corpus, relation, uuid, sub_label, obj_label, original, negated, misprimed``."""
+    """Facts of one JSONL file: ``corpus, relation, predicate, uuid, sub_label, obj_label, original,
+    negated, misprimed``. ``predicate`` is ConceptNet's ``pred`` field (empty elsewhere); ``relation``
+    is LAMA's unit of averaging (see :func:`_relation_of`)."""
     rows = []
     for n, line in enumerate(lines, 1):
         if not line.strip():
@@ -91,7 +169,7 @@ def parse_lama_lines(lines: Sequence[str], corpus: str, file: str) -> pd.DataFra
         if not isinstance(rec.get("obj_label"), str) or not rec["obj_label"].strip():
             raise KnowledgeDataError(f"{where}: missing obj_label")
         rows.append(dict(corpus=CORPORA.get(corpus, corpus), relation=_relation_of(corpus, file, rec),
-                         uuid=str(rec.get("uuid", n)), sub_label=str(rec.get("sub_label", "")),
+                         predicate=str(rec.get("pred", "")), uuid=str(rec.get("uuid", n)), sub_label=str(rec.get("sub_label", "")),
                          obj_label=rec["obj_label"].strip(),
                          original=_first(rec, "masked_sentences", where),
                          negated=_first(rec, "masked_negations", where),
@@ -100,13 +178,17 @@ def parse_lama_lines(lines: Sequence[str], corpus: str, file: str) -> pd.DataFra
 
 
 def load_lama(facts_per_relation: int | None = None, seed: int = 0, corpora: Sequence[str] | None = None,
-              path: str | Path | None = None) -> pd.DataFrame:
+              path: str | Path | None = None, conceptnet_by_predicate: bool = False) -> pd.DataFrame:
     """LAMA facts with negated and misprimed queries (Kassner & Schütze 2020 release).
 
     From the registered files (mirror/cache/download; ``DataUnavailableError`` offline), or from
     ``path`` (one JSONL file in the same format, e.g. our shipped fallback facts). At most
     ``facts_per_relation`` facts per relation, drawn with ``seed``. ``corpora`` filters by name
     (``T-REx``, ``Google-RE``, ``ConceptNet``, ``SQuAD``).
+
+    ConceptNet is one relation, as in LAMA (its P@k is the share over all its facts);
+    ``conceptnet_by_predicate=True`` (ours) splits it by ConceptNet predicate (``CapableOf``, ...),
+    which makes the corpus figure a macro average over predicates and samples per predicate.
     """
     if path is not None:
         path = Path(path)
@@ -124,6 +206,9 @@ def load_lama(facts_per_relation: int | None = None, seed: int = 0, corpora: Seq
     if not frames:
         raise ValueError(f"no LAMA files match corpora={corpora!r}; known: {sorted(CORPORA.values())}")
     facts = pd.concat(frames, ignore_index=True)
+    if conceptnet_by_predicate:
+        cn = (facts["corpus"] == "ConceptNet") & (facts["predicate"] != "")
+        facts.loc[cn, "relation"] = facts.loc[cn, "predicate"]
     if facts_per_relation is not None:
         facts = sample_facts(facts, facts_per_relation, seed)
     return facts
@@ -175,28 +260,118 @@ def single_piece_facts(facts: pd.DataFrame, tokenizer, vocab: Sequence[str] | No
     return facts[keep].reset_index(drop=True), counts
 
 
-def score_lama(scorer, facts: pd.DataFrame, vocab: Sequence[str] | None = None, k: int = 10,
-               batch_size: int = 32, queries: Sequence[str] = QUERIES) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Run every query of every fact through ``scorer``; one pass per distinct sentence.
+def _allowed_ids(tokenizer, vocab: Sequence[str] | None):
+    """Token ids that predictions are ranked over: the single-piece words of ``vocab``, or every
+    non-special token when ``vocab`` is None."""
+    import torch
 
-    Returns ``(ranks, top)``: ``ranks`` has per fact and query ``source, corpus, relation, uuid,
-    query, obj_label, rank, logprob`` (rank of the object among ``vocab``, 1 = best); ``top`` the
+    from .cloze import word_pieces
+
+    if vocab is None:
+        special = set(tokenizer.all_special_ids)
+        return torch.as_tensor([i for i in range(len(tokenizer)) if i not in special])
+    ids = sorted({p[0] for p in (word_pieces(tokenizer, w) for w in vocab) if len(p) == 1})
+    if not ids:
+        raise ValueError("no word of `vocab` is a single word piece of this tokenizer")
+    return torch.as_tensor(ids)
+
+
+def spearman(x: np.ndarray, y: np.ndarray) -> float:
+    """Spearman's rank correlation of two score vectors (average ranks for ties), as
+    ``scipy.stats.spearmanr``: what Kassner & Schütze's negation code computes between the
+    log-probabilities of the original and the negated query over the whole candidate vocabulary."""
+    from scipy.stats import spearmanr
+
+    return float(spearmanr(np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64))[0])
+
+
+def score_lama(scorer, facts: pd.DataFrame, vocab: Sequence[str] | None = None, k: int = 10,
+               batch_size: int = 32, queries: Sequence[str] = QUERIES, progress: bool = False
+               ) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Run every query of every fact through ``scorer``; one forward pass per (fact, query).
+
+    Returns ``(ranks, top)``. ``ranks`` has per fact and query ``source, corpus, relation, uuid,
+    query, obj_label, rank, logprob, spearman``: ``rank`` of the object among ``vocab`` (1 = best,
+    ties in its favour; NaN when the object is not one word piece), and on ``negated`` rows
+    ``spearman``, the rank correlation between the log-probabilities the original and the negated
+    query give every candidate (Kassner & Schütze 2020, as computed in facebookresearch/LAMA
+    ``lama/evaluation_metrics.py``, ``get_negation_metric``); NaN on other rows. ``top``: the
     top-``k`` tokens per fact and query (``source, corpus, relation, uuid, query, rank, token, logprob``).
     """
-    from .semantic_roles import context_cloze
+    import torch
+    from tqdm.auto import tqdm
 
-    sents, words, keys = [], [], []
+    from .cloze import word_pieces
+
+    tok = scorer.tokenizer
+    queries = list(queries)
+    allowed = _allowed_ids(tok, vocab)
+    n = len(facts)
+    seqs, pos = {}, {}
     for q in queries:
-        for r in facts.itertuples(index=False):
-            sents.append(getattr(r, q))
-            words.append([r.obj_label])
-            keys.append((r.corpus, r.relation, r.uuid, q, r.obj_label))
-    res = context_cloze(scorer, sents, words, k=k, vocab=vocab, batch_size=batch_size)
-    key_df = pd.DataFrame(keys, columns=["corpus", "relation", "uuid", "query", "obj_label"])
-    t = res.targets.sort_values("item")
-    ranks = key_df.assign(rank=t["rank"].to_numpy(), logprob=t["logprob"].to_numpy())
+        for i, sent in enumerate(facts[q]):
+            if not isinstance(sent, str) or sent.count(MASK) != 1:
+                raise ValueError(f"fact {i}, query {q!r}: needs exactly one {MASK}: {sent!r}")
+            ids = tok(sent.replace(MASK, tok.mask_token))["input_ids"]
+            where = [t for t, x in enumerate(ids) if x == scorer.mask_id]
+            if len(where) != 1:
+                raise ValueError(f"fact {i}, query {q!r}: expected one mask token after tokenizing, found {len(where)}")
+            if len(ids) > scorer.max_length:
+                raise ValueError(f"fact {i}, query {q!r}: {len(ids)} word pieces, over the model's limit of {scorer.max_length}")
+            seqs[q, i], pos[q, i] = ids, where[0]
+    target = []
+    for obj in facts["obj_label"]:
+        p = word_pieces(tok, obj)
+        target.append(p[0] if len(p) == 1 else -1)
+    rank = {q: np.full(n, np.nan) for q in queries}
+    logp = {q: np.full(n, np.nan) for q in queries}
+    rho = np.full(n, np.nan)
+    top_rows = []
+    names_of = {}
+    # facts in chunks of similar length (LAMA sorts by sentence length too); all queries of a fact
+    # in the same chunk, so the original and negated distributions meet without being stored
+    order = sorted(range(n), key=lambda i: (len(seqs[queries[0], i]), i))
+    per_chunk = max(1, batch_size // len(queries))
+    chunks = [order[j:j + per_chunk] for j in range(0, n, per_chunk)]
+    for chunk in tqdm(chunks, desc="LAMA", disable=not progress or len(chunks) < 5, leave=False):
+        keys = [(q, i) for i in chunk for q in queries]
+        width = max(len(seqs[key]) for key in keys)
+        ids = torch.zeros(len(keys), width, dtype=torch.long)
+        mask = torch.zeros_like(ids)
+        for b, key in enumerate(keys):
+            ids[b, :len(seqs[key])] = torch.as_tensor(seqs[key])
+            mask[b, :len(seqs[key])] = 1
+        positions = torch.stack([torch.arange(len(keys)), torch.as_tensor([pos[key] for key in keys])], 1)
+        out = scorer.log_probs(ids, mask, positions).float().cpu()
+        sub = out[:, allowed]
+        row = {key: b for b, key in enumerate(keys)}
+        for (q, i), b in row.items():
+            t = target[i]
+            if t >= 0:  # the engine's rank: allowed candidates scored strictly above the object, + 1
+                v = out[b, t]
+                logp[q][i] = float(v)
+                rank[q][i] = float(1 + (sub[b] > v).sum())
+        if "original" in queries and "negated" in queries:
+            for i in chunk:
+                rho[i] = spearman(sub[row["original", i]].numpy(), sub[row["negated", i]].numpy())
+        if k:
+            kk = min(k, sub.shape[1])
+            v, j = sub.topk(kk, dim=1)
+            for (q, i), b in row.items():
+                toks = allowed[j[b]].tolist()
+                for r in range(kk):
+                    if toks[r] not in names_of:
+                        names_of[toks[r]] = tok.convert_ids_to_tokens(toks[r])
+                    top_rows.append((q, i, r + 1, names_of[toks[r]], float(v[b, r])))
+    base = facts[["corpus", "relation", "uuid", "obj_label"]].reset_index(drop=True)
+    ranks = pd.concat([base.assign(query=q, rank=rank[q], logprob=logp[q],
+                                   spearman=rho if q == "negated" else np.nan) for q in queries], ignore_index=True)
+    ranks = ranks[["corpus", "relation", "uuid", "query", "obj_label", "rank", "logprob", "spearman"]]
     ranks.insert(0, "source", scorer.source)
-    top = res.top.merge(key_df.drop(columns="obj_label").assign(item=range(len(key_df))), on="item").drop(columns="item")
+    top = pd.DataFrame(top_rows, columns=["query", "item", "rank", "token", "logprob"])
+    top = top.merge(base[["corpus", "relation", "uuid"]].assign(item=range(n)), on="item")
+    top["q_order"] = top["query"].map({q: j for j, q in enumerate(queries)})
+    top = top.sort_values(["q_order", "item", "rank"], ignore_index=True)
     top.insert(0, "source", scorer.source)
     return ranks, top[["source", "corpus", "relation", "uuid", "query", "rank", "token", "logprob"]]
 
@@ -228,11 +403,27 @@ def macro_by_corpus(per_relation: pd.DataFrame, value: str = "precision") -> pd.
             .reset_index())
 
 
+def negation_spearman(ranks: pd.DataFrame) -> pd.DataFrame:
+    """Kassner & Schütze's rank correlation, per relation: the mean over facts of the Spearman
+    correlation between the original and the negated query's log-probabilities over the candidate
+    vocabulary (the ``spearman`` column of :func:`score_lama`; facebookresearch/LAMA averages it
+    over the facts of a relation file in ``scripts/batch_eval_KB_completion.py``). Facts without a
+    value are left out, as there. Output: ``source, corpus, relation, metric, value, n``.
+    """
+    r = ranks[(ranks["query"] == "negated") & ranks["spearman"].notna()] if "query" in ranks.columns else ranks
+    keys = [c for c in ("source", "corpus", "relation") if c in r.columns]
+    out = (r.groupby(keys, sort=False)["spearman"].agg(value="mean", n="size").reset_index())
+    out.insert(len(keys), "metric", "spearman (original vs negated)")
+    out["n"] = out["n"].astype(int)
+    return out[[*keys, "metric", "value", "n"]]
+
+
 def negation_overlap(top: pd.DataFrame, facts: pd.DataFrame) -> pd.DataFrame:
     """Kassner & Schütze (2020) on top-1 answers, per relation.
 
     Metrics: ``same top-1 as original`` (negated query's top-1 = original query's top-1: the model
-    ignores the negation), ``negated top-1 is the true object`` (it still asserts the fact it was
+    ignores the negation; Kassner & Schütze's "overlap at 1", 0/1 per fact in facebookresearch/LAMA
+    ``lama/evaluation_metrics.py``, averaged over the facts of a relation), ``negated top-1 is the true object`` (it still asserts the fact it was
     asked to deny), ``misprime is top-1`` (the misprimed query's top-1 is the priming word, e.g.
     "Talk?") and ``misprime changed top-1``. Also ``two facts share top-1 (baseline)``: the chance
     that two different facts of the relation get the same original top-1 answer; a predictor that
@@ -382,10 +573,20 @@ def forbes_f1(a: Sequence[str], b: Sequence[str], y: Sequence[int], yhat: Sequen
 
 
 def majority_baseline(train: pd.DataFrame, test: pd.DataFrame) -> np.ndarray:
-    """Forbes's "majority by category": for each right-hand item (property/affordance) the majority
-    training label (ties and unseen items: 1, as the authors do)."""
-    counts = train.groupby("b")["label"].agg(["sum", "size"])
-    maj = (counts["sum"] * 2 >= counts["size"]).astype(int).to_dict()
+    """Forbes's "majority by category" (mbforbes/physical-commonsense ``pc/baselines.py``,
+    ``_maj_cat``): for each right-hand item (property/affordance) the majority training label;
+    a tie goes to the label that item had **first** in the training pairs (their
+    ``Counter.most_common`` keeps insertion order among equal counts); unseen items get 1.
+
+    ``train`` must be in the authors' pair order (as :func:`load_forbes` builds it).
+    """
+    votes: dict[str, list[int]] = {}
+    first: dict[str, int] = {}
+    for b, y in zip(train["b"], train["label"].astype(int)):
+        c = votes.setdefault(b, [0, 0])
+        c[y] += 1
+        first.setdefault(b, y)
+    maj = {b: (1 if c[1] > c[0] else 0 if c[0] > c[1] else first[b]) for b, c in votes.items()}
     return np.asarray([maj.get(x, 1) for x in test["b"]], dtype=int)
 
 
@@ -477,7 +678,7 @@ def fit_predict(x_train, y_train, x_test, seed: int = 0, c: float = 1.0, max_ite
 
 
 def probe_forbes(embeddings: dict[str, np.ndarray], task: str, train: pd.DataFrame, test: pd.DataFrame,
-                 layers: Sequence[int], source: str, seed: int = 0, max_train: int | None = 6000,
+                 layers: Sequence[int], source: str, seed: int = 0, max_train: int | None = None,
                  val_fraction: float = 0.2, c: float = 0.1) -> pd.DataFrame:
     """Probe one task on frozen embeddings; tidy ``source, task, layer, split, category, value, n``.
 
@@ -485,8 +686,8 @@ def probe_forbes(embeddings: dict[str, np.ndarray], task: str, train: pd.DataFra
     ``[layers + 1, D]``. For every layer in ``layers`` a probe is fitted on 80% of the training
     objects and scored on the other 20% (``split="val"``); the layer with the best validation
     macro F1 (mean of the task's two categories) is refitted on all training pairs and scored once
-    on the held-out test objects (``split="test"``). Training pairs are subsampled to
-    ``max_train`` (seeded).
+    on the held-out test objects (``split="test"``). All training pairs are used, as the authors
+    train on the whole training split; ``max_train`` (ours, for speed) subsamples them (seeded).
     """
     cats = TASK_CATEGORIES[task]
     rng = np.random.default_rng(seed)
@@ -529,17 +730,14 @@ def best_layer_scores(probe: pd.DataFrame) -> pd.DataFrame:
 
 # ---------------------------------------------------------------------------- reference values
 
-#: Published numbers carried as reference, not target; only values found through the search tool,
-#: each with where it was found. Petroni et al. (2019) Table 2 reports P@1 of BERT-base and
-#: BERT-large per corpus; the two values below are the paper's best (BERT-large) figures as listed
-#: for the paper on a benchmark page. BERT-base values, Kassner & Schütze's overlap numbers and
-#: Forbes et al.'s F1 table could not be verified and are left out.
-REFERENCE: list[dict] = [
-    dict(study="Petroni et al. 2019 (LAMA), Table 2", corpus_or_task="Google-RE", metric="P@1", model="BERT-large",
-         value=0.105, source="benchmark listing of the paper, wizwand.com/paper/68fa66591e209131cea0fb35 (found via search)"),
-    dict(study="Petroni et al. 2019 (LAMA), Table 2", corpus_or_task="T-REx", metric="P@1", model="BERT-large",
-         value=0.323, source="benchmark listing of the paper, wizwand.com/paper/68fa66591e209131cea0fb35 (found via search)"),
-]
+#: Published numbers carried as reference, not target, each with where it was read. Only numbers
+#: read from the papers, their tables or the authors' own outputs belong here. None could be read
+#: in this setting: the papers' tables were not reachable through our search tool, and the
+#: authors' repositories hold no result files (LAMA writes results at run time; Forbes et al.'s
+#: ``data/results`` is not committed). Two Petroni et al. Table 2 values once listed here came from a
+#: third-party benchmark page and were removed for that reason. Kassner & Schütze's release is a
+#: subset of LAMA, so Petroni et al.'s full-LAMA P@1 would not be comparable with P@1 on it anyway.
+REFERENCE: list[dict] = []
 
 
 def reference_table() -> pd.DataFrame:

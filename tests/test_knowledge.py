@@ -27,7 +27,7 @@ def test_parse_lama_lines_relation_names_and_errors():
     assert list(f["relation"]) == ["P19", "P19"] and set(f["corpus"]) == {"T-REx"}
     assert f.loc[0, "negated"] == "Dante was not born in [MASK] ."  # whitespace normalised
     g = kn.parse_lama_lines([_line(pred="CapableOf")], "ConceptNet", "data/ConceptNet/random/ConceptNet.jsonl")
-    assert g.loc[0, "relation"] == "CapableOf"
+    assert g.loc[0, "relation"] == "ConceptNet" and g.loc[0, "predicate"] == "CapableOf"  # LAMA: one relation
     with pytest.raises(kn.KnowledgeDataError, match=r"P19_random.jsonl:2.*masked_negations"):
         kn.parse_lama_lines([_line(), _line(masked_negations=["no mask here"])], "TREx", "data/TREx/random/P19_random.jsonl")
     with pytest.raises(kn.KnowledgeDataError, match="x.jsonl:1: not JSON"):
@@ -98,7 +98,10 @@ def test_shipped_facts_are_single_pieces(tokenizer):
 def test_load_lama_from_mirror_counts():
     f = kn.load_lama()
     assert len(f) == 11165
-    assert f.groupby("corpus")["relation"].nunique().to_dict() == {"ConceptNet": 13, "Google-RE": 3, "SQuAD": 1, "T-REx": 40}
+    # LAMA averages over relation files: ConceptNet and SQuAD are one file each
+    assert f.groupby("corpus")["relation"].nunique().to_dict() == {"ConceptNet": 1, "Google-RE": 3, "SQuAD": 1, "T-REx": 40}
+    by_pred = kn.load_lama(corpora=["ConceptNet"], conceptnet_by_predicate=True)
+    assert by_pred["relation"].nunique() == 13 and len(by_pred) == 146
     s = kn.load_lama(facts_per_relation=5, seed=1)
     assert s.groupby("relation").size().max() == 5
     assert s.equals(kn.load_lama(facts_per_relation=5, seed=1))
@@ -125,6 +128,23 @@ def test_majority_baseline_by_category():
     train = pd.DataFrame({"a": ["x", "y", "z", "x"], "b": ["p", "p", "p", "q"], "label": [1, 1, 0, 0]})
     test = pd.DataFrame({"a": ["u", "u", "u"], "b": ["p", "q", "new"], "label": [1, 0, 1]})
     assert kn.majority_baseline(train, test).tolist() == [1, 0, 1]
+
+
+def test_majority_baseline_tie_goes_to_the_first_label_seen():
+    # Forbes's _maj_cat: Counter.most_common on a tie returns the label inserted first for that item
+    train = pd.DataFrame({"a": ["x", "y", "x", "y", "x"], "b": ["p", "p", "q", "q", "r"], "label": [0, 1, 1, 0, 0]})
+    test = pd.DataFrame({"a": ["u"] * 4, "b": ["p", "q", "r", "unseen"], "label": [1, 1, 1, 1]})
+    assert kn.majority_baseline(train, test).tolist() == [0, 1, 0, 1]  # p: tie, 0 first; q: tie, 1 first
+
+
+def test_forbes_trains_on_all_pairs_by_default_and_declares_a_cap():
+    import inspect
+
+    from bertology import fidelity
+
+    assert inspect.signature(kn.probe_forbes).parameters["max_train"].default is None
+    assert not any("At most" in x for x in fidelity.lines("forbes.physical", max_train_pairs=None))
+    assert any("At most 6000 training pairs" in x for x in fidelity.lines("forbes.physical", max_train_pairs=6000))
 
 
 def _forbes_root(tmp_path):
@@ -221,3 +241,79 @@ def test_forbes_verdict_by_hand():
     assert v["over_control_op_oa"] == pytest.approx(0.2) and v["over_control_ap"] == pytest.approx(0.02)
     assert v["pattern_vs_control"]
     assert v["shortfall_ap"] == pytest.approx(0.38)
+
+
+def test_conceptnet_is_one_relation_so_its_precision_is_over_all_facts():
+    lines = [_line(pred="CapableOf", uuid=1, obj_label="fly"),
+             *[_line(pred="IsA", uuid=i, obj_label="bird") for i in (2, 3, 4)]]
+    f = kn.parse_lama_lines(lines, "ConceptNet", "data/ConceptNet/random/ConceptNet.jsonl")
+    ranks = f.assign(source="mlm", query="original", rank=[1, 5, 5, 5])  # right on the CapableOf fact only
+    macro = kn.macro_by_corpus(kn.precision_at_k(ranks, ks=(1,))).set_index("corpus")
+    assert macro.loc["ConceptNet", "value"] == pytest.approx(1 / 4)  # LAMA: 1 of 4 facts (by predicate: (1 + 0) / 2)
+    assert macro.loc["ConceptNet", "n_relations"] == 1
+
+
+def test_spearman_by_hand_with_ties():
+    # ranks (1, 4, 2, 3) vs (4, 3, 2, 1): d^2 = 9 + 1 + 0 + 4 = 14, rho = 1 - 6 * 14 / (4 * 15) = -0.4
+    assert kn.spearman([0.1, 0.4, 0.2, 0.3], [0.4, 0.3, 0.2, 0.1]) == pytest.approx(-0.4)
+    # ties get average ranks: (1, 2.5, 2.5, 4) vs (1, 3, 2, 4): cov 4.5, var 4.5 and 5
+    assert kn.spearman([1, 2, 2, 3], [1, 3, 2, 4]) == pytest.approx(4.5 / np.sqrt(4.5 * 5))
+
+
+class _NotScorer:
+    """A scorer whose log-probabilities over the vocabulary are planted: one distribution for
+    sentences with "not", another without."""
+
+    source, label = "mlm", "planted"
+
+    def __init__(self, tokenizer, plain: dict, negated: dict):
+        import torch
+
+        self.tokenizer, self.mask_id, self.max_length = tokenizer, tokenizer.mask_token_id, 512
+        self.not_id = tokenizer.convert_tokens_to_ids("not")
+        self.logits = {}
+        for key, scores in (("plain", plain), ("negated", negated)):
+            v = torch.full((len(tokenizer),), -30.0)
+            for w, x in scores.items():
+                v[tokenizer.convert_tokens_to_ids(w)] = x
+            self.logits[key] = v
+
+    def log_probs(self, ids, mask, positions):
+        import torch
+
+        rows = [self.logits["negated" if (ids[b] == self.not_id).any() else "plain"] for b in positions[:, 0].tolist()]
+        return torch.log_softmax(torch.stack(rows), dim=-1)
+
+
+def test_score_lama_spearman_between_original_and_negated_by_hand(tokenizer):
+    vocab = ["paris", "rome", "tokyo", "berlin"]
+    plain = {"paris": 4.0, "rome": 3.0, "tokyo": 2.0, "berlin": 1.0}     # ranks 1 2 3 4 (best first)
+    negated = {"paris": 3.0, "rome": 4.0, "tokyo": 1.0, "berlin": 2.0}   # ranks 2 1 4 3
+    scorer = _NotScorer(tokenizer, plain, negated)
+    facts = kn.parse_lama_lines([_line(obj_label="Paris", masked_negations=["Dante was not born in [MASK] ."]),
+                                 _line(uuid=2, obj_label="Rome")], "TREx", "data/TREx/random/P19_random.jsonl")
+    ranks, top = kn.score_lama(scorer, facts, vocab=vocab, k=2, batch_size=3)
+    neg = ranks[ranks["query"] == "negated"]
+    # d = (1, -1, 1, -1): sum d^2 = 4, rho = 1 - 6 * 4 / (4 * 15) = 0.6; log-softmax keeps the order
+    assert neg["spearman"].tolist() == pytest.approx([0.6, 0.6])
+    assert ranks[ranks["query"] != "negated"]["spearman"].isna().all()
+    orig = ranks[ranks["query"] == "original"].set_index("uuid")["rank"]
+    assert orig.to_dict() == {"1": 1.0, "2": 2.0} and neg.set_index("uuid")["rank"].to_dict() == {"1": 2.0, "2": 1.0}
+    t1 = top[top["rank"] == 1].set_index(["uuid", "query"])["token"]
+    assert t1[("1", "original")] == "paris" and t1[("1", "negated")] == "rome"
+    per = kn.negation_spearman(ranks)
+    assert per["value"].tolist() == pytest.approx([0.6]) and per["n"].tolist() == [2]
+    overlap = kn.negation_overlap(top, facts).set_index("metric")["value"]
+    assert overlap["same top-1 as original"] == 0.0  # top-1 paris -> rome for both facts
+
+
+def test_lama_declarations_follow_the_run():
+    from bertology import fidelity
+
+    on_release = fidelity.lines("petroni.lama", lama_data=kn.KASSNER_RELEASE, conceptnet_by_predicate=False, candidates=7)
+    assert any("subset of LAMA" in x for x in on_release) and any("7 candidates" in x for x in on_release)
+    own = fidelity.lines("petroni.lama", lama_data="bertology facts", conceptnet_by_predicate=False, candidates=7)
+    assert not any("subset of LAMA" in x for x in own)
+    assert any("ConceptNet split by predicate" in x
+               for x in fidelity.lines("petroni.lama", conceptnet_by_predicate=True, candidates=7))
+    assert kn.reference_table().empty  # no value that was not read from the papers or the authors' outputs
