@@ -23,6 +23,24 @@ the same target in the role-reversed one; NEG: the true completion above the fal
 affirmative and negated contexts separately). A thresholded variant also asks the difference
 in probability to exceed 0.01.
 
+Defaults follow her released code (``aetting/lm-diagnostics``: ``access_model.py``,
+``proc_datasets.py``, ``run_diagnostics_bert.py``, ``prediction_accuracy_tests.py``,
+``sensitivity_tests.py``), which was read for the definitions:
+
+- the model input is ``[CLS] <context> [MASK] . [SEP]`` — her ``prep_input`` appends a full
+  stop after the mask (:func:`ettinger_input`, option ``final_period``);
+- a target that is not one vocabulary item has no probability there (NaN), and every comparison
+  involving it, like every accuracy test of it, counts as **wrong** and stays in the denominator
+  (option ``oov="drop"`` leaves such items out instead);
+- top-k predictions and ranks are over the whole vocabulary, special tokens included (option
+  ``exclude_special=True`` ranks among non-special tokens only);
+- CPRAG shuffles are drawn three times (she reports mean and standard deviation over three
+  draws); the shuffled and shuffled+truncated contexts of a draw share one shuffle;
+- ROLE perturbations remove the object noun ("which one the waitress had") or the subject noun
+  ("which customer the other had") or both, as her ``process_rr`` does.
+
+The deviations that remain are declared in :mod:`bertology.fidelity` (study ``"ettinger"``).
+
 Everything here works on tidy tables: loaders give the items, :func:`ettinger_queries` turns
 them into one row per (context, target) probability needed, :func:`score_queries` fills those
 from a cloze scorer (``bertology.cloze``), and the metric functions reduce the scored table.
@@ -43,6 +61,8 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
+from .fidelity import declare, option_differs
+
 MASK = "[MASK]"
 ETTINGER = "ettinger-lm-diagnostics"
 _FILES = {
@@ -56,7 +76,38 @@ STIMULI = Path(__file__).with_name("data") / "stimuli"
 _OWN = {"CPRAG": "cprag_like.tsv", "NEG-SIMP": "neg_like.tsv"}
 SUITES = ("CPRAG", "ROLE", "NEG-SIMP", "NEG-NAT")
 PERTURBATIONS = ("original", "shuffled", "truncated", "shuffled+truncated")
+#: ROLE perturbations of Ettinger's experiment code (``process_rr`` flags gen_obj / gen_subj).
+ROLE_PERTURBATIONS = ("original", "object removed", "subject removed", "both removed")
 THRESHOLD = 0.01  # Ettinger's probability-difference threshold
+SHUFFLE_DRAWS = 3  # Ettinger's run_aux_tests: three shuffles, mean and standard deviation
+OOV = ("wrong", "drop")
+_CODE = "aetting/lm-diagnostics"
+
+STUDIES = ("ettinger",)
+declare("ettinger", "shuffle_seeds",
+        "CPRAG shuffles are {shuffle_draws} seeded draws (seeds derived from the run's seed) instead of unseeded "
+        "random.shuffle draws; mean and population standard deviation over draws as in the authors' code.",
+        reference=f"{_CODE} run_diagnostics_bert.py (process_fk, run_aux_tests)")
+declare("ettinger", "within_comparison",
+        "An extra CPRAG comparison 'expected vs within' (expected above the within-category completion alone) is "
+        "reported beside the authors' 'expected vs both'; it is ours.",
+        reference=f"{_CODE} sensitivity_tests.py (cprag_sensitivity_test)")
+declare("ettinger", "tokenizer",
+        "Tokenization by the model's Hugging Face tokenizer (transformers 5.x) instead of pytorch-pretrained-bert 0.6.2's "
+        "BertTokenizer; same [CLS] context [MASK] . [SEP] text, no segment or padding differences for one sentence.",
+        reference=f"{_CODE} access_model.py (prep_input), versions.txt")
+declare("ettinger", "final_period",
+        "Input without the full stop after [MASK] ('[CLS] context [MASK] [SEP]'); the authors append ' .'.",
+        kind="option", when=option_differs("final_period", True), reference=f"{_CODE} access_model.py (prep_input)")
+declare("ettinger", "oov",
+        "Targets that are not a single vocabulary item are dropped from accuracy and sensitivity (oov='drop'); the "
+        "authors give them no probability (NaN), so every test of them fails and stays in the denominator.",
+        kind="option", when=option_differs("oov", "wrong"),
+        reference=f"{_CODE} access_model.py (get_probabilities), sensitivity_tests.py, prediction_accuracy_tests.py")
+declare("ettinger", "exclude_special",
+        "Top-k predictions and ranks among non-special tokens only; the authors rank the whole vocabulary, "
+        "[CLS]/[SEP]/[MASK]/[UNK] included.",
+        kind="option", when=option_differs("exclude_special", False), reference=f"{_CODE} access_model.py (get_predictions)")
 
 
 class StimulusError(ValueError):
@@ -141,69 +192,129 @@ def load_ettinger(suites: Sequence[str] = SUITES, fallback: bool = True) -> tupl
 # ----------------------------------------------------------------------------- queries
 
 
-def _with_mask(context: str) -> str:
-    return context.rstrip() + " " + MASK
+def ettinger_input(context: str, final_period: bool = True) -> str:
+    """The text Ettinger's code feeds BERT for a context (the tokenizer adds [CLS] and [SEP]).
+
+    Her ``prep_input`` splits the masked context on whitespace and appends a full stop when the
+    last token is not one; as every context ends in the mask, the input is always
+    ``"<context> [MASK] ."``. ``final_period=False`` gives our old ``"<context> [MASK]"``.
+    """
+    words = context.split() + [MASK]
+    if final_period and words[-1] != ".":
+        words.append(".")
+    return " ".join(words)
 
 
 def _article(noun: str) -> str:
-    return "an" if re.match(r"[aeiou]", noun.lower()) else "a"
+    return "an" if re.match(r"[aeiou]", noun) else "a"
 
 
-def perturb_cprag(s1: str, s2: str, how: str, rng: random.Random) -> str:
+def _shuffled_first(s1: str, rng: random.Random) -> str:
+    words = s1.replace(".", "").split()
+    rng.shuffle(words)
+    return " ".join(words) + "."
+
+
+def perturb_cprag(s1: str, s2: str, how: str, rng: random.Random | None = None, shuffled: str | None = None) -> str:
     """Ettinger §6 perturbations of a CPRAG context (the [MASK] is appended by the caller).
 
-    ``shuffled``: words of the first sentence in random order (its full stops dropped);
-    ``truncated``: the second sentence cut to its last two words; ``shuffled+truncated``: both.
+    ``shuffled``: words of the first sentence in random order (its full stops dropped, one put
+    back at the end); ``truncated``: the second sentence cut to its last two words;
+    ``shuffled+truncated``: both. Pass ``shuffled`` (a first sentence shuffled already) to reuse
+    one shuffle for both shuffled variants, as her ``process_fk`` does; else it is drawn from ``rng``.
     """
     if how not in PERTURBATIONS:
         raise ValueError(f"unknown perturbation {how!r}; use one of {PERTURBATIONS}")
     first, second = s1, s2
     if "shuffled" in how:
-        words = s1.replace(".", "").split()
-        rng.shuffle(words)
-        first = " ".join(words) + "."
+        if shuffled is None:
+            if rng is None:
+                raise ValueError("a shuffled perturbation needs `rng` or `shuffled`")
+            shuffled = _shuffled_first(s1, rng)
+        first = shuffled
     if "truncated" in how:
         second = " ".join(s2.split()[-2:])
     return f"{first} {second}"
 
 
+_ROLE_FRAME = re.compile(r"^(?P<pre>.*\bwhich) (?P<obj>.+?) the (?P<subj>.+) had$")
+
+
+def perturb_role(context: str, how: str) -> str:
+    """Ettinger's ROLE argument removals (experiment code, ``process_rr``): in "... which
+    <object> the <subject> had", ``object removed`` puts *one* for the object noun,
+    ``subject removed`` puts *other* for the subject noun, ``both removed`` does both."""
+    if how not in ROLE_PERTURBATIONS:
+        raise ValueError(f"unknown ROLE perturbation {how!r}; use one of {ROLE_PERTURBATIONS}")
+    text = " ".join(context.split())
+    if how == "original":
+        return text
+    m = _ROLE_FRAME.match(text)
+    if not m:
+        raise StimulusError(f"ROLE context {context!r} is not of the form '... which <object> the <subject> had'")
+    obj = "one" if how in ("object removed", "both removed") else m["obj"]
+    subj = "other" if how in ("subject removed", "both removed") else m["subj"]
+    return f"{m['pre']} {obj} the {subj} had"
+
+
+def _neg_context(ctx: str, target: str, suite: str) -> str:
+    # SIMP: the "(a|an)" placeholder is removed and the article of the completion put before the mask
+    if suite == "NEG-SIMP" or "(a|an)" in ctx:
+        return " ".join(re.sub(r"\(a\|an\)", " ", ctx).split() + [_article(target)])
+    return ctx
+
+
 def ettinger_queries(suites: dict[str, pd.DataFrame], perturbations: Sequence[str] = PERTURBATIONS,
-                     seed: int = 0) -> pd.DataFrame:
+                     seed: int = 0, *, final_period: bool = True, shuffle_draws: int = SHUFFLE_DRAWS,
+                     role_perturbations: Sequence[str] = ("original",)) -> pd.DataFrame:
     """One row per (context, target) probability Ettinger's measures need.
 
-    Columns: ``suite, variant, item, condition, context, target, expected`` (``|``-joined
-    acceptable words for accuracy@k), ``accuracy_row`` (True on the one row per context that
-    counts for accuracy). Conditions: CPRAG ``exp/wc/bc``; ROLE ``a/b``; NEG ``TA, FA`` (affirmative
-    context with true/false target) and ``TN, FN`` (negated context with true/false target).
-    CPRAG ``variant`` is one of ``perturbations`` (shuffles drawn with ``seed``); others ``original``.
+    Columns: ``suite, variant, draw, item, condition, context, target, expected`` (``|``-joined
+    acceptable words for accuracy@k), ``accuracy_row`` (True on the rows that count for accuracy:
+    CPRAG one per context, ROLE every row, NEG the affirmative context with its true completion).
+    Conditions: CPRAG ``exp/wc/bc``; ROLE ``a/b``; NEG ``TA, FA`` (affirmative context with
+    true/false target) and ``TN, FN`` (negated context with true/false target).
+    ``context`` is the model's input text (:func:`ettinger_input`, with ``final_period``).
+    CPRAG ``variant`` is one of ``perturbations``; the shuffled ones come in ``shuffle_draws``
+    draws (``draw`` 0, 1, ...; draw ``d`` uses ``random.Random(seed * 1000 + d)``, and its shuffled
+    and shuffled+truncated contexts share one shuffle per item); other rows have ``draw`` 0.
+    ROLE ``variant`` is one of ``role_perturbations`` (see :func:`perturb_role`); NEG ``original``.
     """
+    if shuffle_draws < 1:
+        raise ValueError(f"shuffle_draws must be positive, got {shuffle_draws}")
     rows = []
-    rng = random.Random(seed)
+    inp = lambda c: ettinger_input(c, final_period)  # noqa: E731
     for suite, df in suites.items():
         if suite == "CPRAG":
             for how in perturbations:
-                for r in df.itertuples(index=False):
-                    ctx = _with_mask(perturb_cprag(r.context_s1, r.context_s2, how, rng))
-                    for cond, tgt in (("exp", r.expected), ("wc", r.within_category), ("bc", r.between_category)):
-                        rows.append(dict(suite=suite, variant=how, item=str(r.item), condition=cond, context=ctx,
-                                         target=tgt, expected=r.expected, accuracy_row=cond == "exp",
-                                         constraint=r.constraint))
+                if how not in PERTURBATIONS:
+                    raise ValueError(f"unknown perturbation {how!r}; use one of {PERTURBATIONS}")
+            rngs = [random.Random(seed * 1000 + d) for d in range(shuffle_draws)]
+            shuffles = [{str(r.item): _shuffled_first(r.context_s1, rng) for r in df.itertuples(index=False)}
+                        for rng in rngs]
+            for how in perturbations:
+                for draw in range(shuffle_draws if "shuffled" in how else 1):
+                    for r in df.itertuples(index=False):
+                        ctx = inp(perturb_cprag(r.context_s1, r.context_s2, how, shuffled=shuffles[draw][str(r.item)]))
+                        for cond, tgt in (("exp", r.expected), ("wc", r.within_category), ("bc", r.between_category)):
+                            rows.append(dict(suite=suite, variant=how, draw=draw, item=str(r.item), condition=cond,
+                                             context=ctx, target=tgt, expected=r.expected, accuracy_row=cond == "exp",
+                                             constraint=r.constraint))
         elif suite == "ROLE":
-            for r in df.itertuples(index=False):
-                expected = "|".join(e.split()[0] for e in r.expected.split("|"))
-                rows.append(dict(suite=suite, variant="original", item=str(r.pair), condition=r.condition,
-                                 context=_with_mask(r.context), target=r.target.split()[0], expected=expected,
-                                 accuracy_row=True, tgt_cloze=r.tgt_cloze))
+            for how in role_perturbations:
+                for r in df.itertuples(index=False):
+                    expected = "|".join(e.split()[0] for e in r.expected.split("|"))
+                    rows.append(dict(suite=suite, variant=how, draw=0, item=str(r.pair), condition=r.condition,
+                                     context=inp(perturb_role(r.context, how)), target=r.target.split()[0],
+                                     expected=expected, accuracy_row=True, tgt_cloze=r.tgt_cloze))
         elif suite in ("NEG-SIMP", "NEG-NAT"):
             for r in df.itertuples(index=False):
                 for cond, ctx, tgt, true in (("TA", r.context_aff, r.target_aff, r.target_aff),
                                              ("FA", r.context_aff, r.target_neg, r.target_aff),
                                              ("TN", r.context_neg, r.target_neg, r.target_neg),
                                              ("FN", r.context_neg, r.target_aff, r.target_neg)):
-                    if "(a|an)" in ctx:  # SIMP: the determiner agrees with the completion
-                        ctx = ctx.replace("(a|an)", _article(tgt))
-                    rows.append(dict(suite=suite, variant="original", item=str(r.item), condition=cond,
-                                     context=_with_mask(ctx), target=tgt, expected=true,
+                    rows.append(dict(suite=suite, variant="original", draw=0, item=str(r.item), condition=cond,
+                                     context=inp(_neg_context(ctx, tgt, suite)), target=tgt, expected=true,
                                      accuracy_row=cond == "TA",
                                      licensing=getattr(r, "licensing", None)))
         else:
@@ -214,7 +325,8 @@ def ettinger_queries(suites: dict[str, pd.DataFrame], perturbations: Sequence[st
 
 
 def context_cloze(scorer, contexts: Sequence[str], words: Sequence[Sequence[str]], *, k: int = 0,
-                  vocab: Sequence[str] | None = None, batch_size: int = 32, progress: bool = True):
+                  vocab: Sequence[str] | None = None, batch_size: int = 32, progress: bool = True,
+                  special_tokens: bool = False):
     """Like ``bertology.cloze.cloze(..., multi_piece="skip")`` but with **one forward pass per
     context**, however many single-piece words are scored in it.
 
@@ -224,6 +336,8 @@ def context_cloze(scorer, contexts: Sequence[str], words: Sequence[Sequence[str]
     read off the same log-softmax. Returns a ``ClozeResult`` with the engine's columns and meaning
     (rank among ``vocab`` or all non-special tokens, 1 = best; multi-piece words NaN and counted in
     ``n_skipped``); tests check it against ``cloze.cloze`` number for number.
+    ``special_tokens=True`` (with ``vocab=None``) ranks and takes the top-k over the *whole*
+    vocabulary, special tokens included, as Ettinger's ``get_predictions`` does.
     """
     import torch
     from tqdm.auto import tqdm
@@ -236,7 +350,7 @@ def context_cloze(scorer, contexts: Sequence[str], words: Sequence[Sequence[str]
     tok = scorer.tokenizer
     special = set(tok.all_special_ids)
     if vocab is None:
-        allowed = torch.as_tensor([i for i in range(len(tok)) if i not in special])
+        allowed = torch.as_tensor([i for i in range(len(tok)) if special_tokens or i not in special])
         dropped = []
     else:
         ids, dropped = [], []
@@ -304,14 +418,17 @@ def context_cloze(scorer, contexts: Sequence[str], words: Sequence[Sequence[str]
     return cloze.ClozeResult(tdf, top, int((tdf["n_pieces"] > 1).sum()), dropped, scorer.source, scorer.label)
 
 
-def score_queries(scorer, queries: pd.DataFrame, batch_size: int = 32, k: int = 5) -> tuple[pd.DataFrame, pd.DataFrame]:
+def score_queries(scorer, queries: pd.DataFrame, batch_size: int = 32, k: int = 5,
+                  exclude_special: bool = False) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Fill each query row with cloze numbers from ``scorer`` (a ``bertology.cloze.Scorer``).
 
     Returns ``(scored, top)``. ``scored`` adds ``source`` (mlm/readout/control),
     ``logprob``/``prob``/``rank``/``n_pieces`` of the target and ``expected_rank`` (best rank
-    among the expected words; rank is over the whole vocabulary, 1 = top prediction). Multi-piece
-    words get NaN: a word the tokenizer splits can never be a single top-k prediction, and
-    Ettinger's probabilities are single-token. ``top``: the top-``k`` predictions of each context
+    among the expected words; rank is over the whole vocabulary, special tokens included as in
+    Ettinger's code, or over non-special tokens with ``exclude_special``; 1 = top prediction).
+    Multi-piece words get NaN: a word the tokenizer splits can never be a single top-k prediction,
+    and Ettinger's probabilities are single-token (her ``convert_tokens_to_ids`` of such a word
+    fails and she records NaN). ``top``: the top-``k`` predictions of each context
     (``source, context, rank, token, logprob``). Each distinct context is run once.
     """
     need = {"context", "target", "expected"}
@@ -323,7 +440,8 @@ def score_queries(scorer, queries: pd.DataFrame, batch_size: int = 32, k: int = 
         for w in [t, *e.split("|")]:
             if w not in words[c]:
                 words[c].append(w)
-    res = context_cloze(scorer, contexts, [words[c] for c in contexts], k=k, batch_size=batch_size)
+    res = context_cloze(scorer, contexts, [words[c] for c in contexts], k=k, batch_size=batch_size,
+                        special_tokens=not exclude_special)
     t = res.targets.assign(context=[contexts[i] for i in res.targets["item"]])
     look = {(c, w): (lp, p, r, n) for c, w, lp, p, r, n in
             zip(t["context"], t["target"], t["logprob"], t["prob"], t["rank"], t["n_pieces"])}
@@ -347,22 +465,34 @@ def score_queries(scorer, queries: pd.DataFrame, batch_size: int = 32, k: int = 
 # ----------------------------------------------------------------------------- metrics
 
 
+def _check_oov(oov: str) -> None:
+    if oov not in OOV:
+        raise ValueError(f"oov must be one of {OOV}, got {oov!r}")
+
+
 def accuracy_at_k(scored: pd.DataFrame, ks: Sequence[int] = (1, 5),
-                  by: Sequence[str] = ("source", "suite", "variant")) -> pd.DataFrame:
+                  by: Sequence[str] = ("source", "suite", "variant", "draw"), oov: str = "wrong") -> pd.DataFrame:
     """Ettinger's accuracy@k: share of accuracy rows whose ``expected_rank <= k``.
 
     A NaN ``expected_rank`` (no expected word is a single vocabulary item) counts as a miss, as
-    it can never be among the top-k single-token predictions. Long format: ``*by, k, accuracy, n``.
+    in her code (a predicted word piece never equals such a word); ``oov="drop"`` leaves those
+    rows out instead. Long format: ``*by, k, accuracy, n, n_oov`` (``n_oov``: rows whose expected
+    words are all out of vocabulary; inside ``n`` under ``"wrong"``, outside it under ``"drop"``).
     """
+    _check_oov(oov)
     rows = scored[scored["accuracy_row"]] if "accuracy_row" in scored else scored
     by = [b for b in by if b in rows.columns]
     out = []
     for key, g in rows.groupby(by, sort=False):
         key = key if isinstance(key, tuple) else (key,)
         ranks = g["expected_rank"].to_numpy(dtype=float)
+        n_oov = int(np.isnan(ranks).sum())
+        if oov == "drop":
+            ranks = ranks[~np.isnan(ranks)]
         for k in ks:
             hit = np.nan_to_num(ranks, nan=np.inf) <= k
-            out.append({**dict(zip(by, key)), "k": int(k), "accuracy": float(hit.mean()), "n": int(len(g))})
+            out.append({**dict(zip(by, key)), "k": int(k), "accuracy": float(hit.mean()) if len(ranks) else np.nan,
+                        "n": int(len(ranks)), "n_oov": n_oov})
     return pd.DataFrame(out)
 
 
@@ -375,7 +505,7 @@ def sensitivity_pairs(scored: pd.DataFrame) -> pd.DataFrame:
     Columns: ``source, suite, variant, item, comparison, good_prob, bad_prob, good_logprob, bad_logprob``.
     """
     out = []
-    keys = [c for c in ("source", "suite", "variant") if c in scored.columns]
+    keys = [c for c in ("source", "suite", "variant", "draw") if c in scored.columns]
     for key, g in scored.groupby(keys, sort=False):
         base = dict(zip(keys, key if isinstance(key, tuple) else (key,)))
         suite = base["suite"]
@@ -402,38 +532,54 @@ def sensitivity_pairs(scored: pd.DataFrame) -> pd.DataFrame:
 
 
 def sensitivity(pairs: pd.DataFrame, threshold: float = THRESHOLD,
-                by: Sequence[str] = ("source", "suite", "variant", "comparison")) -> pd.DataFrame:
+                by: Sequence[str] = ("source", "suite", "variant", "draw", "comparison"),
+                oov: str = "wrong") -> pd.DataFrame:
     """Share of comparisons where P(good) > P(bad), and where it is larger by more than ``threshold``.
 
-    Pairs with a NaN (multi-piece word) are left out and counted in ``n_dropped``. Long format:
-    ``*by, sensitivity, sensitivity_thresh, n, n_dropped``.
+    A pair with a NaN probability (a word that is not one vocabulary item) is a **loss**, as in
+    Ettinger's code, where ``good > bad`` is false when either is NaN, and stays in ``n``;
+    ``oov="drop"`` leaves such pairs out. ``n_oov`` counts them either way, ``n_dropped`` those left
+    out. Long format: ``*by, sensitivity, sensitivity_thresh, n, n_oov, n_dropped``.
     """
+    _check_oov(oov)
     by = [b for b in by if b in pairs.columns]
     out = []
     for key, g in pairs.groupby(by, sort=False):
-        ok = g.dropna(subset=["good_logprob", "bad_logprob"])
-        win = ok["good_logprob"] > ok["bad_logprob"]
-        win_t = (ok["good_prob"] - ok["bad_prob"]) > threshold
+        known = g[["good_logprob", "bad_logprob"]].notna().all(axis=1)
+        ok = g[known] if oov == "drop" else g
+        win = (ok["good_logprob"] > ok["bad_logprob"]).to_numpy()  # NaN compares False: a loss
+        win_t = ((ok["good_prob"] - ok["bad_prob"]) > threshold).to_numpy() & win
         out.append({**dict(zip(by, key if isinstance(key, tuple) else (key,))),
                     "sensitivity": float(win.mean()) if len(ok) else np.nan,
                     "sensitivity_thresh": float(win_t.mean()) if len(ok) else np.nan,
-                    "n": int(len(ok)), "n_dropped": int(len(g) - len(ok))})
+                    "n": int(len(ok)), "n_oov": int((~known).sum()), "n_dropped": int(len(g) - len(ok))})
     return pd.DataFrame(out)
 
 
 def ettinger_summary(accuracy: pd.DataFrame, sens: pd.DataFrame) -> pd.DataFrame:
-    """One long table of every headline number: ``source, suite, variant, metric, value, n``.
+    """One long table of every headline number: ``source, suite, variant, metric, value, sd, draws, n``.
 
-    metric: ``accuracy@k`` and ``sensitivity: <comparison>``; ``thresholded`` variants too.
+    metric: ``accuracy@k``, ``sensitivity: <comparison>`` and ``sensitivity (>0.01): <comparison>``.
+    Where a variant comes in several draws (shuffled CPRAG) ``value`` is the mean over draws and
+    ``sd`` their population standard deviation (numpy's default, as in Ettinger's
+    ``run_aux_tests``); single-draw rows have ``sd`` 0 and ``draws`` 1. ``n`` is per draw.
     """
     rows = []
-    for r in accuracy.itertuples(index=False):
-        rows.append(dict(source=r.source, suite=r.suite, variant=r.variant, metric=f"accuracy@{r.k}",
-                         value=r.accuracy, n=r.n))
-    for r in sens.itertuples(index=False):
-        rows.append(dict(source=r.source, suite=r.suite, variant=r.variant, metric=f"sensitivity: {r.comparison}",
-                         value=r.sensitivity, n=r.n))
-    return pd.DataFrame(rows)
+    for r in accuracy.to_dict("records"):
+        rows.append(dict(source=r["source"], suite=r["suite"], variant=r["variant"], draw=r.get("draw", 0),
+                         metric=f"accuracy@{r['k']}", value=r["accuracy"], n=r["n"]))
+    for r in sens.to_dict("records"):
+        for metric, col in ((f"sensitivity: {r['comparison']}", "sensitivity"),
+                            (f"sensitivity (>{THRESHOLD:g}): {r['comparison']}", "sensitivity_thresh")):
+            rows.append(dict(source=r["source"], suite=r["suite"], variant=r["variant"], draw=r.get("draw", 0),
+                             metric=metric, value=r[col], n=r["n"]))
+    long = pd.DataFrame(rows, columns=["source", "suite", "variant", "draw", "metric", "value", "n"])
+    keys = ["source", "suite", "variant", "metric"]
+    out = (long.groupby(keys, sort=False)
+               .agg(value=("value", "mean"), sd=("value", lambda v: float(np.std(v.to_numpy(dtype=float)))),
+                    draws=("draw", "nunique"), n=("n", "first"))
+               .reset_index())
+    return out
 
 
 # ----------------------------------------------------------------------------- selectional preferences

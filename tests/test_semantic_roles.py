@@ -64,15 +64,37 @@ def test_sensitivity_cprag_role_neg_by_hand():
     assert worst["bad"] == "c"  # the stronger of the two bad completions
 
 
-def test_sensitivity_drops_and_counts_multi_piece_pairs():
+def test_out_of_vocabulary_targets_count_as_wrong_by_default_and_drop_on_request():
+    # Ettinger's sensitivity_tests: P(good) > P(bad) is False when either is NaN -> a loss, kept in n.
     rows = [
         ("mlm", "ROLE", "original", "1", "a", "x", math.log(0.2), True, 1),
         ("mlm", "ROLE", "original", "1", "b", "x", math.log(0.1), True, 2),
         ("mlm", "ROLE", "original", "2", "a", "mimicked", np.nan, True, np.nan),
         ("mlm", "ROLE", "original", "2", "b", "mimicked", np.nan, True, np.nan),
+        # CPRAG: expected beats wc, but bc has no probability -> "expected vs both" fails
+        ("mlm", "CPRAG", "original", "0", "exp", "a", math.log(0.5), True, 1),
+        ("mlm", "CPRAG", "original", "0", "wc", "b", math.log(0.1), False, 7),
+        ("mlm", "CPRAG", "original", "0", "bc", "scuba-diving", np.nan, False, np.nan),
+        ("mlm", "CPRAG", "original", "1", "exp", "a", math.log(0.5), True, 1),
+        ("mlm", "CPRAG", "original", "1", "wc", "b", math.log(0.1), False, 7),
+        ("mlm", "CPRAG", "original", "1", "bc", "c", math.log(0.2), False, 3),
     ]
-    s = sr.sensitivity(sr.sensitivity_pairs(_scored(rows))).iloc[0]
-    assert (s["sensitivity"], s["n"], s["n_dropped"]) == (1.0, 1, 1)
+    pairs = sr.sensitivity_pairs(_scored(rows))
+    wrong = sr.sensitivity(pairs).set_index(["suite", "comparison"])
+    assert tuple(wrong.loc[("ROLE", "canonical vs reversed"), ["sensitivity", "n", "n_oov", "n_dropped"]]) == (0.5, 2, 1, 0)
+    assert wrong.loc[("CPRAG", "expected vs both"), "sensitivity"] == 0.5
+    assert wrong.loc[("CPRAG", "expected vs both"), "sensitivity_thresh"] == 0.5
+    drop = sr.sensitivity(pairs, oov="drop").set_index(["suite", "comparison"])
+    assert tuple(drop.loc[("ROLE", "canonical vs reversed"), ["sensitivity", "n", "n_oov", "n_dropped"]]) == (1.0, 1, 1, 1)
+    assert drop.loc[("CPRAG", "expected vs both"), "sensitivity"] == 1.0
+    # accuracy: an expected word with no rank is a miss (wrong) or left out (drop)
+    acc = _scored([r for r in rows if r[1] == "ROLE"])
+    w = sr.accuracy_at_k(acc, ks=(1,)).iloc[0]
+    d = sr.accuracy_at_k(acc, ks=(1,), oov="drop").iloc[0]
+    assert (w["accuracy"], w["n"], w["n_oov"]) == (0.25, 4, 2)
+    assert (d["accuracy"], d["n"], d["n_oov"]) == (0.5, 2, 2)
+    with pytest.raises(ValueError, match="oov"):
+        sr.sensitivity(pairs, oov="skip")
 
 
 def test_queries_articles_perturbations_and_determinism():
@@ -82,16 +104,27 @@ def test_queries_articles_perturbations_and_determinism():
                         "expected": "sofa", "within_category": "bed", "between_category": "car", "constraint": "H"}])
     q = sr.ettinger_queries({"NEG-SIMP": neg, "CPRAG": cp}, seed=3)
     n = q[q.suite == "NEG-SIMP"].set_index("condition")
-    assert n.loc["TA", "context"] == "An ant is an [MASK]" and n.loc["FA", "context"] == "An ant is a [MASK]"
-    assert n.loc["TN", "context"] == "An ant is not a [MASK]" and n.loc["TN", "target"] == "vegetable"
+    # Ettinger's process_negsimp: "(a|an)" removed, the completion's article and the mask appended;
+    # her prep_input then appends " ." after the mask
+    assert n.loc["TA", "context"] == "An ant is an [MASK] ." and n.loc["FA", "context"] == "An ant is a [MASK] ."
+    assert n.loc["TN", "context"] == "An ant is not a [MASK] ." and n.loc["TN", "target"] == "vegetable"
     assert list(n["accuracy_row"]) == [True, False, False, False]
-    c = q[(q.suite == "CPRAG") & (q.condition == "exp")].set_index("variant")["context"]
-    assert c["original"] == "The cat sat on the warm mat. Then it fell fast asleep on the [MASK]"
-    assert c["truncated"] == "The cat sat on the warm mat. on the [MASK]"
+    e = q[(q.suite == "CPRAG") & (q.condition == "exp")]
+    c = e[e["draw"] == 0].set_index("variant")["context"]
+    assert c["original"] == "The cat sat on the warm mat. Then it fell fast asleep on the [MASK] ."
+    assert c["truncated"] == "The cat sat on the warm mat. on the [MASK] ."
     shuffled = c["shuffled"].split(". ")[0].split()
     assert sorted(shuffled) == sorted("The cat sat on the warm mat".split())
-    assert c["shuffled"].endswith(". Then it fell fast asleep on the [MASK]")
+    assert c["shuffled"].endswith(". Then it fell fast asleep on the [MASK] .")
+    # one shuffle per item and draw, shared by shuffled and shuffled+truncated (her process_fk)
+    assert c["shuffled+truncated"] == c["shuffled"].split(". ")[0] + ". on the [MASK] ."
+    assert e.groupby("variant")["draw"].nunique().to_dict() == {"original": 1, "shuffled": 3, "truncated": 1,
+                                                                 "shuffled+truncated": 3}
+    draws = e[e["variant"] == "shuffled"]["context"]
+    assert draws.nunique() > 1  # three different shuffles of seven words
     assert sr.ettinger_queries({"CPRAG": cp}, seed=3).equals(sr.ettinger_queries({"CPRAG": cp}, seed=3))
+    old = sr.ettinger_queries({"CPRAG": cp}, perturbations=("original",), final_period=False)
+    assert old["context"].iloc[0] == "The cat sat on the warm mat. Then it fell fast asleep on the [MASK]"
     with pytest.raises(ValueError, match="perturbation"):
         sr.perturb_cprag("a b.", "c d", "reversed", random.Random(0))
 
@@ -171,7 +204,7 @@ def test_score_queries_fills_ranks_and_expected(tiny_scorer):
                          {"item": "1-b", "context": "which waitress the customer had", "expected": "tipped",
                           "exp_cloze": 0.2, "target": "served", "tgt_cloze": 0.0, "pair": "1", "condition": "b"}])
     q = sr.ettinger_queries({"ROLE": role})
-    scored, top = sr.score_queries(tiny_scorer, q, k=3)
+    scored, top = sr.score_queries(tiny_scorer, q, k=3, exclude_special=True)
     assert set(scored["source"]) == {"control"} and len(top) == 2 * 3
     ref = cloze.cloze(tiny_scorer, list(q["context"]), [["served", "tipped"]] * 2, k=0)
     r = ref.targets
@@ -194,3 +227,110 @@ def test_offline_falls_back_to_shipped_stimuli(monkeypatch):
         sr.load_ettinger(fallback=False)
     q = sr.ettinger_queries(suites)
     assert set(q["suite"]) == {"CPRAG", "NEG-SIMP"} and q["context"].str.count(r"\[MASK\]").eq(1).all()
+
+
+def _reference_input_ids(tok, masked_context):
+    """Ettinger's access_model.prep_input, re-done by hand: [CLS] + whitespace words + '.' when the
+    last word is not one + [SEP], joined by spaces, tokenized, converted to ids."""
+    words = ["[CLS]"] + masked_context.strip().split()
+    if words[-1] != ".":
+        words.append(".")
+    words.append("[SEP]")
+    return tok.convert_tokens_to_ids(tok.tokenize(" ".join(words)))
+
+
+def test_model_input_is_context_mask_period_as_in_her_code(tokenizer):
+    contexts = ["“Checkmate,” Rosaline announced with glee. She was getting to be really good at",
+                "The librarian documented which celebrities the journalist had ", "A robin is not a"]
+    for c in contexts:
+        text = sr.ettinger_input(c)
+        assert text.endswith("[MASK] .")
+        ours = tokenizer(text)["input_ids"]
+        assert ours == _reference_input_ids(tokenizer, c + " [MASK]")
+        # the old input (no final period) is a different sequence
+        assert tokenizer(sr.ettinger_input(c, final_period=False))["input_ids"] != ours
+    assert sr.ettinger_input("A robin is a") == "A robin is a [MASK] ."
+
+
+def test_probability_is_read_at_the_mask_of_the_period_input(tiny_scorer):
+    tok = tiny_scorer.tokenizer
+    role = pd.DataFrame([{"item": "1-a", "context": "which customer the waitress had", "expected": "served",
+                          "exp_cloze": 0.3, "target": "served", "tgt_cloze": 0.3, "pair": "1", "condition": "a"}])
+    for final_period in (True, False):
+        q = sr.ettinger_queries({"ROLE": role}, final_period=final_period)
+        scored, top = sr.score_queries(tiny_scorer, q, k=5)
+        ids = _reference_input_ids(tok, "which customer the waitress had [MASK]") if final_period else \
+            tok("which customer the waitress had [MASK]")["input_ids"]
+        ids = torch.tensor([ids])
+        with torch.inference_mode():
+            logits = tiny_scorer.loaded.model(input_ids=ids).logits[0]
+        pos = int((ids[0] == tok.mask_token_id).nonzero())
+        lp = torch.log_softmax(logits[pos], -1)
+        served = tok.convert_tokens_to_ids("served")
+        assert scored["logprob"].iloc[0] == pytest.approx(lp[served].item(), abs=1e-5)
+        # rank and top-k over the whole vocabulary, special tokens included (her get_predictions)
+        assert scored["rank"].iloc[0] == 1 + int((lp > lp[served]).sum())
+        assert top["token"].tolist() == tok.convert_ids_to_tokens(lp.topk(5).indices.tolist())
+        if final_period:
+            with_period = lp[served].item()
+        else:
+            assert lp[served].item() != pytest.approx(with_period, abs=1e-6)
+
+
+def test_exclude_special_ranks_among_non_special_tokens_only(tiny_scorer):
+    tok = tiny_scorer.tokenizer
+    res_all = sr.context_cloze(tiny_scorer, ["a [MASK] ."], [["bird"]], k=0, special_tokens=True)
+    res_words = sr.context_cloze(tiny_scorer, ["a [MASK] ."], [["bird"]], k=0)
+    ids = torch.tensor([tok("a [MASK] .")["input_ids"]])
+    with torch.inference_mode():
+        lp = torch.log_softmax(tiny_scorer.loaded.model(input_ids=ids).logits[0, 2], -1)
+    b = lp[tok.convert_tokens_to_ids("bird")]
+    special = torch.zeros_like(lp, dtype=torch.bool)
+    special[tok.all_special_ids] = True
+    assert res_all.targets["rank"].item() == 1 + int((lp > b).sum())
+    assert res_words.targets["rank"].item() == 1 + int(((lp > b) & ~special).sum())
+
+
+def test_role_argument_removal_as_in_her_process_rr():
+    c = "The librarian documented which celebrities the journalist had "
+    # her gen_obj / gen_subj substitutions worked out by hand on this item
+    assert sr.perturb_role(c, "original") == "The librarian documented which celebrities the journalist had"
+    assert sr.perturb_role(c, "object removed") == "The librarian documented which one the journalist had"
+    assert sr.perturb_role(c, "subject removed") == "The librarian documented which celebrities the other had"
+    assert sr.perturb_role(c, "both removed") == "The librarian documented which one the other had"
+    c2 = "the restaurant owner forgot which customer the head waitress had"
+    assert sr.perturb_role(c2, "subject removed") == "the restaurant owner forgot which customer the other had"
+    with pytest.raises(sr.StimulusError, match="which"):
+        sr.perturb_role("a robin is a", "object removed")
+    role = pd.DataFrame([{"item": "61-a", "context": c, "expected": "interviewed", "exp_cloze": 0.5,
+                          "target": "interviewed", "tgt_cloze": 0.5, "pair": "61", "condition": "a"}])
+    q = sr.ettinger_queries({"ROLE": role}, role_perturbations=sr.ROLE_PERTURBATIONS)
+    assert q.set_index("variant")["context"]["both removed"] == "The librarian documented which one the other had [MASK] ."
+
+
+def test_summary_averages_shuffle_draws_with_population_sd():
+    acc = pd.DataFrame([dict(source="mlm", suite="CPRAG", variant="shuffled", draw=d, k=5, accuracy=a, n=34, n_oov=0)
+                        for d, a in enumerate((0.2, 0.4, 0.6))]
+                       + [dict(source="mlm", suite="CPRAG", variant="original", draw=0, k=5, accuracy=0.5, n=34, n_oov=0)])
+    sens = pd.DataFrame([dict(source="mlm", suite="CPRAG", variant="shuffled", draw=d, comparison="expected vs both",
+                              sensitivity=v, sensitivity_thresh=v / 2, n=34, n_oov=0, n_dropped=0)
+                         for d, v in enumerate((0.5, 0.7, 0.9))])
+    s = sr.ettinger_summary(acc, sens).set_index(["variant", "metric"])
+    # mean and numpy's default (population) standard deviation, as her run_aux_tests prints
+    assert s.loc[("shuffled", "accuracy@5"), "value"] == pytest.approx(0.4)
+    assert s.loc[("shuffled", "accuracy@5"), "sd"] == pytest.approx(math.sqrt((0.2 ** 2 + 0 + 0.2 ** 2) / 3))
+    assert s.loc[("shuffled", "accuracy@5"), "draws"] == 3
+    assert s.loc[("original", "accuracy@5"), "sd"] == 0 and s.loc[("original", "accuracy@5"), "draws"] == 1
+    assert s.loc[("shuffled", "sensitivity: expected vs both"), "value"] == pytest.approx(0.7)
+    assert s.loc[("shuffled", "sensitivity (>0.01): expected vs both"), "value"] == pytest.approx(0.35)
+
+
+def test_declared_deviations_follow_the_options():
+    from bertology import fidelity
+
+    faithful = fidelity.lines("ettinger", final_period=True, oov="wrong", exclude_special=False, shuffle_draws=3)
+    ours = fidelity.lines("ettinger", final_period=False, oov="drop", exclude_special=True, shuffle_draws=3)
+    assert not any("[MASK] [SEP]" in t or "dropped" in t or "non-special" in t for t in faithful)
+    assert sum("[MASK] [SEP]" in t for t in ours) == 1 and any("oov='drop'" in t for t in ours)
+    assert any("non-special" in t for t in ours)
+    assert any("3 seeded draws" in t for t in faithful)
