@@ -1,3 +1,5 @@
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 
@@ -42,28 +44,35 @@ def result(tokenizer, sentences):
 
 def test_planted_gold_head_is_exact(result):
     df = result.result().set_index(["relation", "layer", "head", "direction"])
-    for rel in ("det", "amod", "nsubj", "xcomp", "punct", "obj", "all"):
+    for rel in ("det", "amod", "nsubj", "xcomp", "punct", "obj"):
         assert df.loc[(rel, 0, 0, "dep->head"), "accuracy"] == 1.0
-    assert df.loc[("all", 0, 0, "dep->head"), "count"] == 8  # 10 words - 2 roots
+    # Clark's "All" scores every word, the two roots included (ROOT is never predicted): 8 / 10
+    assert df.loc[("all", 0, 0, "dep->head"), "count"] == 10
+    assert df.loc[("all", 0, 0, "dep->head"), "correct"] == 8
+    assert df.loc[("root", 0, 0, "dep->head"), "correct"] == 0
 
 
 def test_previous_token_head_equals_offset_baseline(result):
     df = result.result().set_index(["relation", "layer", "head", "direction"])
     base = result.baselines().set_index(["relation", "offset"])
-    # offsets head - dependent: a: The +2, unaffordable +1, house +1, empty -1, . -2;
-    # b: Dogs +1, the +1, cat -2  ->  +1: 4 arcs, -1: 1, -2: 2, +2: 1
+    # the reference's offsets -3..2, prediction clip(i + o + 1, 0, n) (0-based i, 0 = ROOT), every word:
+    # a (n=6, gold 3 3 4 0 4 4): -3: none; -2: "." -> 4; -1: empty -> 4; 0: none; +1: unaffordable, house; +2: The
+    # b (n=4, gold 2 0 4 2): -3: chase -> ROOT; -2: chase -> ROOT, cat -> 2; -1: none; +1: Dogs, the;
+    #   +2: the -> clip(5) = 4 (cat), right by the clip at the end
     assert base.loc[("xcomp", -1), "accuracy"] == 1.0 and base.loc[("punct", -2), "accuracy"] == 1.0
-    assert [base.loc[("all", o), "correct"] for o in (-3, -2, -1, 1, 2, 3)] == [0, 2, 1, 4, 1, 0]
+    assert [base.loc[("all", o), "correct"] for o in (-3, -2, -1, 0, 1, 2)] == [1, 3, 1, 0, 4, 2]
+    assert base.loc[("root", -2), "accuracy"] == 0.5 and base.loc[("all", 1), "count"] == 10
     assert df.loc[("all", 0, 1, "dep->head"), "correct"] == base.loc[("all", -1), "correct"]
     assert df.loc[("xcomp", 0, 1, "dep->head"), "accuracy"] == 1.0
-    # the first word of each sentence attends only to [CLS]: no prediction, never a lucky tie
+    # the first word of each sentence attends only to [CLS]: an all-zero row, argmax -> word 1 (itself): wrong
     assert df.loc[("det", 0, 1, "dep->head"), "correct"] == 0
 
 
 def test_head_to_dependent_direction(result):
     df = result.result().set_index(["relation", "layer", "head", "direction"])
-    # head 1 looks at the previous word. house -> unaffordable: amod right, det (house -> The) wrong;
-    # cat -> the: det right; stood -> house and chase -> Dogs: both nsubj right
+    # Clark's transpose mode: each dependent's predicted head is the word attending to it most; head 1
+    # looks at the previous word, so that is the next word. unaffordable <- house: amod right;
+    # The <- unaffordable (its first piece): det wrong, the <- cat right; house <- stood, Dogs <- chase right
     assert df.loc[("amod", 0, 1, "head->dep"), "correct"] == 1
     assert df.loc[("det", 0, 1, "head->dep"), "correct"] == 1 and df.loc[("det", 0, 1, "head->dep"), "count"] == 2
     assert df.loc[("nsubj", 0, 1, "head->dep"), "accuracy"] == 1.0
@@ -71,16 +80,104 @@ def test_head_to_dependent_direction(result):
 
 def test_best_heads_table(result):
     best = syntax.best_heads(result.result(), result.baselines(), min_count=1).set_index("relation")
-    assert best.loc["all", "head"] == "1-1" and best.loc["all", "accuracy"] == 1.0
-    assert best.loc["all", "baseline_offset"] == 1 and best.loc["all", "baseline_accuracy"] == 4 / 8
+    assert best.loc["all", "head"] == "1-1" and best.loc["all", "accuracy"] == 8 / 10
+    assert best.loc["all", "baseline_offset"] == 1 and best.loc["all", "baseline_accuracy"] == 4 / 10
+    assert "punct" not in best.index and "root" not in best.index  # left out of the table, as Clark
     assert best.loc["obj", "stanford"] == "dobj"
     assert list(best.index)[0] == "all"
 
 
 def test_syntactic_heads_margin(result):
     best = syntax.best_heads(result.result(), result.baselines(), min_count=1)
-    heads = syntax.syntactic_heads(best, margin=0.1)
-    # head 1-1 is perfect; it is the best head of every relation, labelled by the most frequent
-    # relation that beats its baseline by 0.1: det (2 arcs; amod/nsubj also 2 -> first by count order)
-    assert list(heads) == [(0, 0)] and heads[(0, 0)].startswith("syntax: ")
-    assert syntax.syntactic_heads(best, margin=1.01) == {}
+    # head 1-1 is perfect on every relation, but so is some clipped offset on these tiny trees
+    # (det: The +2 -> house; the +2 -> clip(5, 0, 4) = cat), so it beats no baseline by any margin
+    assert syntax.syntactic_heads(best, margin=0.01) == {}
+    heads = syntax.syntactic_heads(best, margin=0.0)  # labelled by the most frequent relation it ties
+    assert list(heads) == [(0, 0)] and heads[(0, 0)] in ("syntax: det", "syntax: nsubj")  # 2 arcs each
+
+
+# ----------------------------------------------------------------------------- hand-made maps
+
+
+def _item(word_attention, index=0):
+    """An extracted item from a word-level map ``(n, n)``: units [CLS] words [SEP], one layer, one head."""
+    w = np.asarray(word_attention, dtype=np.float64)
+    n = len(w)
+    a = np.zeros((1, 1, n + 2, n + 2))
+    a[0, 0, 1:-1, 1:-1] = w
+    a[0, 0, 1:-1, -1] = 1 - w.sum(1)  # the rest to [SEP], which is never a prediction
+    return SimpleNamespace(index=index, attention=a, encoding=SimpleNamespace(word_units=np.arange(1, n + 1)))
+
+
+THE_BIG_DOG = read_conllu("""1	the	the	DET	_	_	3	det	_	_
+2	big	big	ADJ	_	_	3	amod	_	_
+3	dog	dog	NOUN	_	_	4	nsubj	_	_
+4	barked	bark	VERB	_	_	0	root	_	_
+
+""")
+#            the   big   dog   barked    (rows attend to columns)
+BIG_DOG_MAP = [[0.0, 0.2, 0.6, 0.1],
+               [0.1, 0.0, 0.7, 0.1],
+               [0.5, 0.3, 0.0, 0.1],
+               [0.1, 0.2, 0.5, 0.0]]
+
+
+@pytest.mark.parametrize("mode, expected", [
+    # Clark (argmax over the rows of each dependent's column): the <- dog right, big <- dog right,
+    # dog <- big (0.7 beats barked's 0.5) wrong, barked (root) wrong
+    ("clark", {"det": 1, "amod": 1, "nsubj": 0, "root": 0, "all": 2}),
+    # ours (the head word's own argmax): dog's is "the" -> det right, amod wrong; barked's is dog -> nsubj right
+    ("head_argmax", {"det": 1, "amod": 0, "nsubj": 1, "root": 0, "all": 2}),
+])
+def test_head_to_dep_clark_transpose_vs_head_argmax(mode, expected):
+    red = syntax.RelationHeads(THE_BIG_DOG, 1, 1, head_dep_mode=mode)
+    red.update(_item(BIG_DOG_MAP))
+    df = red.result().set_index(["relation", "direction"])
+    assert {r: df.loc[(r, "head->dep"), "correct"] for r in expected} == expected
+    assert df.loc[("all", "head->dep"), "count"] == 4
+    # dep->head: the -> dog, big -> dog right; dog -> the wrong; barked -> dog wrong (root): 2 of 4
+    assert df.loc[("all", "dep->head"), "correct"] == 2 and df.loc[("nsubj", "dep->head"), "correct"] == 0
+
+
+def test_head_dep_mode_is_checked_and_declared():
+    with pytest.raises(ValueError, match="head_dep_mode"):
+        syntax.RelationHeads(THE_BIG_DOG, 1, 1, head_dep_mode="both")
+    from bertology import fidelity
+
+    assert not any("head_argmax" in x for x in fidelity.lines("clark.relations", head_dep_mode="clark", n_poss_rule=0))
+    assert any("head_argmax" in x for x in fidelity.lines("clark.relations", head_dep_mode="head_argmax", n_poss_rule=0))
+
+
+def test_offset_predictor_reaches_root_at_the_start():
+    go = read_conllu("1	Go	go	VERB	_	_	0	root	_	_\n2	home	home	ADV	_	_	1	advmod	_	_\n\n")
+    red = syntax.RelationHeads(go, 1, 1)
+    red.update(_item([[0.0, 0.5], [0.5, 0.0]]))
+    base = red.baselines().set_index(["relation", "offset"])
+    # offset -1: Go -> clip(0) = ROOT (right), home -> Go (right): 2 of 2 words, the root included
+    assert base.loc[("all", -1), "correct"] == 2 and base.loc[("all", -1), "count"] == 2
+
+
+JOHNS_DOG = read_conllu("""1	John	John	PROPN	_	_	3	nmod:poss	_	_
+2	's	's	PART	_	_	1	case	_	_
+3	dog	dog	NOUN	_	_	4	nsubj	_	_
+4	barked	bark	VERB	_	_	0	root	_	_
+
+""")
+
+
+@pytest.mark.parametrize("john_row, expected", [
+    ([0.0, 0.6, 0.3, 0.1], 1),  # John -> 's (wrong alone), 's -> dog: scored by 's, right
+    ([0.0, 0.1, 0.3, 0.6], 0),  # John -> barked = the last word: the reference's guard, scored alone, wrong
+])
+def test_possessive_rule_uses_the_prediction_of_s(john_row, expected):
+    m = [john_row,
+         [0.1, 0.0, 0.8, 0.1],   # 's -> dog
+         [0.1, 0.1, 0.0, 0.8],   # dog -> barked
+         [0.1, 0.1, 0.8, 0.0]]
+    red = syntax.RelationHeads(JOHNS_DOG, 1, 1)
+    red.update(_item(m))
+    df = red.result().set_index(["relation", "direction"])
+    assert df.loc[("nmod:poss", "dep->head"), "correct"] == expected
+    assert red.n_poss_rule == 1
+    # offset +1 for John predicts 's (wrong alone); the rule scores 's's +1 = dog: right
+    assert red.baselines().set_index(["relation", "offset"]).loc[("nmod:poss", 1), "correct"] == 1
