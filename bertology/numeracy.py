@@ -16,9 +16,14 @@ Reproduces, for any BERT-style model:
 * NumerSense's masked-word probes ("a bird has [MASK] legs.", answers *no, zero, ..., ten*),
   scored through the shared cloze engine — :func:`load_numersense`, :func:`numersense_metrics`.
 
-Numbers are embedded one at a time as ``[CLS] number [SEP]`` (:func:`embed_numbers`): the state
-of one layer (``layer``, default the last) at the number's last word piece (``pool="last"``,
-as Wallace et al.'s AllenNLP BERT embedder did) or the mean over its pieces.
+Probe inputs are encoded as the authors' code did (Eric-Wallace/numeracy, AllenNLP's BERT
+indexer and embedder): a list of five numbers, or a pair to add, is **one** sequence
+``[CLS] n1 n2 ... [SEP]`` and each number is the top layer's state at its last word piece
+(:class:`ContextEmbedder`, :func:`embed_lists`); a number to decode is ``[CLS] n [SEP]``
+(:func:`embed_numbers`). Feeding every number alone (``encode="isolated"``) is our option. The
+reported figure is, as in the authors' trainer, the best epoch on the held-out numbers; the last
+step's figure is kept beside it. What still differs from the authors is declared with
+:func:`bertology.fidelity.declare` below (study ``wallace.probes``).
 Everything returns tidy long-format pandas tables; nothing here plots.
 """
 from __future__ import annotations
@@ -36,7 +41,12 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
+from .fidelity import declare, option_differs
+
 log = logging.getLogger(__name__)
+
+#: The study names this module declares deviations for.
+STUDIES = ("wallace.probes", "numersense")
 
 #: Pairs of similar numbers whose pieces the tokenization section shows (the Primer: 1.06 vs 1.08).
 SIMILAR_PAIRS = (
@@ -59,8 +69,40 @@ WALLACE_REFERENCE = (
     "A decoding probe trained on 80% of [-500, 500] decodes held-out numbers well for GloVe and BERT "
     "but fails to extrapolate outside the training range (Figure 1).",
 )
+#: Where the authors' definitions were read (Eric-Wallace/numeracy, the official code of §3).
+REF_CODE = "Eric-Wallace/numeracy max.py, decoding.py, addition.py, utils.py"
+REF_EMBEDDER = ("Eric-Wallace/numeracy utils.py (PretrainedBertIndexer use_starting_offsets=False, "
+                "PretrainedBertEmbedder top_layer_only=True) and max.py/addition.py (the whole list or pair "
+                "is one TextField); allennlp 0.8.4 wordpiece_indexer.py adds [CLS]/[SEP]")
 WALLACE_SOURCE = ("Wallace, Wang, Li, Singh & Gardner (2019), Do NLP Models Know Numbers? Probing Numeracy "
                   "in Embeddings, EMNLP, arXiv:1909.07940")
+
+declare("wallace.probes", "training",
+        "Probe training is shortened to fit a CPU: Adam (lr {lr}) with a cosine schedule, {probe_steps} steps for "
+        "decoding/addition and {max_steps} for list maximum, batches of {batch}, {n_train_lists} training "
+        "lists/pairs, standardised inputs and targets scaled to [-1, 1]; the authors train with SGD (lr 0.01, "
+        "momentum 0.5, batches of 20) for up to 1000 epochs with early stopping (patience 10 list maximum, 20 "
+        "decoding/addition), on 100,000 lists/pairs, centred but unscaled targets.",
+        reference="Eric-Wallace/numeracy max.py, decoding.py, addition.py (__main__: optimizer, Trainer, data sizes)")
+declare("wallace.probes", "encode_isolated",
+        "Each number of a list or pair is fed alone as [CLS] number [SEP] (encode='{encode}'); the authors' BERT "
+        "embedder reads the whole list or pair as one sequence [CLS] n1 n2 ... [SEP].",
+        kind="option", when=option_differs("encode", "context"), reference=REF_EMBEDDER)
+declare("wallace.probes", "layer_pool",
+        "Probes read hidden layer {layer} at the {pool} piece of each number; the authors used the top layer "
+        "(top_layer_only=True) at the last piece (use_starting_offsets=False).",
+        kind="option", when=lambda o: o.get("layer", "last") != "last" or o.get("pool", "last") != "last",
+        reference=REF_EMBEDDER)
+declare("wallace.probes", "lstm_rank",
+        "The list-maximum BiLSTM's input weights are factored through {lstm_rank} dimensions (speed); the "
+        "authors' BiLSTM reads the embeddings directly.",
+        kind="option", when=lambda o: o.get("lstm_rank") is not None,
+        reference="Eric-Wallace/numeracy max.py (NumberSelector: one-layer BiLSTM, hidden_dim 100, linear output)")
+declare("wallace.probes", "seeds",
+        "Each cell is the mean over {n_seeds} seeds (different split, data, initialisation), as the authors' "
+        "README recommends; the paper's Table 4 reports one run.",
+        kind="option", when=lambda o: o.get("n_seeds", 1) != 1,
+        reference="Eric-Wallace/numeracy README.md (Example Runs: report the mean/median over runs)")
 
 
 # ----------------------------------------------------------------------------- tokenization
@@ -194,16 +236,16 @@ def neighbour_similarity(emb: np.ndarray, values: np.ndarray, offsets: Sequence[
 
 
 class _Collect:
-    """Reducer keeping one layer's state of the single word of each input."""
+    """Reducer keeping one layer's state of every word of each input (``width`` words each)."""
 
-    def __init__(self, n: int, layer: int):
-        self.layer, self.out = layer, [None] * n
+    def __init__(self, n: int, layer: int, width: int = 1):
+        self.layer, self.width, self.out = layer, width, [None] * n
 
     def update(self, item) -> None:
         units = item.encoding.word_units
-        if len(units) != 1:
-            raise ValueError(f"input {item.index} is not one number ({item.encoding.words})")
-        self.out[item.index] = item.hidden[self.layer, units[0]]
+        if len(units) != self.width:
+            raise ValueError(f"input {item.index} is not {self.width} number(s) ({item.encoding.words})")
+        self.out[item.index] = item.hidden[self.layer, units]
 
     def result(self) -> np.ndarray:
         return np.stack(self.out).astype(np.float32)
@@ -240,22 +282,38 @@ def embed_numbers(loaded, numbers: Sequence[str], layer: int | None = None, pool
     if bad:
         raise ValueError(f"each number must be one whitespace-free string; bad: {bad[:3]}")
     li = resolve_layer(loaded, layer)
-    path = None
-    if cache_dir is not None:
-        h = hashlib.sha256(json.dumps(["numeracy-v1", loaded.info.name, loaded.info.revision, li, pool,
-                                       numbers]).encode()).hexdigest()[:24]
-        path = Path(cache_dir) / f"numbers-{h}.safetensors"
-        if path.exists():
-            from safetensors.numpy import load_file
-
-            try:
-                return load_file(path)["embeddings"]
-            except Exception:  # noqa: BLE001 - a broken cache file is recomputed
-                log.warning("number embedding cache %s unreadable; recomputing", path)
+    path = _cache_file(cache_dir, "numbers-v1", loaded, li, pool, numbers)
+    cached = _load_cached(path)
+    if cached is not None:
+        return cached
     col = _Collect(len(numbers), li)
     extract(loaded, [[s] for s in numbers], col, attention=False, hidden_states=True, pool=pool,
             batch_size=batch_size, progress=progress, desc="embed numbers")
-    emb = col.result()
+    emb = col.result()[:, 0]
+    _save_cached(path, emb)
+    return emb
+
+
+def _cache_file(cache_dir, tag: str, loaded, li: int, pool: str, payload) -> Path | None:
+    if cache_dir is None:
+        return None
+    h = hashlib.sha256(json.dumps([tag, loaded.info.name, loaded.info.revision, li, pool, payload]).encode())
+    return Path(cache_dir) / f"{tag.split('-')[0]}-{h.hexdigest()[:24]}.safetensors"
+
+
+def _load_cached(path: Path | None):
+    if path is None or not path.exists():
+        return None
+    from safetensors.numpy import load_file
+
+    try:
+        return load_file(path)["embeddings"]
+    except Exception:  # noqa: BLE001 - a broken cache file is recomputed
+        log.warning("number embedding cache %s unreadable; recomputing", path)
+        return None
+
+
+def _save_cached(path: Path | None, emb: np.ndarray) -> None:
     if path is not None:
         from safetensors.numpy import save_file
 
@@ -266,6 +324,33 @@ def embed_numbers(loaded, numbers: Sequence[str], layer: int | None = None, pool
         save_file({"embeddings": emb}, tmp)
         atomic_write_bytes(path, tmp.read_bytes())
         tmp.unlink(missing_ok=True)
+
+
+def embed_lists(loaded, lists: np.ndarray, layer: int | None = None, pool: str = "last", batch_size: int = 256,
+                cache_dir: str | Path | None = None, progress: bool = False) -> np.ndarray:
+    """Numbers embedded in context, as the authors' AllenNLP BERT embedder fed them: each row of
+    ``lists`` (integers, ``[n, k]``) is one input ``[CLS] n1 n2 ... nk [SEP]`` (the numbers as
+    words, nothing between them), and each number is the state of ``layer`` (default the last)
+    at its ``pool`` piece ("last" as in the authors' ``use_starting_offsets=False``).
+    Returns ``[n, k, hidden_size]`` float32, cached like :func:`embed_numbers`."""
+    from .extract import extract
+
+    if pool not in ("last", "first", "mean"):
+        raise ValueError(f"pool must be 'last', 'first' or 'mean', not {pool!r}")
+    lists = np.asarray(lists)
+    if lists.ndim != 2 or lists.size == 0:
+        raise ValueError(f"lists must be a non-empty [n, k] array, got shape {lists.shape}")
+    words = [[str(v) for v in row] for row in lists.tolist()]
+    li = resolve_layer(loaded, layer)
+    path = _cache_file(cache_dir, "lists-v1", loaded, li, pool, words)
+    cached = _load_cached(path)
+    if cached is not None:
+        return cached
+    col = _Collect(len(words), li, lists.shape[1])
+    extract(loaded, words, col, attention=False, hidden_states=True, pool=pool, batch_size=batch_size,
+            progress=progress, desc="embed lists")
+    emb = col.result()
+    _save_cached(path, emb)
     return emb
 
 
@@ -278,36 +363,58 @@ def value_embedding(values: Sequence[float]) -> np.ndarray:
 # ----------------------------------------------------------------------------- probes
 
 
+#: Where the authors' definitions were read (Eric-Wallace/numeracy, the official code of §3).
+#: The encodings of a probe input: "context" puts the whole list (or pair) into one sequence
+#: ``[CLS] n1 n2 ... [SEP]`` as the authors' AllenNLP BERT embedder did; "isolated" feeds every
+#: number alone as ``[CLS] n [SEP]`` (ours: a number's representation without its neighbours).
+ENCODINGS = ("context", "isolated")
+
+
 @dataclass
 class ProbeConfig:
-    """Sizes and optimisation of the probes. Wallace et al. (2019) use 100-unit hidden layers,
-    SGD and up to 1000 epochs over 100,000 lists/pairs; we use Adam with a cosine schedule for a
-    fixed number of steps and a 50-unit BiLSTM, so that the whole grid runs in minutes on a CPU."""
+    """Sizes and optimisation of the probes.
 
-    hidden: int = 100  # MLP hidden units (decoding, addition)
-    lstm_hidden: int = 50  # BiLSTM units per direction (list maximum)
+    The architecture is the authors' (Eric-Wallace/numeracy): ``hidden`` = 100 units in the two
+    ReLU layers of the decoding/addition MLPs and in each direction of the one-layer BiLSTM of list
+    maximum (``lstm_hidden``); ``lstm_rank=None`` feeds the embeddings to the BiLSTM directly, as
+    they do (an integer factors its input weights through that many dimensions, our speed option).
+    The optimisation is ours, to fit a CPU: Adam (``lr``) with a cosine schedule for ``steps`` /
+    ``max_steps`` updates on ``n_train_lists`` examples, standardised inputs and targets scaled to
+    [-1, 1]; the authors train with SGD (lr 0.01, momentum 0.5, batches of 20) for up to 1000
+    epochs with early stopping over 100,000 lists/pairs. As the authors' AllenNLP trainer did, the
+    held-out numbers are evaluated after every epoch (one pass over the training examples) and the
+    best epoch is reported; the last step's figure is kept beside it (``final``).
+    """
+
+    hidden: int = 100  # MLP hidden units (decoding, addition); authors: --hidden_dim 100
+    lstm_hidden: int = 100  # BiLSTM units per direction (list maximum); authors: --hidden_dim 100
+    lstm_rank: int | None = None  # None: authors' BiLSTM on the embeddings; int: factored input weights
     steps: int = 400  # optimisation steps of the MLP probes
     max_steps: int = 300  # optimisation steps of the list-maximum probe
     batch_size: int = 128
     lr: float = 3e-3
     n_train_lists: int = 5000  # list maximum and addition: training examples drawn from training numbers
-    n_test_lists: int = 1000
-    list_length: int = 5
+    n_test_lists: int = 1000  # authors: 1000 held-out lists / pairs
+    list_length: int = 5  # authors: 5
 
     def __post_init__(self):
         for k in ("hidden", "lstm_hidden", "steps", "max_steps", "batch_size", "n_train_lists", "n_test_lists"):
             v = getattr(self, k)
             if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v <= 0:
                 raise ValueError(f"ProbeConfig.{k} must be a positive integer, got {v!r}")
-        if self.list_length < 2:
-            raise ValueError(f"ProbeConfig.list_length must be at least 2, got {self.list_length}")
+        r = self.lstm_rank
+        if r is not None and (isinstance(r, bool) or not isinstance(r, (int, np.integer)) or r <= 0):
+            raise ValueError(f"ProbeConfig.lstm_rank must be None or a positive integer, got {r!r}")
+        if not 2 <= self.list_length <= MAX_INDEX_LOW:
+            raise ValueError(f"ProbeConfig.list_length must be in [2, {MAX_INDEX_LOW}], got {self.list_length}")
         if not self.lr > 0:
             raise ValueError(f"ProbeConfig.lr must be positive, got {self.lr}")
 
 
 def interpolation_split(lo: int, hi: int, seed: int = 0, train_share: float = 0.8) -> tuple[np.ndarray, np.ndarray]:
-    """Wallace et al. (2019, §3.1) interpolation: shuffle the integers of ``[lo, hi]``, the first
-    80% train the probe, the rest test it. Returns (train, test) value arrays."""
+    """Wallace et al. (2019, §3.1) interpolation, as in their ``utils.get_intervals``: shuffle the
+    integers of ``[lo, hi]``, the first ``int(0.8 n)`` train the probe, the rest test it.
+    Returns (train, test) value arrays."""
     if hi - lo < 9:
         raise ValueError(f"range [{lo}, {hi}] is too small to split into train and test numbers")
     values = np.arange(lo, hi + 1)
@@ -316,39 +423,61 @@ def interpolation_split(lo: int, hi: int, seed: int = 0, train_share: float = 0.
     return values[:k], values[k:]
 
 
-def make_max_lists(numbers: np.ndarray, n_lists: int, length: int = 5, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """Lists of ``length`` distinct numbers and the position of their maximum.
+#: The list maximum is drawn at a sorted index in ``[MAX_INDEX_LOW, n - 1)`` (authors' max.py).
+MAX_INDEX_LOW = 10
 
-    As in Wallace et al. (2019, appendix) half the lists draw the others uniformly below the
-    maximum, half draw them close below it (Gaussian over ranks, sd 5 ranks or 1% of the numbers),
-    so that counting digits is not enough. Returns ``(lists [n, length], argmax [n])``.
+
+def distractor_scale(max_index: int) -> float:
+    """Standard deviation (in sorted-index units) of the Gaussian that places "near" distractors
+    below a list's maximum, as in the authors' ``max.generate_max_data``: 5 when the maximum's index
+    is at most 500, else 1% of that index."""
+    return 5.0 if max_index <= 500 else 0.01 * max_index
+
+
+def distractor_index(max_index: int, draw: float) -> int:
+    """Sorted index of a near distractor from one Gaussian ``draw`` (authors' rule): step down by
+    ``int(draw)`` (truncated toward zero) from the maximum's index; an index at or above the
+    maximum becomes the one just below it, a negative one becomes 0."""
+    k = max_index - int(draw)
+    if k >= max_index:
+        return max_index - 1
+    return max(k, 0)
+
+
+def make_max_lists(numbers: np.ndarray, n_lists: int, length: int = 5, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Lists of ``length`` distinct numbers and the position of their maximum, built as the
+    authors' ``max.generate_max_data`` builds them (Wallace et al. 2019, appendix).
+
+    With the pool sorted, the maximum is the number at an index drawn uniformly from
+    ``[10, n - 1)`` (so the pool's largest number is never a maximum). For half the lists the
+    other numbers are drawn uniformly from the indices ``[0, max_index - 1)``; for the other half
+    each is :func:`distractor_index` of a Gaussian draw with sd :func:`distractor_scale`, which
+    keeps them close below the maximum so that counting digits is not enough. Repeats are
+    redrawn; positions are shuffled. Returns ``(lists [n, length], argmax [n])``.
     """
     nums = np.sort(np.unique(numbers))
-    if len(nums) < 2 * length:
-        raise ValueError(f"need at least {2 * length} distinct numbers for lists of {length}, got {len(nums)}")
+    if not 2 <= length <= MAX_INDEX_LOW:
+        raise ValueError(f"list length must be in [2, {MAX_INDEX_LOW}], got {length}")
+    if len(nums) < MAX_INDEX_LOW + 2:
+        raise ValueError(f"need at least {MAX_INDEX_LOW + 2} distinct numbers for list-maximum lists, got {len(nums)}")
     rng = np.random.default_rng(seed)
-    sd = max(5.0, 0.01 * len(nums))
     lists = np.empty((n_lists, length), dtype=nums.dtype)
     for r in range(n_lists):
-        top = int(rng.integers(length, len(nums)))
-        if rng.random() < 0.5:
-            others = rng.choice(top, size=length - 1, replace=False)
-        else:
-            chosen: set[int] = set()
-            while len(chosen) < length - 1:
-                k = top - 1 - int(abs(rng.normal(0.0, sd)))
-                if k < 0:
-                    k = int(rng.integers(0, top))
-                chosen.add(k)
-            others = np.fromiter(chosen, dtype=np.int64)
-        row = np.concatenate([[top], others])
+        top = int(rng.integers(MAX_INDEX_LOW, len(nums) - 1))
+        chosen = [top]
+        uniform = rng.random() > 0.5
+        while len(chosen) < length:
+            k = int(rng.integers(0, top - 1)) if uniform else distractor_index(top, rng.normal(0.0, distractor_scale(top)))
+            if k not in chosen:
+                chosen.append(k)
+        row = np.asarray(chosen)
         rng.shuffle(row)
         lists[r] = nums[row]
     return lists, lists.argmax(1)
 
 
 def make_pairs(numbers: np.ndarray, n_pairs: int, seed: int = 0) -> np.ndarray:
-    """Random pairs of two different numbers (Wallace et al. 2019, addition task): ``[n, 2]``."""
+    """Random pairs of two different numbers (authors' ``addition.generate_addition_data``): ``[n, 2]``."""
     numbers = np.asarray(numbers)
     if len(np.unique(numbers)) < 2:
         raise ValueError("need at least two different numbers to make pairs")
@@ -360,6 +489,66 @@ def make_pairs(numbers: np.ndarray, n_pairs: int, seed: int = 0) -> np.ndarray:
         b[same] = rng.choice(numbers, int(same.sum()))
         same = a == b
     return np.stack([a, b], 1)
+
+
+# ----------------------------------------------------------------------------- probe inputs
+
+
+class TableEmbedder:
+    """A fixed vector per integer (row ``v - lo`` embeds ``v``), whatever the list around it:
+    the one-number-per-input encoding, the value-encoded sanity row, static embeddings."""
+
+    def __init__(self, matrix: np.ndarray, lo: int = 0):
+        self.matrix, self.lo = np.asarray(matrix, dtype=np.float32), int(lo)
+
+    def check(self, lo: int, hi: int) -> None:
+        _check_emb(self.matrix[max(lo - self.lo, 0):], lo, hi)
+        if lo < self.lo:
+            raise ValueError(f"embeddings start at {self.lo}, the range at {lo}")
+
+    def __call__(self, lists: np.ndarray) -> np.ndarray:
+        lists = np.asarray(lists)
+        return self.matrix[lists - self.lo]
+
+
+class ContextEmbedder:
+    """The authors' encoding of a probe input: the whole list (or pair) is one sequence
+    ``[CLS] n1 n2 ... [SEP]`` (numbers as words, no separators between them) and each number is
+    the state of ``layer`` at its ``pool`` piece ("last", as their AllenNLP embedder with
+    ``use_starting_offsets=False``). A one-number input is ``[CLS] n [SEP]``, i.e. the isolated
+    encoding, which :func:`embed_numbers` computes (and caches) once per number."""
+
+    def __init__(self, loaded, layer: int | None = None, pool: str = "last", batch_size: int = 256,
+                 cache_dir: str | Path | None = None, progress: bool = False):
+        self.loaded, self.layer, self.pool = loaded, layer, pool
+        self.batch_size, self.cache_dir, self.progress = batch_size, cache_dir, progress
+
+    def check(self, lo: int, hi: int) -> None:
+        pass
+
+    def __call__(self, lists: np.ndarray) -> np.ndarray:
+        lists = np.asarray(lists)
+        if lists.ndim != 2:
+            raise ValueError(f"lists must be [n, k], got shape {lists.shape}")
+        if lists.shape[1] == 1:
+            vals, inv = np.unique(lists[:, 0], return_inverse=True)
+            emb = embed_numbers(self.loaded, [str(v) for v in vals], self.layer, self.pool, self.batch_size,
+                                cache_dir=self.cache_dir, progress=self.progress)
+            return emb[inv][:, None, :]
+        rows, inv = np.unique(lists, axis=0, return_inverse=True)  # a repeated list is run once
+        emb = embed_lists(self.loaded, rows, self.layer, self.pool, self.batch_size, cache_dir=self.cache_dir,
+                          progress=self.progress)
+        return emb[np.asarray(inv).reshape(-1)]
+
+
+def number_embedder(emb, lo: int = 0):
+    """``emb`` as a callable ``lists [n, k] -> [n, k, d]``: a matrix becomes a :class:`TableEmbedder`."""
+    if isinstance(emb, (TableEmbedder, ContextEmbedder)) or (callable(emb) and hasattr(emb, "check")):
+        return emb
+    return TableEmbedder(emb, lo)
+
+
+# ----------------------------------------------------------------------------- probes
 
 
 def _one_thread(fn):
@@ -379,6 +568,7 @@ def _one_thread(fn):
 
 
 def _standardizer(x_train: np.ndarray):
+    x_train = x_train.reshape(-1, x_train.shape[-1])
     mu = x_train.mean(0)
     sd = x_train.std(0)
     sd = np.where(sd > 1e-8, sd, 1.0)
@@ -391,16 +581,14 @@ def _mlp(d_in: int, hidden: int) -> torch.nn.Module:
 
 
 class _MaxPointer(torch.nn.Module):
-    """BiLSTM over the list's embeddings, a linear score per position, softmax over positions.
+    """The authors' list-maximum probe: a one-layer BiLSTM over the list's embeddings, a linear
+    score per position, softmax over positions. With ``rank`` the BiLSTM's input weights are
+    factored through a ``rank``-dimensional linear layer (our speed option; no nonlinearity added)."""
 
-    The BiLSTM's input weights are factored through a ``rank``-dimensional linear layer (a rank
-    constraint on them, no nonlinearity added), which makes training several times cheaper on CPU.
-    """
-
-    def __init__(self, d_in: int, hidden: int, rank: int = 64):
+    def __init__(self, d_in: int, hidden: int, rank: int | None = None):
         super().__init__()
-        self.proj = torch.nn.Linear(d_in, rank)
-        self.lstm = torch.nn.LSTM(self.proj.out_features, hidden, batch_first=True, bidirectional=True)
+        self.proj = torch.nn.Linear(d_in, rank) if rank else torch.nn.Identity()
+        self.lstm = torch.nn.LSTM(rank or d_in, hidden, batch_first=True, bidirectional=True)
         self.out = torch.nn.Linear(2 * hidden, 1)
 
     def forward(self, x):
@@ -409,24 +597,49 @@ class _MaxPointer(torch.nn.Module):
 
 
 def _train(model, x: torch.Tensor, y: torch.Tensor, loss_fn, cfg: ProbeConfig, gen: torch.Generator,
-           steps: int) -> None:
+           steps: int, evaluate: Callable[[], float] | None = None) -> list[tuple[int, float]]:
+    """``steps`` Adam updates over shuffled passes (epochs) through ``(x, y)``; ``evaluate()``
+    (the held-out metric) is called after every epoch and after the last step. Returns
+    ``[(step, metric), ...]``; the model is left at its last step, in eval mode."""
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps)
-    model.train()
     n = len(x)
-    for _ in range(steps):
-        idx = torch.randint(0, n, (min(cfg.batch_size, n),), generator=gen)
+    bs = min(cfg.batch_size, n)
+    per_epoch = -(-n // bs)
+    history: list[tuple[int, float]] = []
+    perm = torch.randperm(n, generator=gen)
+    for step in range(1, steps + 1):
+        model.train()
+        b = (step - 1) % per_epoch
+        if b == 0 and step > 1:
+            perm = torch.randperm(n, generator=gen)
+        idx = perm[b * bs:(b + 1) * bs]
         opt.zero_grad()
         loss = loss_fn(model(x[idx]), y[idx])
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
         opt.step()
         sched.step()
+        if evaluate is not None and (b == per_epoch - 1 or step == steps):
+            model.eval()
+            with torch.inference_mode():
+                history.append((step, float(evaluate())))
     model.eval()
+    return history
 
 
-def _lookup(emb: np.ndarray, values: np.ndarray, lo: int) -> np.ndarray:
-    return emb[np.asarray(values) - lo]
+def best_and_final(history: Sequence[tuple[int, float]], higher_is_better: bool) -> dict:
+    """The authors' reported figure and ours from a held-out history ``[(step, metric), ...]``:
+    ``best`` is the best epoch on the held-out numbers (their AllenNLP ``Trainer`` validated on the
+    test numbers every epoch and printed ``best_validation_accuracy`` / the root of
+    ``best_validation_loss``); ``final`` is the last evaluation (stricter: no selection on the
+    test numbers). Ties keep the earliest epoch. Returns ``{"best", "final", "best_step", "n_evals"}``."""
+    if not history:
+        raise ValueError("empty held-out history")
+    vals = np.array([v for _, v in history], dtype=float)
+    i = int(np.argmax(vals) if higher_is_better else np.argmin(vals))
+    return {"best": float(vals[i]), "final": float(vals[-1]), "best_step": int(history[i][0]),
+            "n_evals": len(history)}
 
 
 def _check_emb(emb: np.ndarray, lo: int, hi: int) -> np.ndarray:
@@ -439,95 +652,137 @@ def _check_emb(emb: np.ndarray, lo: int, hi: int) -> np.ndarray:
     return emb
 
 
+def _features(embed, lists: np.ndarray) -> np.ndarray:
+    x = np.asarray(embed(lists), dtype=np.float32)
+    if not np.isfinite(x).all():
+        raise ValueError("embeddings contain NaN or infinite values")
+    return x
+
+
+def _result(metric: str, hist, higher: bool, **extra) -> dict:
+    bf = best_and_final(hist, higher)
+    return {metric: bf["best"], f"{metric}_final": bf["final"], "best_step": bf["best_step"],
+            "n_evals": bf["n_evals"], **extra}
+
+
 @_one_thread
-def probe_decoding(emb: np.ndarray, lo: int, hi: int, seed: int = 0, cfg: ProbeConfig | None = None) -> dict:
-    """Wallace et al. (2019, §3.1, Table 4 "Decoding"): an MLP (two hidden ReLU layers) regresses
-    a number's value from its embedding (row ``v - lo`` of ``emb``); trained on the interpolation
-    split's training numbers, RMSE on the held-out ones. Targets are scaled to [-1, 1] for training
-    and the RMSE is in the original units. Returns ``{"rmse", "n_train", "n_test", "test", "pred"}``."""
+def probe_decoding(emb, lo: int, hi: int, seed: int = 0, cfg: ProbeConfig | None = None) -> dict:
+    """Wallace et al. (2019, §3.1, Table 4 "Decoding"; authors' ``decoding.py``): an MLP (two
+    hidden ReLU layers of ``cfg.hidden``) regresses a number's value from its embedding, each
+    number its own input; trained on the interpolation split's training numbers, RMSE on the
+    held-out ones, best epoch (``rmse``) and last step (``rmse_final``). ``emb``: a matrix (row
+    ``v - lo``) or an embedder (:class:`ContextEmbedder`). Targets are scaled to [-1, 1] for
+    training; RMSEs are in the original units. Returns ``{"rmse", "rmse_final", "best_step",
+    "n_evals", "n_train", "n_test", "test", "pred"}`` (``pred`` at the best epoch)."""
     cfg = cfg or ProbeConfig()
-    emb = _check_emb(emb, lo, hi)
+    embed = number_embedder(emb, lo)
+    embed.check(lo, hi)
     train, test = interpolation_split(lo, hi, seed)
-    std = _standardizer(_lookup(emb, train, lo))
+    xtr, xte = _features(embed, train[:, None])[:, 0], _features(embed, test[:, None])[:, 0]
+    std = _standardizer(xtr)
     center, scale = (lo + hi) / 2, max((hi - lo) / 2, 1.0)
+    best = {"rmse": np.inf, "pred": None}
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         gen = torch.Generator().manual_seed(seed)
-        model = _mlp(emb.shape[1], cfg.hidden)
-        x = torch.from_numpy(std(_lookup(emb, train, lo)))
+        model = _mlp(xtr.shape[1], cfg.hidden)
+        x, xt = torch.from_numpy(std(xtr)), torch.from_numpy(std(xte))
         y = torch.from_numpy(((train - center) / scale).astype(np.float32))
-        _train(model, x, y, lambda p, t: torch.nn.functional.mse_loss(p.squeeze(-1), t), cfg, gen, cfg.steps)
-        with torch.inference_mode():
-            pred = model(torch.from_numpy(std(_lookup(emb, test, lo)))).squeeze(-1).numpy() * scale + center
-    rmse = float(np.sqrt(np.mean((pred - test) ** 2)))
-    return {"rmse": rmse, "n_train": len(train), "n_test": len(test), "test": test, "pred": pred}
+
+        def evaluate():
+            pred = model(xt).squeeze(-1).numpy() * scale + center
+            rmse = float(np.sqrt(np.mean((pred - test) ** 2)))
+            if rmse < best["rmse"]:
+                best.update(rmse=rmse, pred=pred)
+            return rmse
+
+        hist = _train(model, x, y, lambda p, t: torch.nn.functional.mse_loss(p.squeeze(-1), t), cfg, gen,
+                      cfg.steps, evaluate)
+    return _result("rmse", hist, False, n_train=len(train), n_test=len(test), test=test, pred=best["pred"])
 
 
 @_one_thread
-def probe_addition(emb: np.ndarray, lo: int, hi: int, seed: int = 0, cfg: ProbeConfig | None = None) -> dict:
-    """Wallace et al. (2019, §3.1, Table 4 "Addition"): an MLP on the concatenated embeddings of
-    two numbers regresses their sum; pairs drawn from the training numbers train it, pairs of
-    held-out numbers test it (RMSE in original units). Returns ``{"rmse", "n_train", "n_test"}``."""
+def probe_addition(emb, lo: int, hi: int, seed: int = 0, cfg: ProbeConfig | None = None) -> dict:
+    """Wallace et al. (2019, §3.1, Table 4 "Addition"; authors' ``addition.py``): an MLP on the
+    concatenated embeddings of two numbers regresses their sum; pairs drawn from the training
+    numbers train it, pairs of held-out numbers test it (RMSE in original units; best epoch
+    ``rmse``, last step ``rmse_final``). With a :class:`ContextEmbedder` the pair is one input
+    ``[CLS] a b [SEP]`` as in the authors' code. Returns ``{"rmse", "rmse_final", "best_step",
+    "n_evals", "n_train", "n_test"}``."""
     cfg = cfg or ProbeConfig()
-    emb = _check_emb(emb, lo, hi)
+    embed = number_embedder(emb, lo)
+    embed.check(lo, hi)
     train, test = interpolation_split(lo, hi, seed)
     ptrain = make_pairs(train, cfg.n_train_lists, seed)
     ptest = make_pairs(test, cfg.n_test_lists, seed + 1)
-    std = _standardizer(_lookup(emb, train, lo))
+    ftr, fte = _features(embed, ptrain), _features(embed, ptest)
+    std = _standardizer(ftr)
 
-    def feats(p):
-        return np.concatenate([std(_lookup(emb, p[:, 0], lo)), std(_lookup(emb, p[:, 1], lo))], 1)
+    def flat(f):
+        return std(f).reshape(len(f), -1)
 
     center, scale = float(lo + hi), max(float(hi - lo), 1.0)
+    target = ptest.sum(1)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         gen = torch.Generator().manual_seed(seed)
-        model = _mlp(2 * emb.shape[1], cfg.hidden)
-        x = torch.from_numpy(feats(ptrain))
+        model = _mlp(2 * ftr.shape[2], cfg.hidden)
+        x, xt = torch.from_numpy(flat(ftr)), torch.from_numpy(flat(fte))
         y = torch.from_numpy(((ptrain.sum(1) - center) / scale).astype(np.float32))
-        _train(model, x, y, lambda p, t: torch.nn.functional.mse_loss(p.squeeze(-1), t), cfg, gen, cfg.steps)
-        with torch.inference_mode():
-            pred = model(torch.from_numpy(feats(ptest))).squeeze(-1).numpy() * scale + center
-    rmse = float(np.sqrt(np.mean((pred - ptest.sum(1)) ** 2)))
-    return {"rmse": rmse, "n_train": len(ptrain), "n_test": len(ptest)}
+
+        def evaluate():
+            pred = model(xt).squeeze(-1).numpy() * scale + center
+            return float(np.sqrt(np.mean((pred - target) ** 2)))
+
+        hist = _train(model, x, y, lambda p, t: torch.nn.functional.mse_loss(p.squeeze(-1), t), cfg, gen,
+                      cfg.steps, evaluate)
+    return _result("rmse", hist, False, n_train=len(ptrain), n_test=len(ptest))
 
 
 @_one_thread
-def probe_list_max(emb: np.ndarray, lo: int, hi: int, seed: int = 0, cfg: ProbeConfig | None = None) -> dict:
-    """Wallace et al. (2019, §3.1, Table 4 "List Maximum"): a BiLSTM reads the embeddings of a
-    list of five numbers and a softmax over positions points at the largest; lists of training
-    numbers train it, lists of held-out numbers test it. Returns ``{"accuracy", "n_train", "n_test"}``
-    (chance is 1/5)."""
+def probe_list_max(emb, lo: int, hi: int, seed: int = 0, cfg: ProbeConfig | None = None) -> dict:
+    """Wallace et al. (2019, §3.1, Table 4 "List Maximum"; authors' ``max.py``): a BiLSTM reads
+    the embeddings of a list of five numbers and a softmax over positions points at the largest;
+    lists of training numbers (:func:`make_max_lists`) train it, lists of held-out numbers test it.
+    With a :class:`ContextEmbedder` each list is one input ``[CLS] n1 ... n5 [SEP]`` as in the
+    authors' code. Returns ``{"accuracy", "accuracy_final", "best_step", "n_evals", "n_train",
+    "n_test"}`` (best epoch / last step; chance is 1/5)."""
     cfg = cfg or ProbeConfig()
-    emb = _check_emb(emb, lo, hi)
+    embed = number_embedder(emb, lo)
+    embed.check(lo, hi)
     train, test = interpolation_split(lo, hi, seed)
     ltrain, ytrain = make_max_lists(train, cfg.n_train_lists, cfg.list_length, seed)
     ltest, ytest = make_max_lists(test, cfg.n_test_lists, cfg.list_length, seed + 1)
-    std = _standardizer(_lookup(emb, train, lo))
+    ftr, fte = _features(embed, ltrain), _features(embed, ltest)
+    std = _standardizer(ftr)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         gen = torch.Generator().manual_seed(seed)
-        model = _MaxPointer(emb.shape[1], cfg.lstm_hidden)
-        x = torch.from_numpy(std(_lookup(emb, ltrain, lo)))
+        model = _MaxPointer(ftr.shape[2], cfg.lstm_hidden, cfg.lstm_rank)
+        x, xt = torch.from_numpy(std(ftr)), torch.from_numpy(std(fte))
         y = torch.from_numpy(ytrain.astype(np.int64))
-        _train(model, x, y, torch.nn.functional.cross_entropy, cfg, gen, cfg.max_steps)
-        with torch.inference_mode():
-            pred = model(torch.from_numpy(std(_lookup(emb, ltest, lo)))).argmax(1).numpy()
-    return {"accuracy": float((pred == ytest).mean()), "n_train": len(ltrain), "n_test": len(ltest)}
+
+        def evaluate():
+            return float((model(xt).argmax(1).numpy() == ytest).mean())
+
+        hist = _train(model, x, y, torch.nn.functional.cross_entropy, cfg, gen, cfg.max_steps, evaluate)
+    return _result("accuracy", hist, True, n_train=len(ltrain), n_test=len(ltest))
 
 
 PROBES: dict[str, Callable[..., dict]] = {"list_max": probe_list_max, "decoding": probe_decoding,
                                           "addition": probe_addition}
 
 
-def run_probes(embeddings: Mapping[str, tuple[np.ndarray, str]], ranges: Sequence[int] = (99, 999, 9999),
+def run_probes(embeddings: Mapping[str, tuple[object, str]], ranges: Sequence[int] = (99, 999, 9999),
                tasks: Sequence[str] = tuple(TASKS), seeds: Sequence[int] = (0, 1, 2), lo: int = 0,
                cfg: ProbeConfig | None = None, progress: bool = True) -> pd.DataFrame:
     """Every probe on every embedding, range and seed (Wallace et al. 2019, Table 4).
 
-    ``embeddings``: name -> (matrix with row ``v - lo`` for each integer ``v`` of ``[lo, max(ranges)]``,
-    human-readable label saying where it came from). Returns the long table
-    ``[task, metric, range_max, embedding, label, seed, value, n_train, n_test]``.
+    ``embeddings``: name -> (matrix with row ``v - lo`` for each integer ``v`` of ``[lo, max(ranges)]``
+    or an embedder such as :class:`ContextEmbedder`, human-readable label saying where it came from).
+    Returns the long table ``[task, metric, range_max, embedding, label, seed, value, final,
+    best_step, n_evals, n_train, n_test]``: ``value`` is the best epoch on the held-out numbers
+    (the authors' figure), ``final`` the last step (stricter).
     """
     unknown = [t for t in tasks if t not in PROBES]
     if unknown:
@@ -542,15 +797,23 @@ def run_probes(embeddings: Mapping[str, tuple[np.ndarray, str]], ranges: Sequenc
         res = PROBES[task](emb, lo, int(r), seed=int(s), cfg=cfg)
         metric = TASKS[task]
         rows.append({"task": task, "metric": metric, "range_max": int(r), "embedding": name, "label": label,
-                     "seed": int(s), "value": res[metric], "n_train": res["n_train"], "n_test": res["n_test"]})
+                     "seed": int(s), "value": res[metric], "final": res[f"{metric}_final"],
+                     "best_step": res["best_step"], "n_evals": res["n_evals"],
+                     "n_train": res["n_train"], "n_test": res["n_test"]})
     return pd.DataFrame(rows)
 
 
 def summarize_probes(df: pd.DataFrame) -> pd.DataFrame:
     """Mean, standard deviation (ddof 1; 0 for one seed) and number of seeds per
-    (task, metric, range, embedding): ``[task, metric, range_max, embedding, label, mean, std, n_seeds]``."""
-    g = df.groupby(["task", "metric", "range_max", "embedding", "label"], sort=False)["value"]
-    out = g.agg(mean="mean", std=lambda v: float(np.std(v, ddof=1)) if len(v) > 1 else 0.0, n_seeds="count")
+    (task, metric, range, embedding), of the best-epoch ``value`` (``mean``, ``std``) and, when
+    the table has it, of the last-step ``final`` (``mean_final``):
+    ``[task, metric, range_max, embedding, label, mean, std, n_seeds(, mean_final)]``."""
+    keys = ["task", "metric", "range_max", "embedding", "label"]
+    g = df.groupby(keys, sort=False)
+    out = g["value"].agg(mean="mean", std=lambda v: float(np.std(v, ddof=1)) if len(v) > 1 else 0.0,
+                         n_seeds="count")
+    if "final" in df.columns:
+        out["mean_final"] = g["final"].mean()
     return out.reset_index()
 
 
@@ -677,3 +940,131 @@ def score_numersense(scorer, items: pd.DataFrame, candidates: Sequence[str] = NU
     ranked.insert(1, "source", scorer.source)
     ranked.insert(2, "label", scorer.label)
     return ranked
+
+
+# ----------------------------------------------------------------------------- notebook helpers
+
+
+def probe_embeddings(loaded, control, max_value: int, layer: int | None = None, pool: str = "last",
+                     encode: str = "context", batch_size: int = 256, cache_dir: str | Path | None = None,
+                     control_seed: int = 0) -> dict[str, tuple[object, str]]:
+    """The three embeddings the probes compare, name -> (embedder, label): ``model`` and
+    ``control`` (a random-init copy of the model) encoded by ``encode`` ("context": the authors'
+    one sequence per list/pair, :class:`ContextEmbedder`; "isolated": every number alone,
+    :class:`TableEmbedder` over :func:`embed_numbers`), and ``value``, the number itself."""
+    if encode not in ENCODINGS:
+        raise ValueError(f"encode must be one of {ENCODINGS}, got {encode!r}")
+    li = resolve_layer(loaded, layer)
+    how = "each list/pair one input" if encode == "context" else "each number alone"
+    out = {}
+    for key, lm, what in (("model", loaded, f"{loaded.info.name} layer {li}"),
+                          ("control", control, f"random-init control layer {li} (seed {control_seed})")):
+        if encode == "context":
+            emb = ContextEmbedder(lm, li, pool, batch_size, cache_dir)
+        else:
+            emb = TableEmbedder(embed_numbers(lm, [str(i) for i in range(max_value + 1)], li, pool, batch_size,
+                                              cache_dir=cache_dir, progress=False))
+        out[key] = (emb, f"fitted probe on {what} ({pool} piece, {how})")
+    out["value"] = (TableEmbedder(value_embedding(np.arange(max_value + 1))),
+                    "fitted probe on value-encoded sanity embedding")
+    return out
+
+
+def decoding_predictions(embeddings: Mapping[str, tuple[object, str]], hi: int, seed: int = 0,
+                         cfg: ProbeConfig | None = None, keys: Sequence[str] = ("model", "control")) -> dict:
+    """Held-out decoding predictions of ``[0, hi]`` for each embedding in ``keys``:
+    ``{"<label>\\nRMSE x": (test values, predictions at the best epoch)}`` for the scatter plot."""
+    out = {}
+    for key in keys:
+        emb, label = embeddings[key]
+        res = probe_decoding(emb, 0, hi, seed=seed, cfg=cfg)
+        out[f"{label}\nRMSE {res['rmse']:.1f}"] = (res["test"], res["pred"])
+    return out
+
+
+def neighbour_table(embeddings: Mapping[str, tuple[object, str]], max_value: int, seed: int = 0,
+                    keys: Sequence[str] = ("model", "control")) -> pd.DataFrame:
+    """:func:`neighbour_similarity` of each number's own (isolated) representation, for each
+    embedding in ``keys``: ``[embedding, pair, offset, mean_cosine, n]``."""
+    values = np.arange(max_value + 1)
+    parts = []
+    for key in keys:
+        emb = number_embedder(embeddings[key][0])
+        t = neighbour_similarity(emb(values[:, None])[:, 0], values, seed=seed)
+        t.insert(0, "embedding", key)
+        parts.append(t)
+    return pd.concat(parts, ignore_index=True)
+
+
+def numersense_tables(scorers: Sequence, items: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Rank the gold answers with every scorer and compute hit@k per scorer:
+    ``(ranked items, metrics [source, label, metric, value, chance, n])``."""
+    ranked, metrics = [], []
+    for sc in scorers:
+        rk = score_numersense(sc, items)
+        ranked.append(rk)
+        m = numersense_metrics(rk)
+        m.insert(0, "source", sc.source)
+        m.insert(1, "label", sc.label)
+        metrics.append(m)
+    return pd.concat(ranked, ignore_index=True), pd.concat(metrics, ignore_index=True)
+
+
+def probe_cell(probes: pd.DataFrame, task: str, range_max: int, embedding: str):
+    """The summary row (:func:`summarize_probes`) of one task, range and embedding, or None."""
+    d = probes[(probes.task == task) & (probes.range_max == range_max) & (probes.embedding == embedding)]
+    return d.iloc[0] if len(d) else None
+
+
+def decoding_beats_control(probes: pd.DataFrame, ranges: Sequence[int]) -> bool:
+    """Whether the decoding RMSE (best-epoch mean) on the model is below the random-init control's
+    in every range of ``ranges`` (False when a cell is missing)."""
+    for r in ranges:
+        m, c = probe_cell(probes, "decoding", r, "model"), probe_cell(probes, "decoding", r, "control")
+        if m is None or c is None or not m["mean"] < c["mean"]:
+            return False
+    return True
+
+
+def findings(ints: pd.DataFrame, by_digits: pd.DataFrame, decs: pd.DataFrame, pairs: pd.DataFrame,
+             probes: pd.DataFrame, near: pd.DataFrame, ns: pd.DataFrame, majority: dict, *, ranges: Sequence[int],
+             probe_layer: int, n_seeds: int, tokenize_max: int, model_name: str, has_mlm_head: bool,
+             n_items: int) -> list[str]:
+    """The "what this run shows" bullet points of notebook 06, computed from its tables:
+    tokenization shares, the probe cells (best epoch on held-out numbers, as the authors report,
+    with the last step's figure beside list maximum), whether decoding beats the control in every
+    range, neighbour cosines, and NumerSense hit@1 against a uniform guess and the majority answer."""
+    share = by_digits.set_index("digits")["share_single"]
+    p0 = pairs.iloc[0]
+    lines = [f"- **Tokenization**: {ints['single'].mean():.1%} of the integers 0–{tokenize_max} are a single word piece "
+             f"(1-digit {share.get(1, float('nan')):.0%}, 4-digit {share.get(4, float('nan')):.0%}); decimals "
+             f"0.00–9.99 take {decs['n_pieces'].mean():.2f} pieces on average. {p0['a']} → `{p0['pieces_a']}`, "
+             f"{p0['b']} → `{p0['pieces_b']}`: {p0['shared']} shared pieces, representation cosine {p0['cosine']:.2f}."]
+    for r in ranges:
+        m, c, v = (probe_cell(probes, "list_max", r, e) for e in ("model", "control", "value"))
+        dm, dc, dv = (probe_cell(probes, "decoding", r, e) for e in ("model", "control", "value"))
+        am, ac = (probe_cell(probes, "addition", r, e) for e in ("model", "control"))
+        if any(x is None for x in (m, c, v, dm, dc, dv, am, ac)):
+            continue
+        final = f" (last step {m['mean_final']:.2f})" if "mean_final" in m.index else ""
+        lines.append(f"- **[0, {r}]** (best epoch on held-out numbers, mean ± std over {n_seeds} seeds; fitted probes): "
+                     f"list maximum {m['mean']:.2f} ± {m['std']:.2f}{final} on the model vs {c['mean']:.2f} on the "
+                     f"random-init control (value sanity {v['mean']:.2f}, chance 0.20); decoding RMSE {dm['mean']:.1f} "
+                     f"vs {dc['mean']:.1f} (value {dv['mean']:.2f}); addition RMSE {am['mean']:.1f} vs {ac['mean']:.1f}.")
+    better = decoding_beats_control(probes, ranges)
+    lines.append(f"- Pre-training {'did' if better else 'did not consistently'} put value information into layer "
+                 f"{probe_layer}: decoding from the model is {'better' if better else 'not always better'} than from "
+                 "the random-init control in every range probed.")
+    nm_ = near[near.embedding == "model"].set_index("pair")["mean_cosine"]
+    lines.append(f"- Without a probe: integers 1 apart have cosine {nm_.get('1 apart', float('nan')):.2f} vs "
+                 f"{nm_.get('random', float('nan')):.2f} for random pairs (model).")
+    for lab, g in ns.groupby("label", sort=False):
+        h = g.set_index("metric")
+        above = h.loc["hit@1", "value"] > h.loc["hit@1", "chance"]
+        lines.append(f"- **NumerSense** ({n_items} probes, {lab}): hit@1 {h.loc['hit@1', 'value']:.1%}, "
+                     f"{'above' if above else 'not above'} a uniform guess ({h.loc['hit@1', 'chance']:.1%}); "
+                     f"always answering '{majority['answer']}' would get {majority['hit@1']:.1%} (in-sample).")
+    if not has_mlm_head:
+        lines.append(f"- {model_name} has no MLM head, so its own NumerSense answers were **not** evaluated; the "
+                     "readout row is a fitted readout, not the model's prediction.")
+    return lines

@@ -88,6 +88,35 @@ def test_embed_numbers_takes_the_last_piece_of_the_chosen_layer(tokenizer, tmp_p
         nm.embed_numbers(loaded, nums, pool="max", progress=False)
 
 
+def test_lists_are_embedded_in_one_sequence_at_each_numbers_last_piece(tokenizer, tmp_path):
+    """The authors' encoding: [CLS] n1 n2 [SEP] is one input; each number is its last piece's state."""
+    from bertology.models import random_bert
+
+    loaded = random_bert(tokenizer, n_layers=2, n_heads=2, hidden_size=16, mlm=False, seed=3)
+    lists = np.array([[7, 12345], [12345, 7]])
+    emb = nm.embed_lists(loaded, lists, layer=2, pool="last", cache_dir=tmp_path)
+    assert emb.shape == (2, 2, 16)
+    with torch.inference_mode():
+        for i, row in enumerate(lists.tolist()):
+            pieces = [tokenizer.tokenize(str(v)) for v in row]
+            ids = tokenizer.convert_tokens_to_ids(["[CLS]"] + pieces[0] + pieces[1] + ["[SEP]"])
+            hs = loaded.model(input_ids=torch.tensor([ids]), output_hidden_states=True).hidden_states[2][0]
+            last = [len(pieces[0]), len(pieces[0]) + len(pieces[1])]  # positions of each number's last piece
+            assert np.allclose(emb[i], hs[last].numpy(), atol=1e-5)
+    # in context, 7 is not what it is alone: the one-number-per-input encoding differs
+    alone = nm.embed_numbers(loaded, ["7"], layer=2, progress=False)[0]
+    assert not np.allclose(emb[0, 0], alone, atol=1e-4)
+    # the embedder: one-number inputs are the isolated encoding; repeated lists give the same rows
+    ctx = nm.ContextEmbedder(loaded, layer=2)
+    assert np.allclose(ctx(np.array([[7]]))[0, 0], alone, atol=1e-6)
+    rep = ctx(np.array([[7, 12345], [12345, 7], [7, 12345]]))
+    assert np.allclose(rep[0], emb[0], atol=1e-6) and np.allclose(rep[2], emb[0], atol=1e-6)
+    assert np.allclose(rep[1], emb[1], atol=1e-6)
+    assert len(list(tmp_path.glob("lists-*.safetensors"))) == 1
+    with pytest.raises(ValueError, match="pool"):
+        nm.embed_lists(loaded, lists, pool="max")
+
+
 # ----------------------------------------------------------------------------- probe data
 
 
@@ -113,6 +142,54 @@ def test_max_lists_and_pairs():
     assert (pairs[:, 0] != pairs[:, 1]).all() and set(pairs.ravel()) == {3, 4}
     with pytest.raises(ValueError, match="distinct"):
         nm.make_max_lists(np.arange(6), 10)
+
+
+def test_distractor_rule_by_hand():
+    """Authors' max.generate_max_data: sd 5 up to index 500, then 1% of the maximum's index;
+    index = max_index - int(draw), clamped to [0, max_index - 1]."""
+    assert nm.distractor_scale(100) == 5.0 and nm.distractor_scale(500) == 5.0
+    assert nm.distractor_scale(2000) == pytest.approx(20.0)  # not 1% of the pool (80 for 8,000 numbers)
+    assert nm.distractor_index(100, 2.7) == 98  # int(2.7) = 2
+    assert nm.distractor_index(100, -3.2) == 99  # above the maximum -> just below it
+    assert nm.distractor_index(100, 0.4) == 99  # int(0.4) = 0 -> the maximum itself -> just below it
+    assert nm.distractor_index(3, 7.5) == 0  # below the pool -> 0
+
+
+def test_list_maximum_is_drawn_from_index_10_to_n_minus_2():
+    """With 20 sorted numbers the maximum's index is in [10, 19): never the 10 smallest, never the
+    largest (our old construction drew it from [5, 20))."""
+    nums = np.arange(100, 120)
+    lists, arg = nm.make_max_lists(nums, 400, length=5, seed=1)
+    top = lists.max(1)
+    assert top.min() >= nums[10] and top.max() <= nums[18]
+    assert set(top.tolist()) == set(nums[10:19].tolist())  # every allowed index occurs in 400 lists
+    # every list's other numbers lie below its maximum
+    assert all((np.delete(r, a) < r[a]).all() for r, a in zip(lists, arg))
+    with pytest.raises(ValueError, match="distinct"):
+        nm.make_max_lists(np.arange(11), 5)
+
+
+def test_best_epoch_and_final_by_hand():
+    acc = [(10, 0.5), (20, 0.7), (30, 0.6)]
+    assert nm.best_and_final(acc, higher_is_better=True) == {"best": 0.7, "final": 0.6, "best_step": 20, "n_evals": 3}
+    rmse = [(5, 9.0), (10, 4.0), (15, 4.0), (20, 6.0)]
+    assert nm.best_and_final(rmse, higher_is_better=False) == {"best": 4.0, "final": 6.0, "best_step": 10,
+                                                               "n_evals": 4}
+    with pytest.raises(ValueError, match="empty"):
+        nm.best_and_final([], True)
+
+
+def test_held_out_numbers_are_evaluated_after_every_epoch():
+    """80 training numbers in batches of 32 make 3-step epochs: 10 steps evaluate after steps 3, 6, 9
+    and the last (4 times); the reported RMSE is the best of them, never worse than the last."""
+    cfg = nm.ProbeConfig(steps=10, batch_size=32)
+    res = nm.probe_decoding(nm.value_embedding(np.arange(100)), 0, 99, seed=0, cfg=cfg)
+    assert res["n_evals"] == 4 and res["best_step"] in (3, 6, 9, 10)
+    assert res["rmse"] <= res["rmse_final"]
+    assert np.sqrt(np.mean((res["pred"] - res["test"]) ** 2)) == pytest.approx(res["rmse"], rel=1e-5)
+    mx = nm.probe_list_max(nm.value_embedding(np.arange(100)), 0, 99, seed=0,
+                           cfg=nm.ProbeConfig(max_steps=7, batch_size=100, n_train_lists=300, n_test_lists=50))
+    assert mx["n_evals"] == 3 and mx["accuracy"] >= mx["accuracy_final"]  # epochs of 3 steps: after 3, 6, 7
 
 
 # ----------------------------------------------------------------------------- probes
@@ -162,13 +239,18 @@ def test_run_probes_and_summary_shape():
     assert set(df["metric"]) == {"accuracy", "rmse"}
     assert (df.loc[df.task == "list_max", "metric"] == "accuracy").all()
     assert set(df.loc[df.range_max == 999, "n_test"]) == {200, 50}
+    acc = df[df.metric == "accuracy"]
+    assert (acc["value"] >= acc["final"]).all() and (df.loc[df.metric == "rmse", "value"]
+                                                     <= df.loc[df.metric == "rmse", "final"]).all()
+    assert {"best_step", "n_evals"} <= set(df.columns)
 
 
 def test_summarize_probes_mean_and_std_by_hand():
     df = pd.DataFrame({"task": "decoding", "metric": "rmse", "range_max": 99, "embedding": "m", "label": "L",
-                       "seed": [0, 1, 2], "value": [1.0, 2.0, 6.0]})
+                       "seed": [0, 1, 2], "value": [1.0, 2.0, 6.0], "final": [2.0, 2.0, 8.0]})
     s = nm.summarize_probes(df).iloc[0]
     assert s["mean"] == pytest.approx(3.0) and s["std"] == pytest.approx(np.sqrt(7.0)) and s["n_seeds"] == 3
+    assert s["mean_final"] == pytest.approx(4.0)
     one = nm.summarize_probes(df.iloc[:1]).iloc[0]
     assert one["std"] == 0.0
 
@@ -244,3 +326,55 @@ def test_score_numersense_with_the_cloze_engine(tokenizer):
     assert ranked["source"].tolist() == ["mlm", "mlm"]
     assert ranked["n_candidates"].tolist() == [12, 12]
     assert ranked["gold_rank"].between(1, 12).all()
+
+
+# ----------------------------------------------------------------------------- deviations and findings
+
+
+def test_declared_deviations_follow_the_run_options():
+    from bertology import fidelity
+
+    authors = dict(encode="context", layer="last", pool="last", lstm_rank=None, n_seeds=1)
+    keys = {d.key for d in fidelity.deviations("wallace.probes", **authors)}
+    assert keys == {"training"}  # only the shortened training remains at the authors' settings
+    ours = dict(authors, encode="isolated", layer=3, lstm_rank=64, n_seeds=3)
+    lines = fidelity.lines("wallace.probes", **ours)
+    assert any("encode='isolated'" in t for t in lines) and any("hidden layer 3" in t for t in lines)
+    assert any("64 dimensions" in t for t in lines) and any("3 seeds" in t for t in lines)
+    assert all(d.reference for d in fidelity.deviations("wallace.probes", **ours))
+
+
+def _summary(task, metric, r, emb, mean, final=None):
+    return {"task": task, "metric": metric, "range_max": r, "embedding": emb, "label": emb, "mean": mean,
+            "std": 0.0, "n_seeds": 2, "mean_final": mean if final is None else final}
+
+
+def test_findings_from_hand_made_tables():
+    probes = pd.DataFrame([
+        _summary("list_max", "accuracy", 99, "model", 0.8, 0.7), _summary("list_max", "accuracy", 99, "control", 0.3),
+        _summary("list_max", "accuracy", 99, "value", 1.0),
+        _summary("decoding", "rmse", 99, "model", 5.0), _summary("decoding", "rmse", 99, "control", 20.0),
+        _summary("decoding", "rmse", 99, "value", 0.5),
+        _summary("addition", "rmse", 99, "model", 9.0), _summary("addition", "rmse", 99, "control", 30.0),
+        _summary("decoding", "rmse", 999, "model", 300.0), _summary("decoding", "rmse", 999, "control", 250.0),
+    ])
+    assert nm.decoding_beats_control(probes, [99]) is True
+    assert nm.decoding_beats_control(probes, [99, 999]) is False  # 300 > 250 in [0, 999]
+    assert nm.decoding_beats_control(probes, [9999]) is False  # missing cell
+    ints = pd.DataFrame({"single": [True, True, False, False]})
+    by_digits = pd.DataFrame({"digits": [1, 4], "share_single": [1.0, 0.0]})
+    decs = pd.DataFrame({"n_pieces": [3, 3, 2]})
+    pairs = pd.DataFrame([{"a": "1.06", "b": "1.08", "pieces_a": "1 . 06", "pieces_b": "1 . 08", "shared": 2,
+                           "cosine": 0.9}])
+    near = pd.DataFrame({"embedding": ["model", "model"], "pair": ["1 apart", "random"], "mean_cosine": [0.8, 0.5]})
+    ns = pd.DataFrame({"label": "readout", "metric": ["hit@1"], "value": [0.25], "chance": [1 / 12]})
+    lines = nm.findings(ints, by_digits, decs, pairs, probes, near, ns, {"answer": "two", "hit@1": 0.4},
+                        ranges=[99, 999], probe_layer=6, n_seeds=2, tokenize_max=3, model_name="m",
+                        has_mlm_head=False, n_items=12)
+    text = "\n".join(lines)
+    assert "50.0% of the integers 0–3" in text and "decimals 0.00–9.99 take 2.67 pieces" in text
+    assert "list maximum 0.80 ± 0.00 (last step 0.70) on the model vs 0.30" in text
+    assert "decoding RMSE 5.0 vs 20.0" in text and "[0, 999]" not in text  # incomplete range is skipped
+    assert "did not consistently" in text and "cosine 0.80 vs 0.50" in text
+    assert "hit@1 25.0%, above a uniform guess (8.3%)" in text and "'two' would get 40.0%" in text
+    assert lines[-1].startswith("- m has no MLM head")
