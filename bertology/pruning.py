@@ -1,11 +1,19 @@
 """Head importance and pruning (Michel, Levy & Neubig 2019, "Are Sixteen Heads Really Better than One?").
 
 A *task* turns the model into one scalar metric (higher is better) and one differentiable loss.
-Every head carries a gate ξ_h (``models.set_head_mask``); the importance of a head is
-I_h = E|∂L/∂ξ_h| at ξ = 1 (Michel §4.1), a first-order estimate of what removing it costs, got for
-all heads from one forward + backward pass per batch. The oracle is leave-one-head-out ablation
-(one forward pass over the data per head). ``prune_heads`` removes heads physically (smaller
-matrices), because transformers 5.x no longer has ``prune_heads`` on BERT.
+Every head carries a gate ξ_h (``models.set_head_mask``, which multiplies the head's attention
+probabilities, hence its output, as the authors' ``mask_heads`` does). The importance of a head
+is a first-order estimate of what removing it costs, got for all heads from one forward +
+backward pass per batch (Michel §4.1). By default it is the quantity of the authors' released
+code (``calculate_head_importance`` in ``examples/classifier_eval.py`` of their
+pytorch-pretrained-BERT fork, branch ``paul``): the gate is taken per *token position* of each
+example, ∂L/∂ξ_{h,x,t} = ⟨ctx_{h,x,t}, ∂L/∂ctx_{h,x,t}⟩ (ctx: the head's output at t), and
+I_h = Σ_x Σ_t |∂L/∂ξ_{h,x,t}| / N, the absolute value taken *before* anything is summed, so
+opposite-sign contributions of different tokens and examples never cancel. The importance is
+scored on the training split and the pruned model is evaluated on the dev split, as their
+``run_classifier.py --do_prune`` does. The oracle is leave-one-head-out ablation (one forward
+pass over the data per head). ``prune_heads`` removes heads physically (smaller matrices),
+because transformers 5.x no longer has ``prune_heads`` on BERT.
 """
 from __future__ import annotations
 
@@ -21,9 +29,73 @@ import torch.nn.functional as F
 
 from .align import pooling_matrices
 from .extract import collate, encode_inputs, length_buckets
-from .models import LoadedModel, MissingHeadError, set_head_mask
+from .fidelity import declare, option_differs
+from .models import LoadedModel, MissingHeadError, self_attention_modules, set_head_mask
 
 TASKS = ("mlm", "upos", "embedding")
+
+#: The study names this module declares deviations for (see :mod:`bertology.fidelity`).
+STUDIES = ("michel.importance", "michel.pruning")
+
+#: Where the authors' definitions were read.
+_REPO = "pmichel31415/are-16-heads-really-better-than-1"
+_FORK = "pmichel31415/pytorch-pretrained-BERT (branch paul)"
+_IMPORTANCE_CODE = f"{_FORK} examples/classifier_eval.py calculate_head_importance"
+_PRUNE_CODE = f"{_FORK} examples/run_classifier.py (--do_prune) and examples/pruning.py"
+_SCRIPT = f"{_REPO} experiments/BERT/heads_pruning.sh, prepare_task.sh and README.md"
+
+#: Where the absolute value of the head-gate gradient is taken before summing:
+#: ``"token"`` (the authors' code: per token position of each example), ``"example"`` (per input,
+#: one gate for the whole input: Michel eq. for I_h read with x = one sentence), ``"batch"``
+#: (the gradient of a batch-mean loss, so opposite-sign contributions of the examples cancel).
+ABS_AT = ("token", "example", "batch")
+
+#: Pruning step of the authors' BERT script: ``--prune_percent `seq 5 5 100``` (heads_pruning.sh).
+PRUNE_STEP = 0.05
+
+declare("michel.importance", "objective_embedding",
+        "Importance and pruning are measured against the cosine between the pruned and the unpruned mean-pooled "
+        "sentence embedding (our default for a model without a masked-LM head, such as MiniLM); its gradient loss is a fixed "
+        "Gaussian projection u·e/|e| of the normalised embedding (1 - cos has zero gradient at the unpruned model). "
+        "The authors prune BERT-base fine-tuned on MNLI against its classification cross-entropy and accuracy.",
+        kind="objective", when=lambda o: o.get("task") == "embedding", reference=_SCRIPT)
+declare("michel.importance", "objective_mlm",
+        "Importance and pruning are measured against the masked-LM loss and masked-token accuracy of the "
+        "pre-trained model (15% of word pieces masked); the authors prune BERT-base fine-tuned on MNLI against its "
+        "classification cross-entropy and accuracy.",
+        kind="objective", when=lambda o: o.get("task") == "mlm", reference=_SCRIPT)
+declare("michel.importance", "objective_upos",
+        "Importance and pruning are measured against a linear UPOS probe trained on the unpruned model's last layer "
+        "(cross-entropy, accuracy); the authors prune BERT-base fine-tuned on MNLI against its classification "
+        "cross-entropy and accuracy.",
+        kind="objective", when=lambda o: o.get("task") == "upos", reference=_SCRIPT)
+declare("michel.importance", "abs_at",
+        "Importance takes |∂L/∂ξ_h| once per {abs_at} (one gate per head for the whole {abs_at}), so contributions "
+        "of opposite sign within a {abs_at} cancel; the authors' code takes the absolute value per token position "
+        "of each example, then sums.",
+        kind="option", when=option_differs("abs_at", "token"), reference=_IMPORTANCE_CODE)
+declare("michel.importance", "split",
+        "Importance is scored on the {importance_split} sentences, the ones the pruned model is evaluated on; the "
+        "authors score it on the training set and evaluate pruning on the dev set.",
+        kind="option", when=option_differs("importance_split", "train"), reference=_PRUNE_CODE)
+declare("michel.importance", "normalize",
+        "Heads are ranked by raw importance; the authors' BERT pruning command (--normalize_pruning_by_layer) "
+        "divides each layer's scores by their L2 norm first.",
+        kind="option", when=option_differs("normalize", True), reference=_SCRIPT)
+declare("michel.importance", "amount",
+        "Importance is estimated on {n_importance} training sentences; the authors use the whole training set "
+        "(--compute_head_importance_on_subset 1.0).", kind="data",
+        when=lambda o: o.get("importance_split", "train") == "train", reference=_PRUNE_CODE)
+declare("michel.pruning", "step",
+        "Pruning curves remove heads in steps of {step:.0%} of all heads; the authors' script steps by 5% "
+        "(--prune_percent 5 10 ... 100).", kind="option", when=option_differs("step", PRUNE_STEP), reference=_SCRIPT)
+declare("michel.pruning", "recompute",
+        "Importance is recomputed on the pruned model before every pruning step; the authors' script scores the "
+        "heads once, on the unpruned model (their --exact_pruning flag, not passed by heads_pruning.sh).",
+        kind="option", when=option_differs("recompute_importance", False), reference=_SCRIPT)
+declare("michel.pruning", "layers_vs_heads",
+        "The heads-versus-layers comparison (whole layers vs the same number of heads) is ours, after the Primer's "
+        "remark; it is not an experiment of Michel et al.", reference=f"{_REPO} (no such experiment) and paper §4-§6")
 
 
 def default_task(info) -> str:
@@ -39,7 +111,12 @@ def default_task(info) -> str:
 
 @dataclass
 class Task:
-    """Batches on the device, a metric over all of them and a per-batch loss for gradients."""
+    """Batches on the device, a metric over all of them and a per-batch loss for gradients.
+
+    ``batches`` are what the metric is evaluated on (the dev sentences); ``importance_batches``
+    are what :func:`head_importance` scores heads on by default (the training sentences, as the
+    authors do); ``None`` means the evaluation batches.
+    """
 
     name: str
     metric_name: str
@@ -47,6 +124,7 @@ class Task:
     metric_fn: Callable  # (model, batch) -> (sum of metric, count)
     loss_fn: Callable  # (model, batch) -> scalar loss (for gradients)
     info: dict = field(default_factory=dict)
+    importance_batches: list | None = None
 
 
 def _model_inputs(batch):
@@ -72,36 +150,49 @@ def _mean_pool(states, mask):
 
 
 def build_task(loaded: LoadedModel, task: str, sentences: Sequence, train_sentences: Sequence | None = None,
-               batch_size: int = 32, seed: int = 0, probe_epochs: int = 200) -> Task:
+               batch_size: int = 32, seed: int = 0, probe_epochs: int = 200,
+               importance_sentences: Sequence | None = None) -> Task:
     """Make one of :data:`TASKS` on ``sentences`` (treebank ``Sentence`` objects or word lists).
+
+    ``importance_sentences`` (e.g. training sentences, disjoint from ``sentences``): the same
+    objective prepared on them too, as ``Task.importance_batches``, for :func:`head_importance`.
 
     * ``mlm``: 15% of word pieces masked (fixed by ``seed``); metric = accuracy on them, loss = CE.
     * ``upos``: linear probe on last-layer word states (mean over pieces), trained once on
       ``train_sentences`` with the full model; metric = accuracy on ``sentences``, loss = CE.
     * ``embedding``: metric = mean cosine of mean-pooled embeddings to the unpruned ones. 1 - cos
       has zero gradient at ξ = 1 (a maximum of fidelity), so the gradient loss is a fixed Gaussian
-      projection L = Σ u·e/|e|: E_u[(∂L/∂ξ_h)²] = Σ |J_h|², where J_h = ∂(e/|e|)/∂ξ_h, and
-      1 - cos ≈ |J_h|²/2 to second order. :func:`head_importance` squares instead of |.| here.
+      projection L = Σ u·e/|e|: for a gate gradient J = ∂(e/|e|)/∂ξ, u·J is Gaussian with standard
+      deviation |J|, so E_u|∂L/∂ξ| = |J|·sqrt(2/π), and 1 - cos ≈ |J|²/2 to second order.
     """
     if task not in TASKS:
         raise ValueError(f"task must be one of {TASKS}, not {task!r}")
     model, tok = loaded.model, loaded.tokenizer
-    words = [list(getattr(s, "words", s)) for s in sentences]
-    encs = encode_inputs(tok, words, loaded.info.max_length)
     gen = torch.Generator().manual_seed(seed)
+
+    def encode(sents):
+        return encode_inputs(tok, [list(getattr(s, "words", s)) for s in sents], loaded.info.max_length)
+
+    def both(prepare):
+        ev = prepare(list(sentences))
+        imp = None if importance_sentences is None else prepare(list(importance_sentences))
+        return ev, imp
 
     if task == "mlm":
         if not loaded.info.has_mlm_head:
             raise MissingHeadError(f"task 'mlm' needs a masked-LM head; {loaded.info.name} has none (use 'upos' or 'embedding')")
-        batches = []
-        for _, b in _batches(loaded, encs, batch_size):
-            ids = b["input_ids"]
-            special = (ids == tok.cls_token_id) | (ids == tok.sep_token_id) | (b["attention_mask"] == 0)
-            pick = (torch.rand(ids.shape, generator=gen) < 0.15).to(ids.device) & ~special
-            pick[:, 1] |= ~pick.any(1) & ~special[:, 1]  # at least one target per input
-            b["labels"] = torch.where(pick, ids, torch.full_like(ids, -100))
-            b["input_ids"] = torch.where(pick, torch.full_like(ids, tok.mask_token_id), ids)
-            batches.append(b)
+
+        def prepare(sents):
+            out = []
+            for _, b in _batches(loaded, encode(sents), batch_size):
+                ids = b["input_ids"]
+                special = (ids == tok.cls_token_id) | (ids == tok.sep_token_id) | (b["attention_mask"] == 0)
+                pick = (torch.rand(ids.shape, generator=gen) < 0.15).to(ids.device) & ~special
+                pick[:, 1] |= ~pick.any(1) & ~special[:, 1]  # at least one target per input
+                b["labels"] = torch.where(pick, ids, torch.full_like(ids, -100))
+                b["input_ids"] = torch.where(pick, torch.full_like(ids, tok.mask_token_id), ids)
+                out.append(b)
+            return out
 
         def logits(m, b):
             return m(**_model_inputs(b)).logits
@@ -113,13 +204,16 @@ def build_task(loaded: LoadedModel, task: str, sentences: Sequence, train_senten
         def loss(m, b):
             return F.cross_entropy(logits(m, b).flatten(0, 1), b["labels"].flatten(), ignore_index=-100)
 
-        return Task(task, "masked-token accuracy", batches, metric, loss)
+        ev, imp = both(prepare)
+        return Task(task, "masked-token accuracy", ev, metric, loss, importance_batches=imp)
 
     if task == "upos":
-        tags = sorted({t for s in list(sentences) + list(train_sentences or []) for t in s.upos})
+        extra = list(importance_sentences or [])
+        tags = sorted({t for s in list(sentences) + list(train_sentences or []) + extra for t in s.upos})
         tag_id = {t: i for i, t in enumerate(tags)}
 
-        def word_batches(sents, es):
+        def word_batches(sents):
+            es = encode(sents)
             out = []
             for idx, b in _batches(loaded, es, batch_size):
                 sub = [es[i] for i in idx]
@@ -141,14 +235,13 @@ def build_task(loaded: LoadedModel, task: str, sentences: Sequence, train_senten
 
         if not train_sentences:
             raise ValueError("task 'upos' needs train_sentences for the probe")
-        train = word_batches(list(train_sentences), encode_inputs(tok, [list(s.words) for s in train_sentences],
-                                                                   loaded.info.max_length))
+        train = word_batches(list(train_sentences))
         with torch.no_grad():
             set_head_mask(model, None)
             X = torch.cat([word_states(model, b) for b in train]).float()
             y = torch.cat([b["labels"] for b in train])
         probe = _train_probe(X, y, len(tags), seed, probe_epochs).to(loaded.device)
-        batches = word_batches(list(sentences), encs)
+        ev, imp = both(word_batches)
 
         def metric(m, b):
             return (probe(word_states(m, b)).argmax(-1) == b["labels"]).sum().item(), len(b["labels"])
@@ -157,18 +250,20 @@ def build_task(loaded: LoadedModel, task: str, sentences: Sequence, train_senten
             return F.cross_entropy(probe(word_states(m, b)), b["labels"])
 
         train_acc = (probe(X.to(loaded.device)).argmax(-1) == y).float().mean().item()
-        return Task(task, "UPOS probe accuracy", batches, metric, loss,
-                    {"n_train_words": len(y), "probe_train_accuracy": train_acc, "tags": tags})
+        return Task(task, "UPOS probe accuracy", ev, metric, loss,
+                    {"n_train_words": len(y), "probe_train_accuracy": train_acc, "tags": tags}, imp)
 
     # embedding
-    batches = []
-    with torch.no_grad():
-        set_head_mask(model, None)
-        for _, b in _batches(loaded, encs, batch_size):
-            e = _mean_pool(_last_states(model, b), b["attention_mask"])
-            b["ref"] = F.normalize(e, dim=-1)
-            b["u"] = torch.randn(e.shape, generator=gen).to(e.device, e.dtype)
-            batches.append(b)
+    def prepare(sents):
+        out = []
+        with torch.no_grad():
+            set_head_mask(model, None)
+            for _, b in _batches(loaded, encode(sents), batch_size):
+                e = _mean_pool(_last_states(model, b), b["attention_mask"])
+                b["ref"] = F.normalize(e, dim=-1)
+                b["u"] = torch.randn(e.shape, generator=gen).to(e.device, e.dtype)
+                out.append(b)
+        return out
 
     def metric(m, b):
         e = _mean_pool(_last_states(m, b), b["attention_mask"])
@@ -178,7 +273,8 @@ def build_task(loaded: LoadedModel, task: str, sentences: Sequence, train_senten
         e = F.normalize(_mean_pool(_last_states(m, b), b["attention_mask"]), dim=-1)
         return (b["u"] * e).sum(-1).mean()
 
-    return Task(task, "cosine to unpruned embedding", batches, metric, loss)
+    ev, imp = both(prepare)
+    return Task(task, "cosine to unpruned embedding", ev, metric, loss, importance_batches=imp)
 
 
 def _train_probe(X, y, n_classes, seed, epochs):
@@ -232,27 +328,124 @@ def evaluate(loaded: LoadedModel, task: Task, mask: torch.Tensor | np.ndarray | 
     return total / max(count, 1)
 
 
-def head_importance(loaded: LoadedModel, task: Task, normalize: bool = True) -> np.ndarray:
-    """I_h = Σ_batches |∂L/∂ξ_h| / n_batches at ξ = 1 (L x H), one forward+backward per batch.
+def gate_gradients(loaded: LoadedModel, task: Task, batch: dict, mask: torch.Tensor | np.ndarray | None = None) -> torch.Tensor:
+    """∂L/∂ξ_{l,h,x,t} for one batch: the gradient of the task loss with respect to a gate on
+    head ``h`` of layer ``l`` at token position ``t`` of example ``x``, as a ``(L, B, T, H)`` tensor.
 
-    ``normalize``: divide each layer's scores by their L2 norm (Michel §4.2), which makes layers
-    comparable when pruning across the whole model.
+    A gate on a head's output ctx at one position has gradient ⟨ctx, ∂L/∂ctx⟩ there (the
+    authors' code takes this dot product of the head's context vector and its gradient). Summed
+    over positions and examples it is the gradient with respect to the head's one gate ξ_h.
+    ``mask``: heads already removed (0) stay removed; their gradient is 0.
     """
     model = loaded.model
-    xi = torch.ones(_shape(model), dtype=next(model.parameters()).dtype, device=loaded.device, requires_grad=True)
+    L, H = _shape(model)
+    dtype = next(model.parameters()).dtype
+    xi = (torch.ones((L, H), dtype=dtype, device=loaded.device) if mask is None
+          else torch.as_tensor(mask, dtype=dtype, device=loaded.device).clone())
+    xi.requires_grad_(True)  # so every head output is part of the graph, even with frozen weights
+    ctxs: list = [None] * L
+
+    def keep(layer):
+        def hook(_module, _args, output):
+            ctxs[layer] = output[0]  # (B, T, H * d): the heads' outputs before the output projection
+        return hook
+
+    mods = self_attention_modules(model)
+    handles = [m.register_forward_hook(keep(i)) for i, m in enumerate(mods)]
     set_head_mask(model, xi)
-    total = torch.zeros_like(xi)
     try:
-        for b in task.batches:
-            (g,) = torch.autograd.grad(task.loss_fn(model, b), xi)
-            # embedding: first order vanishes, so E[(u·J)^2] = |J|^2 ~ 2(1 - cos) (second order)
-            total += g.square() if task.name == "embedding" else g.abs()
+        loss = task.loss_fn(model, batch)
+        grads = torch.autograd.grad(loss, ctxs)
     finally:
+        for h in handles:
+            h.remove()
         set_head_mask(model, None)
-    imp = (total / len(task.batches)).detach().cpu().double().numpy()
-    if normalize:
-        imp = imp / np.maximum(np.linalg.norm(imp, axis=1, keepdims=True), 1e-20)
-    return imp
+    out = []
+    for c, g in zip(ctxs, grads):
+        B, T, _ = c.shape
+        out.append((c * g).view(B, T, H, -1).sum(-1).detach())
+    return torch.stack(out)
+
+
+def head_importance(loaded: LoadedModel, task: Task, normalize: bool = True, abs_at: str = "token",
+                    batches: list | None = None, mask: torch.Tensor | np.ndarray | None = None) -> np.ndarray:
+    """Michel's head importance (L x H), one forward + backward pass per batch.
+
+    Scored on ``batches``, by default ``task.importance_batches`` (the training sentences) or,
+    when the task has none, its evaluation batches. ``abs_at`` (see :data:`ABS_AT`) says where
+    the absolute value is taken:
+
+    * ``"token"`` (default, the authors' ``calculate_head_importance``): Σ_x Σ_t |∂L/∂ξ_{h,x,t}|;
+      like theirs, every layer but the last is divided by the number of (non-padding) tokens
+      and the last layer by the number of examples;
+    * ``"example"``: Σ_x |Σ_t ∂L/∂ξ_{h,x,t}| / number of examples;
+    * ``"batch"``: Σ_batches |∂L_batch/∂ξ_h| / number of batches (the gradient of the batch loss,
+      where contributions of opposite sign cancel).
+
+    ``normalize``: divide each layer's scores by their L2 norm, as the authors do with
+    ``--normalize_pruning_by_layer`` (their BERT pruning command); there is no global rescaling.
+    ``mask``: score the heads of the model with these heads removed (0).
+    """
+    batches = batches if batches is not None else (task.importance_batches or task.batches)
+    imp = aggregate_importance([(gate_gradients(loaded, task, b, mask), b["attention_mask"]) for b in batches], abs_at)
+    return normalize_by_layer(imp) if normalize else imp
+
+
+def aggregate_importance(gradients: Sequence[tuple[torch.Tensor, torch.Tensor]], abs_at: str = "token") -> np.ndarray:
+    """Unnormalised importance (L x H) from per-batch gate gradients.
+
+    ``gradients``: one ``(g, attention_mask)`` per batch, ``g`` of shape ``(L, B, T, H)`` from
+    :func:`gate_gradients` and ``attention_mask`` ``(B, T)``; see :func:`head_importance` for
+    what each ``abs_at`` computes.
+    """
+    if abs_at not in ABS_AT:
+        raise ValueError(f"abs_at must be one of {ABS_AT}, not {abs_at!r}")
+    total = n_tokens = n_examples = 0
+    for g, attention_mask in gradients:
+        g = torch.as_tensor(g).detach().double().cpu()
+        if abs_at == "token":
+            part = g.abs().sum((1, 2))
+        elif abs_at == "example":
+            part = g.sum(2).abs().sum(1)
+        else:
+            part = g.sum((1, 2)).abs()
+        total = total + part
+        n_tokens += int(torch.as_tensor(attention_mask).sum())
+        n_examples += int(g.shape[1])
+    if isinstance(total, int):
+        raise ValueError("no batches to score importance on")
+    if abs_at == "token":  # the authors: layers[:-1] / tokens, last layer / examples
+        denom = torch.full((total.shape[0], 1), float(n_tokens), dtype=torch.float64)
+        denom[-1] = float(n_examples)
+    else:
+        denom = torch.tensor(float(n_examples if abs_at == "example" else len(gradients)), dtype=torch.float64)
+    return (total / denom).numpy()
+
+
+def normalize_by_layer(importance: np.ndarray) -> np.ndarray:
+    """Each layer's scores divided by their L2 norm (the authors: exponent 2, + 1e-20)."""
+    return importance / (np.sqrt((np.asarray(importance) ** 2).sum(1, keepdims=True)) + 1e-20)
+
+
+def recomputed_order(loaded: LoadedModel, task: Task, steps: Sequence[int], normalize: bool = True,
+                     abs_at: str = "token") -> list[tuple[int, int]]:
+    """Removal order when importance is recomputed on the pruned model before every step (the
+    authors' ``--exact_pruning``): at each step the still-present heads with the lowest scores
+    under the current mask go, as many as the step removes. Heads never reached by ``steps``
+    follow in the order of the last scores."""
+    L, H = _shape(loaded.model)
+    removed: list[tuple[int, int]] = []
+    imp = None
+    for n in sorted(set(steps)):
+        if n <= len(removed):
+            continue
+        imp = head_importance(loaded, task, normalize=normalize, abs_at=abs_at,
+                              mask=mask_without(removed, (L, H)))
+        rest = [h for h in removal_order(imp) if h not in removed]
+        removed += rest[: n - len(removed)]
+    if imp is None:
+        imp = head_importance(loaded, task, normalize=normalize, abs_at=abs_at)
+    return removed + [h for h in removal_order(imp) if h not in removed]
 
 
 def ablation_drops(loaded: LoadedModel, task: Task, base: float | None = None) -> np.ndarray:
@@ -299,10 +492,13 @@ def mask_without(removed: Sequence[tuple[int, int]], shape: tuple[int, int]) -> 
     return m
 
 
-def curve_steps(n_heads: int, step: float = 0.1) -> list[int]:
-    """Numbers of heads removed at each step: round(k * step * n) for k = 0 .. 1/step (deduplicated)."""
+def curve_steps(n_heads: int, step: float = PRUNE_STEP) -> list[int]:
+    """Numbers of heads removed at each step, as the authors' ``determine_pruning_sequence``
+    counts them: ``int(n_heads * p / 100)`` (rounded down) for p = 100·step, 200·step, ... 100,
+    plus 0 (the unpruned model); deduplicated. Their script uses 5% steps (:data:`PRUNE_STEP`)."""
     ks = int(round(1 / step))
-    return sorted({int(round(k * step * n_heads)) for k in range(ks + 1)})
+    pcts = [round(k * step * 100, 9) for k in range(1, ks + 1)]
+    return sorted({0} | {int(n_heads * p / 100) for p in pcts})
 
 
 def pruning_curve(loaded: LoadedModel, task: Task, order: Sequence[tuple[int, int]], steps: Sequence[int],
@@ -529,13 +725,35 @@ def measure_pruning(loaded: LoadedModel, task: Task, removed: Sequence[tuple[int
 
 # --------------------------------------------------------------------------- findings
 
-#: What Michel et al. (2019) report, as statements (their setting: WMT Transformer-large and BERT-base
-#: fine-tuned on MNLI, not a pre-trained encoder without a task). Source: the paper's abstract and
-#: introduction (arXiv 1905.10650); we quote no per-head numbers we could not re-read.
-MICHEL_REFERENCE: list[tuple[str, str]] = [
-    ("single heads", "most heads can be removed individually after training without a significant drop in test "
-                     "performance (§3.1)"),
-    ("one head per layer", "many layers can be reduced to a single head without hurting test performance (§3.2)"),
-    ("jointly", "large parts of the model can be pruned jointly with little loss, but the majority of heads "
-                "cannot all go at once (§4)"),
+#: What Michel et al. (2019) report, as statements with where each was read (their setting: a WMT
+#: Transformer-large and BERT-base fine-tuned on MNLI, not a pre-trained encoder without a task).
+#: We quote no per-head numbers we could not re-read.
+MICHEL_REFERENCE: list[dict] = [
+    {"claim": "single heads",
+     "statement": "most heads can be removed individually after training without a significant drop in test "
+                  "performance (§3.1)",
+     "source": "paper abstract and §1 (arXiv 1905.10650)"},
+    {"claim": "one head per layer",
+     "statement": "many layers can be reduced to a single head without hurting test performance (§3.2)",
+     "source": "paper abstract and §1 (arXiv 1905.10650)"},
+    {"claim": "jointly",
+     "statement": "large parts of the model can be pruned jointly with little loss, but the majority of heads "
+                  "cannot all go at once (§4)",
+     "source": "paper §1 (arXiv 1905.10650)"},
+]
+
+#: How the authors' BERT pruning experiment is set up, read from their released code.
+MICHEL_PROCEDURE: list[dict] = [
+    {"step": "importance", "statement": "sum over token positions and examples of |⟨head output, its gradient⟩| "
+                                        "of the batch-mean cross-entropy, each layer but the last divided by the "
+                                        "number of tokens, the last by the number of examples",
+     "source": _IMPORTANCE_CODE},
+    {"step": "normalisation", "statement": "each layer's importance divided by its L2 norm (flag passed by the "
+                                           "README's BERT pruning command); no global rescaling",
+     "source": f"{_IMPORTANCE_CODE}; {_REPO} README.md"},
+    {"step": "data", "statement": "importance on the (whole) training set, pruned model evaluated on the dev set",
+     "source": _PRUNE_CODE},
+    {"step": "steps", "statement": "5%, 10%, ... 100% of all heads removed, int(total x p / 100) heads each; "
+                                   "importance computed once on the unpruned model (no --exact_pruning)",
+     "source": _SCRIPT},
 ]

@@ -29,7 +29,7 @@ def _states(lm, task, mask=None):
 def test_importance_equals_finite_differences(tiny):
     task = pr.build_task(tiny, "mlm", SENTS, batch_size=8, seed=1)
     assert len(task.batches) == 1  # then E|dL/dxi| is |dL/dxi| of that one batch
-    imp = pr.head_importance(tiny, task, normalize=False)
+    imp = pr.head_importance(tiny, task, normalize=False, abs_at="batch")
     eps, fd = 1e-5, np.zeros((2, 4))
     for l in range(2):
         for h in range(4):
@@ -43,9 +43,97 @@ def test_importance_equals_finite_differences(tiny):
             fd[l, h] = abs(loss[0] - loss[1]) / (2 * eps)
     set_head_mask(tiny.model, None)
     np.testing.assert_allclose(imp, fd, rtol=1e-6, atol=1e-9)
-    norm = pr.head_importance(tiny, task)  # Michel §4.2: each layer has unit L2 norm
+    norm = pr.head_importance(tiny, task, abs_at="batch")  # Michel §4.2: each layer has unit L2 norm
     np.testing.assert_allclose(np.linalg.norm(norm, axis=1), 1.0)
     np.testing.assert_allclose(norm, imp / np.linalg.norm(imp, axis=1, keepdims=True))
+    # the per-token gate gradients add up to the head's one gate gradient (signed)
+    g = pr.gate_gradients(tiny, task, task.batches[0])
+    fd_signed = np.zeros((2, 4))
+    for l in range(2):
+        for h in range(4):
+            loss = []
+            for s in (1, -1):
+                m = torch.ones(2, 4, dtype=torch.float64)
+                m[l, h] += s * eps
+                set_head_mask(tiny.model, m)
+                with torch.no_grad():
+                    loss.append(task.loss_fn(tiny.model, task.batches[0]).item())
+            fd_signed[l, h] = (loss[0] - loss[1]) / (2 * eps)
+    set_head_mask(tiny.model, None)
+    np.testing.assert_allclose(g.sum((1, 2)).numpy(), fd_signed, rtol=1e-6, atol=1e-9)
+
+
+def test_token_gate_gradient_equals_finite_difference_at_that_position(tiny):
+    """dL/dxi_{h,x,t}: scale head h's output at position t of example x only (a hook) and difference."""
+    task = pr.build_task(tiny, "mlm", SENTS, batch_size=8, seed=1)
+    b = task.batches[0]
+    g = pr.gate_gradients(tiny, task, b)  # (L, B, T, H)
+    mod = pr.self_attention_modules(tiny.model)[0]
+    eps = 1e-5
+    for x, t, h in [(0, 2, 1), (1, 1, 3), (2, 0, 0)]:
+        loss = []
+        for s in (1, -1):
+            def hook(_m, _a, out, s=s):
+                o = out[0].clone()
+                o[x, t, 4 * h:4 * (h + 1)] *= 1 + s * eps  # head h = columns 4h..4h+3 (d = 4)
+                return (o,) + tuple(out[1:])
+            hd = mod.register_forward_hook(hook)
+            with torch.no_grad():
+                loss.append(task.loss_fn(tiny.model, b).item())
+            hd.remove()
+        assert g[0, x, t, h].item() == pytest.approx((loss[0] - loss[1]) / (2 * eps), rel=1e-6, abs=1e-10)
+
+
+def test_importance_aggregation_by_hand():
+    """Authors' calculate_head_importance: sum of |per-token gate gradient|, layers but the last
+    divided by the number of tokens, the last by the number of examples. Hand-made gradients with
+    opposite signs, where the batch gradient (the old definition) cancels."""
+    # L=2 layers, B=2 examples, T=2 positions, H=2 heads
+    g = torch.zeros(2, 2, 2, 2, dtype=torch.float64)
+    g[0, :, :, 0] = torch.tensor([[1.0, -1.0], [2.0, 0.0]])  # layer 0, head 0: tokens (x0: 1, -1), (x1: 2, pad)
+    g[0, :, :, 1] = torch.tensor([[0.5, 0.5], [-1.0, 0.0]])
+    g[1, :, :, 0] = torch.tensor([[3.0, 0.0], [-3.0, 0.0]])  # last layer: only position 0 matters
+    g[1, :, :, 1] = torch.tensor([[1.0, 0.0], [1.0, 0.0]])
+    attn = torch.tensor([[1, 1], [1, 0]])  # 3 real tokens, 2 examples
+    tok = pr.aggregate_importance([(g, attn)], "token")
+    # layer 0: (|1|+|-1|+|2|)/3 = 4/3, (0.5+0.5+1)/3 = 2/3; layer 1: (3+3)/2 = 3, (1+1)/2 = 1
+    np.testing.assert_allclose(tok, [[4 / 3, 2 / 3], [3.0, 1.0]])
+    ex = pr.aggregate_importance([(g, attn)], "example")
+    # per example sums: l0h0: 0, 2 -> 1; l0h1: 1, -1 -> 1; l1h0: 3, -3 -> 3; l1h1: 1, 1 -> 1
+    np.testing.assert_allclose(ex, [[1.0, 1.0], [3.0, 1.0]])
+    bat = pr.aggregate_importance([(g, attn)], "batch")
+    # batch sums: 2, 0, 0, 2 (one batch)
+    np.testing.assert_allclose(bat, [[2.0, 0.0], [0.0, 2.0]])
+    # two batches: sums then one division over all tokens / examples
+    two = pr.aggregate_importance([(g, attn), (g[:, :1], attn[:1])], "token")
+    np.testing.assert_allclose(two, [[(4 + 2) / 5, (2 + 1) / 5], [(6 + 3) / 3, (2 + 1) / 3]])
+    # per-layer L2 normalisation (exponent 2): layer 0 (4/3, 2/3) -> (2, 1)/sqrt 5
+    np.testing.assert_allclose(pr.normalize_by_layer(tok)[0], np.array([2, 1]) / np.sqrt(5))
+    with pytest.raises(ValueError):
+        pr.aggregate_importance([(g, attn)], "sentence")
+
+
+def test_importance_is_scored_on_the_importance_sentences(tiny):
+    train = [["a", "dog", "ran", "."], ["cats", "sleep"]]
+    task = pr.build_task(tiny, "embedding", SENTS, importance_sentences=train, seed=2)
+    assert sum(len(b["input_ids"]) for b in task.importance_batches) == 2
+    assert sum(len(b["input_ids"]) for b in task.batches) == 3
+    on_train = pr.head_importance(tiny, task, normalize=False)
+    np.testing.assert_allclose(on_train, pr.head_importance(tiny, task, normalize=False, batches=task.importance_batches))
+    assert not np.allclose(on_train, pr.head_importance(tiny, task, normalize=False, batches=task.batches))
+    assert pr.evaluate(tiny, task) == pytest.approx(1.0)  # the metric stays on the evaluation sentences
+
+
+def test_recomputed_order_scores_the_pruned_model(tiny):
+    task = pr.build_task(tiny, "mlm", SENTS, batch_size=8, seed=1)
+    once = pr.removal_order(pr.head_importance(tiny, task))
+    steps = [0, 2, 4, 8]
+    order = pr.recomputed_order(tiny, task, steps)
+    assert sorted(order) == sorted(once) and order[:2] == once[:2]  # the first step scores the unpruned model
+    # the next two are the lowest of the scores recomputed with the first two heads removed
+    again = pr.head_importance(tiny, task, mask=pr.mask_without(order[:2], (2, 4)))
+    assert all(again[l, h] == 0 for l, h in order[:2])  # a removed head has no gradient
+    assert order[2:4] == [h for h in pr.removal_order(again) if h not in order[:2]][:2]
 
 
 def test_masking_a_head_equals_zeroing_its_output(tiny):
@@ -104,7 +192,11 @@ def test_curve_bookkeeping_on_hand_made_scores():
     order = pr.removal_order(scores)
     assert order == [(0, 1), (1, 0), (1, 2), (0, 0), (1, 1), (0, 2)]  # ties: earlier head first
     assert pr.curve_steps(6, 0.5) == [0, 3, 6]
-    assert pr.curve_steps(72, 0.1) == [0, 7, 14, 22, 29, 36, 43, 50, 58, 65, 72]
+    # authors' int(n * p / 100), rounded down: 72 x 30% = 21.6 -> 21 (rounding gave 22)
+    assert pr.curve_steps(72, 0.1) == [0, 7, 14, 21, 28, 36, 43, 50, 57, 64, 72]
+    # their script's 5% steps for BERT-base: 144 x 5% = 7.2 -> 7, 144 x 35% = 50.4 -> 50
+    s144 = pr.curve_steps(144)
+    assert len(s144) == 21 and s144[:3] == [0, 7, 14] and s144[7] == 50 and s144[-1] == 144
     m = pr.mask_without(order[:3], (2, 3))
     np.testing.assert_array_equal(m, [[1, 0, 1], [0, 1, 0]])
     # metric per step: evaluate counts removed heads of a fake model where each head is worth its score
