@@ -8,15 +8,23 @@ Pipeline::
     base = coref_baselines(wins)
     coref_table(heads, base)                               # a Table 2 for this model and data
 
-**Antecedent selection accuracy** (Clark et al.): for each mention ``m`` that has an antecedent,
-does the attention row of ``m``'s head word, restricted to the *candidates* ``C(m)`` (words
-before the head word that are not part of ``m``; [CLS]/[SEP] excluded), peak on the head word of
-one of ``m``'s antecedents? Definitions used throughout:
+**Antecedent selection accuracy** (Clark et al. §4.3): for each mention ``m`` that has an
+antecedent, is the word that ``m``'s head word attends to most the head word of one of ``m``'s
+antecedents? The authors never released their coreference code (``clarkkev/attention-analysis``
+README: "will add ... soon"), so the definition is the paper's text: the head word may attend
+**anywhere** (``candidates="clark"``, the default). We exclude the head word itself and
+[CLS]/[SEP], as the authors' released syntax code does for §4.2 (the paper does not say).
+``candidates="preceding"`` is our variant: the arg-max only over words before the head word and
+outside the mention, which can only help a head (it removes wrong choices).
 
 - an *antecedent* of ``m`` is another mention of the same entity that starts before ``m`` and
-  whose head word lies in ``C(m)``; only antecedents inside the same window count;
-- the attended word is the arg-max over ``C(m)``; ties go to the earliest word (``argmax``), and a
-  row that puts exactly zero attention on every candidate selects nothing and counts as wrong.
+  whose head word lies before ``m``'s head word, outside ``m``; only antecedents inside the same
+  window count;
+- ties go to the earliest word (``argmax``), and a row that puts exactly zero attention on every
+  candidate selects nothing and counts as wrong;
+- accuracy is reported for all mentions, Clark's three mention types, and GUM's apposition and
+  predicative links (``link`` ``appos``/``pred``, which CoNLL-2012 does not annotate as
+  coreference) apart: ``appos+pred``, and ``no appos+pred`` (the CoNLL-like subset).
 """
 from __future__ import annotations
 
@@ -31,10 +39,43 @@ import pandas as pd
 from . import align
 from .attention import head_label
 from .data.conllu_io import Sentence
+from .fidelity import declare, option_differs
+
+STUDIES = ("clark.coref",)
 
 PRONOUN, PROPER, NOMINAL = "pronoun", "proper", "nominal"
 #: Row order of every table: all mentions, then Clark's three mention types.
 MENTION_TYPES = ("all", PRONOUN, PROPER, NOMINAL)
+#: GUM link types that CoNLL-2012 does not annotate as coreference.
+NON_CONLL_LINKS = ("appos", "pred")
+APPOS_PRED, NO_APPOS_PRED = "appos+pred", "no appos+pred"
+#: Every group a table reports: the mention types, then the appos/pred split.
+GROUPS = MENTION_TYPES + (APPOS_PRED, NO_APPOS_PRED)
+#: Which words the mention's head word may select: the paper's (any word but itself) or ours.
+CANDIDATES = ("clark", "preceding")
+
+declare("clark.coref", "gum",
+        "UD English GUM instead of CoNLL-2012. GUM also links appositions and predicatives (link appos/pred), "
+        "which CoNLL-2012 does not annotate; they are scored in 'all' and reported apart (column 'no appos+pred' "
+        "is the CoNLL-like subset).",
+        kind="data", reference="paper §4.3 (CoNLL-2012); GUM MISC Entity link field")
+declare("clark.coref", "windows",
+        "Documents are cut into windows of whole sentences of at most {coref_max_length} word pieces, each scored; "
+        "the paper truncated each document to its first 128 tokens.",
+        reference="paper §4.3")
+declare("clark.coref", "self_excluded",
+        "The mention's head word itself and [CLS]/[SEP] cannot be selected (the paper does not say; the authors' "
+        "released syntax code excludes them in §4.2).",
+        reference="clarkkev/attention-analysis Syntax_Analysis.ipynb attn_head_predictor; coreference code unreleased")
+declare("clark.coref", "candidates",
+        "Coreference heads (our variant, candidates={candidates}): the head word's arg-max is restricted to words "
+        "before it and outside its mention; the paper lets it attend anywhere (both are reported).",
+        kind="option", when=option_differs("candidates", "clark"), reference="paper §4.3")
+declare("clark.coref", "baselines",
+        "Baselines: nearest preceding mention and nearest preceding mention with the same head word, falling back "
+        "to the nearest mention when none shares it (the paper does not say what happens then); GUM singletons are "
+        "not candidates; the rule-based and neural systems are not run.",
+        reference="paper §4.3, Table 2; code unreleased")
 
 #: Field order inside one GUM ``Entity`` bracket (the file header says
 #: ``# global.Entity = GRP-etype-infstat-salience-centering-minspan-link-identity``).
@@ -45,7 +86,11 @@ GUM_ENTITY_FIELDS = ("GRP", "etype", "infstat", "salience", "centering", "minspa
 #: Columns: all, pronoun, proper, nominal. The neural system (Wiseman et al. 2015) is marked in the
 #: paper as only roughly comparable (whole documents, its own mention detection). Transcribed from
 #: two independent summaries of the paper found with the search tool (they agree with each other);
-#: not checked against the PDF itself. A reference point for another model and corpus, not a target.
+#: not checked against the PDF itself, which no search here returned, and the authors released no
+#: coreference code or outputs to check them against. A reference point for another model and
+#: corpus, not a target.
+CLARK_TABLE2_PROVENANCE = ("paper Table 2 as transcribed by secondary summaries (not re-read from the paper; "
+                           "no authors' output exists)")
 CLARK_TABLE2 = {
     "nearest mention": (27, 29, 29, 19),
     "head-word match": (52, 47, 67, 40),
@@ -320,35 +365,53 @@ def _links(mentions: Sequence[Mention]) -> list[_Link]:
     return out
 
 
-class CorefHeads:
-    """Reducer: antecedent selection accuracy of every head, overall and by mention type.
+def _groups(m: Mention) -> list[int]:
+    """Indices into :data:`GROUPS` that mention ``m`` counts in."""
+    g = [0, MENTION_TYPES.index(m.mention_type)]
+    g.append(GROUPS.index(APPOS_PRED if m.link in NON_CONLL_LINKS else NO_APPOS_PRED))
+    return g
 
-    Give :func:`bertology.extract.extract` ``windows.inputs()`` at word level, so that
-    ``item.index`` is the window's position in ``windows``. Word-level attention follows
-    Clark et al. §4.1 (from a split word: mean over its pieces; to it: sum).
+
+class CorefHeads:
+    """Reducer: antecedent selection accuracy of every head, per group of :data:`GROUPS`.
+
+    ``candidates``: ``"clark"`` (any word of the window but the head word; default) or
+    ``"preceding"`` (ours: words before the head word, outside the mention). Give
+    :func:`bertology.extract.extract` ``windows.inputs()`` at word level, so that ``item.index``
+    is the window's position in ``windows``. Word-level attention follows Clark et al. §4.1 (from
+    a split word: mean over its pieces; to it: sum).
     """
 
-    def __init__(self, windows: Sequence[Window], n_layers: int, n_heads: int):
+    def __init__(self, windows: Sequence[Window], n_layers: int, n_heads: int, candidates: str = "clark"):
+        if candidates not in CANDIDATES:
+            raise ValueError(f"candidates must be one of {CANDIDATES}, got {candidates!r}")
         self.shape = (n_layers, n_heads)
-        self.correct = np.zeros((len(MENTION_TYPES), n_layers, n_heads), dtype=np.int64)
-        self.count = np.zeros(len(MENTION_TYPES), dtype=np.int64)
+        self.candidates = candidates
+        self.correct = np.zeros((len(GROUPS), n_layers, n_heads), dtype=np.int64)
+        self.count = np.zeros(len(GROUPS), dtype=np.int64)
         self.n_skipped = 0  # scored mentions lost to truncation by the model's length limit
-        self._prep = [self._prepare(w) for w in windows]
+        self._prep = [self._prepare(w, candidates) for w in windows]
 
     @staticmethod
-    def _prepare(w: Window):
+    def _prepare(w: Window, candidates: str):
         links = _links(w.mentions)
         if not links:
             return None
         n = len(w.words)
         q = np.array([lk.mention.head for lk in links])
-        cand = np.arange(n)[None, :] < q[:, None]  # words before the head word ...
+        if candidates == "preceding":
+            cand = np.arange(n)[None, :] < q[:, None]  # words before the head word ...
+        else:
+            cand = np.arange(n)[None, :] != q[:, None]  # any word but the head word itself
         gold = np.zeros((len(links), n), dtype=bool)
         for r, lk in enumerate(links):
-            cand[r, list(lk.mention.words)] = False  # ... outside the mention itself
+            if candidates == "preceding":
+                cand[r, list(lk.mention.words)] = False  # ... outside the mention itself
             gold[r, list(lk.antecedent_heads)] = True
-        kind = np.array([MENTION_TYPES.index(lk.mention.mention_type) for lk in links])
-        return q, cand, gold, kind
+        member = np.zeros((len(GROUPS), len(links)), dtype=bool)
+        for r, lk in enumerate(links):
+            member[_groups(lk.mention), r] = True
+        return q, cand, gold, member
 
     def update(self, item) -> None:
         prep = self._prep[item.index]
@@ -356,11 +419,11 @@ class CorefHeads:
             return
         if item.attention.shape[:2] != self.shape:
             raise ValueError(f"attention has {item.attention.shape[:2]} layers x heads, expected {self.shape}")
-        q, cand, gold, kind = prep
+        q, cand, gold, member = prep
         wu = item.encoding.word_units  # unit of each kept word
         keep = q < len(wu)
         self.n_skipped += int((~keep).sum())
-        q, cand, gold, kind = q[keep], cand[keep, : len(wu)], gold[keep, : len(wu)], kind[keep]
+        q, cand, gold, member = q[keep], cand[keep, : len(wu)], gold[keep, : len(wu)], member[:, keep]
         if not len(q):
             return
         rows = item.attention[:, :, wu[q]][..., wu]  # (L, H, M, words)
@@ -368,53 +431,57 @@ class CorefHeads:
         pick = scores.argmax(-1)  # (L, H, M); ties -> earliest word
         top = np.take_along_axis(scores, pick[..., None], -1)[..., 0]
         ok = gold[np.arange(len(q)), pick] & (top > 0)
-        self.correct[0] += ok.sum(-1)
-        self.count[0] += len(q)
-        for k in range(1, len(MENTION_TYPES)):
-            self.correct[k] += ok[..., kind == k].sum(-1)
-            self.count[k] += int((kind == k).sum())
+        for k in range(len(GROUPS)):
+            self.correct[k] += ok[..., member[k]].sum(-1)
+            self.count[k] += int(member[k].sum())
 
     def result(self) -> pd.DataFrame:
-        """Tidy table ``layer, head, mention_type, correct, count, accuracy`` (0-indexed)."""
+        """Tidy table ``layer, head, mention_type, candidates, correct, count, accuracy`` (0-indexed;
+        ``mention_type`` ranges over :data:`GROUPS`)."""
         L, H = self.shape
         rows = [
-            (layer, head, t, int(self.correct[k, layer, head]), int(self.count[k]),
+            (layer, head, t, self.candidates, int(self.correct[k, layer, head]), int(self.count[k]),
              self.correct[k, layer, head] / self.count[k] if self.count[k] else np.nan)
-            for layer in range(L) for head in range(H) for k, t in enumerate(MENTION_TYPES)
+            for layer in range(L) for head in range(H) for k, t in enumerate(GROUPS)
         ]
-        return pd.DataFrame(rows, columns=["layer", "head", "mention_type", "correct", "count", "accuracy"])
+        return pd.DataFrame(rows, columns=["layer", "head", "mention_type", "candidates", "correct", "count",
+                                           "accuracy"])
 
 
-def coref_heads(loaded, windows: Windows, batch_size: int = 4, max_tokens: int = 2048, progress: bool = True,
-                **extract_kwargs) -> pd.DataFrame:
-    """Run :class:`CorefHeads` over ``windows`` with :func:`bertology.extract.extract`.
+def coref_heads(loaded, windows: Windows, candidates: Sequence[str] = CANDIDATES, batch_size: int = 4,
+                max_tokens: int = 2048, progress: bool = True, **extract_kwargs) -> pd.DataFrame:
+    """Run :class:`CorefHeads` for each of ``candidates`` over ``windows`` in one
+    :func:`bertology.extract.extract` pass; the results stacked (column ``candidates``).
 
     Windows are long (up to the model's maximum length), so batches are kept small: each holds
     layers x heads x T x T attention probabilities at once.
     """
     from .extract import extract
 
-    red = CorefHeads(windows, loaded.info.n_layers, loaded.info.n_heads)
-    extract(loaded, windows.inputs(), red, level="word", batch_size=batch_size, max_tokens=max_tokens,
+    if isinstance(candidates, str):
+        candidates = (candidates,)
+    reds = [CorefHeads(windows, loaded.info.n_layers, loaded.info.n_heads, c) for c in candidates]
+    extract(loaded, windows.inputs(), reds, level="word", batch_size=batch_size, max_tokens=max_tokens,
             progress=progress, desc="coref", **extract_kwargs)
-    return red.result()
+    return pd.concat([r.result() for r in reds], ignore_index=True)
 
 
 def coref_baselines(windows: Sequence[Window], include_singletons: bool = False) -> pd.DataFrame:
     """Accuracy of two string/position baselines on the same mentions as :class:`CorefHeads`.
 
     Each picks the head word of one preceding mention (a mention starting before ``m`` whose head
-    word is a candidate of ``m``); it is correct if that word is the head of an antecedent:
+    word comes before ``m``'s, outside ``m``); it is correct if that word is the head of an antecedent:
 
     - ``nearest mention``: the preceding mention whose head word is closest to ``m``;
     - ``head-word match``: the closest preceding mention whose head word equals ``m``'s
-      (case-insensitive), else the nearest mention.
+      (case-insensitive), else the nearest mention (the paper does not say what it does then).
 
     CoNLL-2012, where Clark et al. ran them, annotates no singletons, so by default mentions of
     entities mentioned only once in their document are not candidates; ``include_singletons=True``
-    lets GUM's singletons compete too. Returns ``baseline, mention_type, correct, count, accuracy``.
+    lets GUM's singletons compete too. Returns ``baseline, mention_type, correct, count, accuracy``
+    with ``mention_type`` over :data:`GROUPS`.
     """
-    tally = {(b, t): [0, 0] for b in ("nearest mention", "head-word match") for t in MENTION_TYPES}
+    tally = {(b, t): [0, 0] for b in ("nearest mention", "head-word match") for t in GROUPS}
     for w in windows:
         low = [x.lower() for x in w.words]
         for lk in _links(w.mentions):
@@ -424,19 +491,24 @@ def coref_baselines(windows: Sequence[Window], include_singletons: bool = False)
             same = [a.head for a in prev if low[a.head] == low[m.head]]
             picks = {"nearest mention": nearest, "head-word match": max(same) if same else nearest}
             for b, pick in picks.items():
-                for t in ("all", m.mention_type):
-                    tally[b, t][0] += pick in lk.antecedent_heads
-                    tally[b, t][1] += 1
+                for k in _groups(m):
+                    tally[b, GROUPS[k]][0] += pick in lk.antecedent_heads
+                    tally[b, GROUPS[k]][1] += 1
     rows = [(b, t, c, n, c / n if n else np.nan) for (b, t), (c, n) in tally.items()]
     return pd.DataFrame(rows, columns=["baseline", "mention_type", "correct", "count", "accuracy"])
 
 
-def best_coref_heads(df: pd.DataFrame, by: str = "all", top: int = 1) -> pd.DataFrame:
-    """The ``top`` heads by accuracy on ``by`` (a mention type or ``"all"``), one row each with
-    the accuracy on every mention type: ``layer, head, label, all, pronoun, proper, nominal``.
-    Ties go to the lower layer, then the lower head."""
+def best_coref_heads(df: pd.DataFrame, by: str = "all", top: int = 1, candidates: str | None = None) -> pd.DataFrame:
+    """The ``top`` heads by accuracy on ``by`` (a group of :data:`GROUPS`) under ``candidates``
+    (default: ``"clark"`` when ``df`` has it, else the one set it has), one row each with the
+    accuracy on every group: ``layer, head, label, all, pronoun, ...``. Ties go to the lower layer,
+    then the lower head."""
+    if "candidates" in df:
+        have = list(dict.fromkeys(df["candidates"]))
+        df = df[df["candidates"] == (candidates or ("clark" if "clark" in have else have[0]))]
+    cols = [g for g in GROUPS if g in set(df["mention_type"])]
     wide = df.pivot_table(index=["layer", "head"], columns="mention_type", values="accuracy", dropna=False)
-    wide = wide.reindex(columns=list(MENTION_TYPES)).sort_values(by, ascending=False, kind="stable")
+    wide = wide.reindex(columns=cols).sort_values(by, ascending=False, kind="stable")
     out = wide.head(top).reset_index()
     out.insert(2, "label", [head_label(layer, head) for layer, head in zip(out["layer"], out["head"])])
     out.columns.name = None
@@ -444,12 +516,18 @@ def best_coref_heads(df: pd.DataFrame, by: str = "all", top: int = 1) -> pd.Data
 
 
 def coref_table(heads: pd.DataFrame, baselines: pd.DataFrame, top: int = 1) -> pd.DataFrame:
-    """A Table 2 for this run: accuracy (%) of the baselines and the ``top`` heads (by "all"),
-    columns all, pronoun, proper, nominal, plus ``n`` (mentions scored)."""
+    """A Table 2 for this run: accuracy (%) of the baselines and, for each candidate set in
+    ``heads``, the ``top`` heads by "all" (``head L-H``: the paper's definition, any word;
+    ``head L-H (preceding)``: ours). Columns: the groups of :data:`GROUPS`, plus ``n`` (mentions scored)."""
+    cols = [g for g in GROUPS if g in set(baselines["mention_type"])]
     base = baselines.pivot_table(index="baseline", columns="mention_type", values="accuracy", sort=False)
-    best = best_coref_heads(heads, top=top).set_index("label")[list(MENTION_TYPES)]
-    best.index = [f"head {label}" for label in best.index]
-    out = (pd.concat([base.reindex(columns=list(MENTION_TYPES)), best]) * 100).round(1)
+    parts = [base.reindex(columns=cols)]
+    modes = list(dict.fromkeys(heads["candidates"])) if "candidates" in heads else ["clark"]
+    for mode in modes:
+        best = best_coref_heads(heads, top=top, candidates=mode).set_index("label").reindex(columns=cols)
+        best.index = [f"head {label}" + ("" if mode == "clark" else f" ({mode})") for label in best.index]
+        parts.append(best)
+    out = (pd.concat(parts) * 100).round(1)
     out["n"] = int(baselines.loc[baselines.mention_type == "all", "count"].iloc[0])
     out.columns.name = None
     return out

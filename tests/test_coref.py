@@ -180,8 +180,13 @@ def test_planted_heads_by_hand(toy, tokenizer):
     wins = coref.make_windows(toy, tokenizer, 23)
     # head 0: She->Mary, dog(of "her dog")->dog, her->She, it->bone, Mary->her
     model = _planted(tokenizer, wins, [{6: 0, 9: 4, 8: 6, 16: 11, 18: 8}])
-    df = coref.coref_heads(model, wins, progress=False)
-    assert len(df) == 2 * 4 * 4
+    both = coref.coref_heads(model, wins, progress=False)
+    assert len(both) == 2 * 4 * len(coref.GROUPS) * 2  # layers x heads x groups x candidate sets
+    # one-hot heads: the paper's candidates (any word) and ours (preceding, outside) agree here
+    key = ["layer", "head", "mention_type"]
+    assert (both[both.candidates == "clark"].set_index(key)["correct"]
+            == both[both.candidates == "preceding"].set_index(key)["correct"]).all()
+    df = both[both.candidates == "preceding"]
     for layer in (0, 1):
         h = df[df.layer == layer].set_index(["head", "mention_type"])
         assert h.loc[(0, "all"), ["correct", "count"]].tolist() == [5, 5]
@@ -196,8 +201,8 @@ def test_planted_heads_by_hand(toy, tokenizer):
         assert h.loc[(3, "all"), "correct"] == 0  # all attention on [CLS]: nothing selected
     best = coref.best_coref_heads(df, top=2)
     assert best[["layer", "head", "label"]].values.tolist() == [[0, 0, "1-1"], [1, 0, "2-1"]]
-    table = coref.coref_table(df, coref.coref_baselines(wins))
-    assert table.loc["head 1-1", "all"] == 100.0 and table.loc["nearest mention", "all"] == 40.0
+    table = coref.coref_table(both, coref.coref_baselines(wins))
+    assert table.loc["head 1-1", "all"] == 100.0 and table.loc["head 1-1 (preceding)", "all"] == 100.0 and table.loc["nearest mention", "all"] == 40.0
     assert table.loc["head-word match", "n"] == 5
 
 
@@ -205,7 +210,8 @@ def test_planted_heads_two_windows(toy, tokenizer):
     wins = coref.make_windows(toy, tokenizer, 22)
     # window 2 indices = document - 6: her(2)->She(0), it(10)->bone(5), Mary(12)->her(2)
     model = _planted(tokenizer, wins, [{}, {2: 0, 10: 5, 12: 2}])
-    h = coref.coref_heads(model, wins, progress=False).query("layer == 0").set_index(["head", "mention_type"])
+    h = coref.coref_heads(model, wins, candidates="preceding", progress=False).query("layer == 0")
+    h = h.set_index(["head", "mention_type"])
     assert h.loc[(0, "all"), ["correct", "count"]].tolist() == [3, 3]
     # uniform: the earliest candidate is now "She": right for her and Mary, wrong for it
     assert h.loc[(2, "all"), "correct"] == 2 and h.loc[(2, "pronoun"), ["correct", "count"]].tolist() == [1, 2]
@@ -238,3 +244,40 @@ def test_gum_dev_mentions_smoke(tokenizer):
     wins = coref.make_windows(docs[:3], tokenizer, 128)
     assert wins.n_sentences_dropped == 0 and 0 < wins.n_evaluated <= wins.n_coreferent
     assert all(align.encode_words(tokenizer, w.words).n_tokens == w.n_pieces <= 128 for w in wins)
+
+
+def test_candidates_clark_any_word_vs_preceding_by_hand(toy, tokenizer):
+    from types import SimpleNamespace
+
+    wins = coref.make_windows(toy, tokenizer, 23)
+    n = len(wins[0].words)  # 21 words; units: [CLS] words [SEP]
+    w = np.zeros((n, n))
+    w[6, 18], w[6, 0] = 0.6, 0.3  # She -> the later "Mary" (not an antecedent) over the first Mary
+    w[9, 8], w[9, 4] = 0.6, 0.3  # dog (of "her dog") -> "her", inside its own mention, over "dog"
+    w[8, 6] = 1.0  # her -> She
+    w[16, 11] = 1.0  # it -> bone
+    w[18, 18], w[18, 8] = 0.7, 0.3  # Mary -> itself (never a candidate), then her
+    a = np.zeros((1, 1, n + 2, n + 2))
+    a[0, 0, 1:-1, 1:-1] = w
+    item = SimpleNamespace(index=0, attention=a, encoding=SimpleNamespace(word_units=np.arange(1, n + 1)))
+    got = {}
+    for mode in coref.CANDIDATES:
+        red = coref.CorefHeads(wins, 1, 1, candidates=mode)
+        red.update(item)
+        got[mode] = red.result().set_index("mention_type").loc[["all", "pronoun", "nominal"], "correct"].tolist()
+    # the paper's definition: She and "her dog" pick their argmax (wrong); her, it, Mary right: 3 of 5
+    assert got["clark"] == [3, 2, 0]
+    # ours: the later Mary and the word inside the mention are not candidates: all 5 right
+    assert got["preceding"] == [5, 3, 1]
+    with pytest.raises(ValueError, match="candidates"):
+        coref.CorefHeads(wins, 1, 1, candidates="after")
+
+
+def test_appos_pred_group(tokenizer):
+    doc = read_conllu(TOY.replace("1-person-giv:act-sssss-cf2-1-coref)", "1-person-giv:act-sssss-cf2-1-appos)")
+                      .replace(" ", "\t"))
+    wins = coref.make_windows(coref.read_mentions(doc), tokenizer, 23)
+    b = coref.coref_baselines(wins).set_index(["baseline", "mention_type"])
+    # the last "Mary" is now an apposition link: 1 of the 5 scored mentions; head match gets it right
+    assert b.loc[("head-word match", coref.APPOS_PRED), ["correct", "count"]].tolist() == [1, 1]
+    assert b.loc[("head-word match", coref.NO_APPOS_PRED), ["correct", "count"]].tolist() == [3, 4]
