@@ -11,24 +11,38 @@ of predicted and gold distances (DSpr.) and depths (NSpr.), each first averaged 
 sentences of one length and then over the lengths 5–50, and how often the shallowest predicted
 word is the gold root (root%).
 
-**Conventions used here.**
+**Conventions (read beside the authors' code, github.com/john-hewitt/structural-probes).**
 
 - Layers: ``0`` = the embedding output (non-contextual: word + position + segment embeddings),
   ``1..L`` = the transformer layers' outputs, exactly :class:`bertology.extract.Item`'s ``hidden``.
-  (Hewitt & Manning's code numbers BERT-base layers 0–11 over the transformer layers, so their
-  "BERTbase7" is layer 8 here.)
-- Word vectors: the **mean** of a word's word pieces, as Hewitt & Manning's BERT data loader
-  does (``np.mean`` over the pieces of each PTB token); special tokens are left out.
-- Training (as §3.1 and their code): L1 loss, per sentence normalised by the number of word pairs
-  (``n²``, distances) or words (``n``, depths) and averaged over the batch; Adam, learning rate
-  1e-3, multiplied by 0.1 whenever the development loss stops improving, early stopping on the
-  development loss (best epoch kept). All layers are fitted *at once* as one ``(layers, rank, D)``
-  tensor: their losses are summed but share no parameters, so each layer's probe is exactly what
-  a separate fit with the same seed and batch order would give, at a fraction of the cost.
-- Punctuation = UPOS ``PUNCT`` (Hewitt & Manning used PTB punctuation tags). It is excluded from
-  UUAS (gold arcs between two non-punctuation words against the MST over the non-punctuation
-  words) and from root% (the shallowest *non-punctuation* word), and kept in DSpr./NSpr., as in
-  their reporting code.
+  Hewitt & Manning's ``scripts/convert_raw_to_bert.py`` stores only the transformer layers'
+  outputs (``encoded_layers`` of ``pytorch_pretrained_bert``, 12 for BERT-base) and ``model_layer``
+  indexes them from 0 (their README: "BERT-base models have layers 0 through 11"), so their
+  index ``k`` is our layer ``k + 1`` and their "BERTbase7" is layer 8 here. They have no
+  embedding-layer probe for BERT.
+- Word vectors: the **mean** of a word's word pieces, as their BERT data loader does
+  (``np.mean`` over the pieces of each PTB token in ``data.py``); special tokens are left out.
+- Training, as their ``regimen.py``, ``loss.py``, ``probe.py`` and ``example/config/naacl19/*.yaml``:
+  maximum rank = the model's hidden size (``maximum_rank: 768`` / ``1024``; a smaller rank is
+  our option), ``B`` initialised uniform in ±0.05; L1 loss, per sentence divided by ``n²``
+  (distances) or ``n`` (depths), then averaged over the sentences of the batch; batches of 20
+  sentences drawn in a fresh random order every epoch (``DataLoader(shuffle=True)``); Adam at
+  1e-3 with ``ReduceLROnPlateau(factor=0.1, patience=0)`` on the development loss (the learning
+  rate is cut tenfold after every epoch whose dev loss is not 1e-4 *relatively* below the best so
+  far, down to 1e-8); at most 40 epochs; the parameters are saved whenever the dev loss improves
+  by more than 1e-4 (absolute) and training stops once 5 epochs passed without such an
+  improvement. All layers are fitted *at once* as one ``(layers, rank, D)`` tensor: their losses
+  are summed but share no parameters, and each layer has its own learning-rate schedule and
+  early stop, so each layer's probe is what a separate fit with the same seed and batch order
+  would give.
+- UUAS, as their ``reporter.py``: the gold tree *and* the predicted tree are both minimum
+  spanning trees over the non-punctuation words (of the gold and of the predicted distances),
+  so every sentence contributes ``(non-punctuation words − 1)`` gold edges, also when a
+  punctuation word sat between two words in the gold tree. ``uuas_gold="arcs"`` (ours) counts
+  only the gold arcs joining two non-punctuation words instead. root% takes the shallowest
+  non-punctuation word; DSpr./NSpr. keep every word, as in their reporter.
+- Punctuation = UPOS ``PUNCT``; Hewitt & Manning exclude the PTB tags ``'' , . : `` -LRB- -RRB-``
+  (declared below: our sentences carry no XPOS).
 """
 from __future__ import annotations
 
@@ -43,7 +57,49 @@ import torch
 
 from .data import Sentence
 from .extract import encode_inputs, extract
+from .fidelity import declare, option_differs
 from .models import LoadedModel
+
+STUDIES = ("hewitt_manning.probe",)
+_HM = "john-hewitt/structural-probes"
+
+#: The authors' training settings (their ``regimen.py`` and ``example/config/naacl19/*.yaml``).
+AUTHORS = {"max_epochs": 40, "patience": 5, "lr": 1e-3, "batch_size": 20, "batching": "shuffled",
+           "uuas_gold": "mst"}
+BATCHINGS = ("shuffled", "length")
+UUAS_GOLD = ("mst", "arcs")
+
+declare("hewitt_manning.probe", "ud",
+        "Universal Dependencies trees (UD relations, UD tokenisation) instead of the Penn Treebank WSJ "
+        "converted to Stanford Dependencies.", kind="data",
+        reference=f"{_HM} example/config/naacl19/bert-base/*.yaml (ptb-wsj-sd corpus)")
+declare("hewitt_manning.probe", "punct_upos",
+        "Punctuation excluded from UUAS and root% is UPOS PUNCT (e.g. also HYPH and NFP tokens); Hewitt & "
+        "Manning exclude the PTB tags '' , . : `` -LRB- -RRB- (our sentences carry no XPOS).",
+        reference=f"{_HM} structural-probes/reporter.py (prims_matrix_to_edges, get_nopunct_argmin)")
+declare("hewitt_manning.probe", "segment_ids",
+        "The model sees token_type_ids 0 (the tokenizer's default); the authors' feature script fed "
+        "segment id 1 to every token.", reference=f"{_HM} scripts/convert_raw_to_bert.py")
+declare("hewitt_manning.probe", "rank",
+        "Probe maximum rank {probe_rank} (Hewitt & Manning: the model's hidden size, {hidden_size}).",
+        kind="option", when=lambda o: "probe_rank" in o and o["probe_rank"] not in (None, o.get("hidden_size")),
+        reference=f"{_HM} example/config/naacl19/bert-base/*.yaml (maximum_rank: 768)")
+declare("hewitt_manning.probe", "max_epochs", "At most {max_epochs} epochs (Hewitt & Manning: 40).",
+        kind="option", when=option_differs("max_epochs", 40),
+        reference=f"{_HM} example/config/naacl19/bert-base/*.yaml (probe_training.epochs: 40)")
+declare("hewitt_manning.probe", "patience",
+        "Early stop after {patience} epochs without dev improvement (Hewitt & Manning: 5).",
+        kind="option", when=option_differs("patience", 5), reference=f"{_HM} structural-probes/regimen.py")
+declare("hewitt_manning.probe", "lr", "Adam learning rate {lr} (Hewitt & Manning: 0.001).",
+        kind="option", when=option_differs("lr", 1e-3), reference=f"{_HM} structural-probes/regimen.py")
+declare("hewitt_manning.probe", "batching",
+        "Training batches of sentences of similar length, in a shuffled order (ours, less padding); Hewitt & "
+        "Manning draw batches of 20 random sentences every epoch.", kind="option",
+        when=option_differs("batching", "shuffled"), reference=f"{_HM} structural-probes/data.py (DataLoader shuffle=True)")
+declare("hewitt_manning.probe", "uuas_gold",
+        "UUAS counts the gold arcs between two non-punctuation words (ours); Hewitt & Manning compare with "
+        "the minimum spanning tree of the gold distances over the non-punctuation words.", kind="option",
+        when=option_differs("uuas_gold", "mst"), reference=f"{_HM} structural-probes/reporter.py (report_uuas_and_tikz)")
 
 KINDS = ("distance", "depth")
 METRICS = {"distance": ("uuas", "dspr"), "depth": ("root_acc", "nspr")}
@@ -151,24 +207,50 @@ def _punct_mask(s: Sentence) -> np.ndarray:
     return np.array([u == "PUNCT" for u in s.upos], dtype=bool)
 
 
-def uuas_counts(pred: np.ndarray, s: Sentence) -> tuple[int, int]:
-    """(correct, total) undirected arcs of one sentence, punctuation excluded (see module doc)."""
+def _check_uuas_gold(uuas_gold: str) -> None:
+    if uuas_gold not in UUAS_GOLD:
+        raise ValueError(f"uuas_gold must be one of {UUAS_GOLD}, not {uuas_gold!r}")
+
+
+def gold_edges(s: Sentence, uuas_gold: str = "mst") -> set[tuple[int, int]]:
+    """The gold undirected edges UUAS is scored against, 0-based ``(i, j)`` with ``i < j``.
+
+    ``"mst"`` (Hewitt & Manning's ``reporter.py``): the minimum spanning tree of the gold tree
+    distances over the non-punctuation words — the gold arcs between them, plus, where a
+    punctuation word joined two parts of the tree, the shortest links that reconnect them.
+    ``"arcs"`` (ours): only the gold arcs whose two ends are non-punctuation words.
+    """
+    _check_uuas_gold(uuas_gold)
     keep = np.flatnonzero(~_punct_mask(s))
-    gold = {(min(i, h - 1), max(i, h - 1)) for i, h in enumerate(s.heads)
-            if h > 0 and i in set(keep) and (h - 1) in set(keep)}
+    if uuas_gold == "arcs":
+        kept = set(keep.tolist())
+        return {(min(i, h - 1), max(i, h - 1)) for i, h in enumerate(s.heads)
+                if h > 0 and i in kept and (h - 1) in kept}
     if len(keep) < 2:
-        return 0, 0
+        return set()
+    sub = tree_distances(s.heads)[np.ix_(keep, keep)]
+    return {(int(keep[a]), int(keep[b])) for a, b in mst_edges(sub)}
+
+
+def uuas_counts(pred: np.ndarray, s: Sentence, uuas_gold: str = "mst") -> tuple[int, int]:
+    """(correct, total) undirected edges of one sentence, punctuation excluded (see :func:`gold_edges`)."""
+    gold = gold_edges(s, uuas_gold)
+    keep = np.flatnonzero(~_punct_mask(s))
+    if len(keep) < 2:
+        return 0, len(gold)
     sub = np.asarray(pred)[np.ix_(keep, keep)]
     predicted = {(int(keep[a]), int(keep[b])) for a, b in mst_edges(sub)}
     return len(gold & predicted), len(gold)
 
 
-def uuas(pred_distances: Sequence[np.ndarray], sentences: Sequence[Sentence]) -> dict:
-    """UUAS over a corpus: correct / total gold arcs between non-punctuation words (§4)."""
+def uuas(pred_distances: Sequence[np.ndarray], sentences: Sequence[Sentence], uuas_gold: str = "mst") -> dict:
+    """UUAS over a corpus (§4): correct / total gold edges over the non-punctuation words, summed
+    over sentences (see :func:`gold_edges` for ``uuas_gold``)."""
     _same_length(pred_distances, sentences)
+    _check_uuas_gold(uuas_gold)
     c = t = 0
     for p, s in zip(pred_distances, sentences):
-        a, b = uuas_counts(p, s)
+        a, b = uuas_counts(p, s, uuas_gold)
         c, t = c + a, t + b
     return {"value": c / t if t else float("nan"), "correct": c, "total": t}
 
@@ -331,24 +413,37 @@ class _Batch:
     lengths: torch.Tensor  # (B,)
 
 
-def _make_batches(ws: WordStates, kind: str, batch_size: int) -> list[_Batch]:
-    order = sorted(range(len(ws)), key=lambda k: (ws.sentences[k].n, k))
-    batches = []
-    for a in range(0, len(order), batch_size):
-        ks = order[a:a + batch_size]
-        n = max(ws.sentences[k].n for k in ks)
-        idx = torch.full((len(ks), n), -1, dtype=torch.long)
-        tgt = torch.full((len(ks), n, n) if kind == "distance" else (len(ks), n), -1.0)
-        for b, k in enumerate(ks):
-            m = ws.sentences[k].n
-            idx[b, :m] = torch.arange(ws.offsets[k], ws.offsets[k] + m)
-            t = torch.as_tensor(_targets(ws.sentences[k], kind), dtype=torch.float32)
-            if kind == "distance":
-                tgt[b, :m, :m] = t
-            else:
-                tgt[b, :m] = t
-        batches.append(_Batch(idx, tgt, torch.tensor([ws.sentences[k].n for k in ks], dtype=torch.float32)))
-    return batches
+def _assemble(ws: WordStates, targets: Sequence[np.ndarray], ks: Sequence[int], kind: str) -> _Batch:
+    n = max(ws.sentences[k].n for k in ks)
+    idx = torch.full((len(ks), n), -1, dtype=torch.long)
+    tgt = torch.full((len(ks), n, n) if kind == "distance" else (len(ks), n), -1.0)
+    for b, k in enumerate(ks):
+        m = ws.sentences[k].n
+        idx[b, :m] = torch.arange(ws.offsets[k], ws.offsets[k] + m)
+        t = torch.as_tensor(targets[k], dtype=torch.float32)
+        if kind == "distance":
+            tgt[b, :m, :m] = t
+        else:
+            tgt[b, :m] = t
+    return _Batch(idx, tgt, torch.tensor([ws.sentences[k].n for k in ks], dtype=torch.float32))
+
+
+def _make_batches(ws: WordStates, kind: str, batch_size: int, order: Sequence[int] | None = None,
+                  targets: Sequence[np.ndarray] | None = None) -> list[_Batch]:
+    """Consecutive batches of ``batch_size`` sentences in ``order`` (default: by length)."""
+    if order is None:
+        order = sorted(range(len(ws)), key=lambda k: (ws.sentences[k].n, k))
+    if targets is None:
+        targets = [_targets(s, kind) for s in ws.sentences]
+    order = list(order)
+    return [_assemble(ws, targets, order[a:a + batch_size], kind) for a in range(0, len(order), batch_size)]
+
+
+def shuffled_batches(n: int, batch_size: int, rng: np.random.Generator) -> list[list[int]]:
+    """One epoch of Hewitt & Manning's batching: the ``n`` sentences in a fresh random order, cut
+    into consecutive batches of ``batch_size`` (the last one may be smaller)."""
+    order = rng.permutation(n).tolist()
+    return [order[a:a + batch_size] for a in range(0, n, batch_size)]
 
 
 def _gather(states: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
@@ -410,24 +505,66 @@ class FittedProbe:
         return out
 
 
-def fit_probe(train: WordStates, dev: WordStates, kind: str = "distance", rank: int = 128, *,
-              layers: Sequence[int] | None = None, max_epochs: int = 30, patience: int = 4, lr: float = 1e-3,
-              batch_size: int = 20, seed: int = 0, device: str | torch.device = "cpu",
+class DevSchedule:
+    """Hewitt & Manning's per-epoch bookkeeping on the development loss (``regimen.py``), for one probe.
+
+    ``step(dev_loss)`` after each epoch returns ``save`` (keep these parameters: the loss is more
+    than ``save_delta`` = 1e-4 *absolutely* below the last saved one), ``cut`` (the learning rate
+    was multiplied by ``factor`` = 0.1: as ``torch.optim.lr_scheduler.ReduceLROnPlateau(mode="min",
+    factor=0.1, patience=0)``, i.e. the loss is not 1e-4 *relatively* below the scheduler's best,
+    and the change is larger than its ``eps`` = 1e-8) and ``stop`` (``patience`` epochs have
+    passed since the last save).
+    """
+
+    def __init__(self, lr: float = 1e-3, patience: int = 5, factor: float = 0.1, rel_threshold: float = 1e-4,
+                 save_delta: float = 1e-4, eps: float = 1e-8):
+        self.lr, self.patience, self.factor = lr, patience, factor
+        self.rel_threshold, self.save_delta, self.eps = rel_threshold, save_delta, eps
+        self.best = math.inf        # loss at the last save
+        self.sched_best = math.inf  # the scheduler's best
+        self.stale = 0
+
+    def step(self, dev_loss: float) -> dict:
+        cut = False
+        if dev_loss < self.sched_best * (1 - self.rel_threshold):
+            self.sched_best = dev_loss
+        elif self.lr - self.lr * self.factor > self.eps:
+            self.lr *= self.factor
+            cut = True
+        save = dev_loss < self.best - self.save_delta
+        if save:
+            self.best, self.stale = dev_loss, 0
+        else:
+            self.stale += 1
+        return {"save": save, "cut": cut, "stop": self.stale >= self.patience, "lr": self.lr}
+
+
+def fit_probe(train: WordStates, dev: WordStates, kind: str = "distance", rank: int | None = None, *,
+              layers: Sequence[int] | None = None, max_epochs: int = 40, patience: int = 5, lr: float = 1e-3,
+              batch_size: int = 20, batching: str = "shuffled", seed: int = 0, device: str | torch.device = "cpu",
               progress: bool = True) -> FittedProbe:
     """Fit a distance or depth probe of maximum rank ``rank`` on every layer in ``layers`` (default all).
 
-    Hewitt & Manning §3.1: L1 loss normalised by sentence length (squared for distances), Adam
-    (lr 1e-3); here the learning rate of a layer is divided by 10 whenever its development loss
-    does not improve and the layer stops after ``patience`` epochs without improvement (their code
-    stops after 4). The parameters of the epoch with the lowest development loss are kept.
-    Deterministic for a ``seed`` on one device.
+    Defaults are Hewitt & Manning's (``regimen.py``, ``example/config/naacl19/*.yaml``; see the
+    module doc): ``rank=None`` = the hidden size, 40 epochs, batches of 20 random sentences
+    (``batching="shuffled"``), Adam at 1e-3, learning rate ×0.1 after every epoch whose dev loss
+    is not 1e-4 relatively below the best so far (``ReduceLROnPlateau(factor=0.1, patience=0)``,
+    floor 1e-8), parameters kept at the last dev improvement of more than 1e-4 and a stop after
+    ``patience`` (5) epochs without one. ``batching="length"`` (ours) fills batches with sentences
+    of similar length (less padding) and shuffles the batch order. Each layer has its own
+    schedule and early stop. Deterministic for a ``seed`` on one device.
     """
     from tqdm.auto import tqdm
 
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {KINDS}, not {kind!r}")
-    if isinstance(rank, bool) or not isinstance(rank, int) or rank < 1:
-        raise ValueError(f"rank must be a positive integer, got {rank!r}")
+    if batching not in BATCHINGS:
+        raise ValueError(f"batching must be one of {BATCHINGS}, not {batching!r}")
+    D = train.states.shape[-1]
+    rank = D if rank is None else rank
+    if isinstance(rank, bool) or not isinstance(rank, (int, np.integer)) or rank < 1:
+        raise ValueError(f"rank must be a positive integer or None (the hidden size), got {rank!r}")
+    rank = int(rank)
     if not len(train) or not len(dev):
         raise ValueError("the probe needs training and development sentences")
     layers = list(range(train.n_layers)) if layers is None else [int(x) for x in layers]
@@ -435,7 +572,6 @@ def fit_probe(train: WordStates, dev: WordStates, kind: str = "distance", rank: 
     if bad:
         raise ValueError(f"layers {bad} out of range 0..{train.n_layers - 1}")
     device = torch.device(device)
-    D = train.states.shape[-1]
     t0 = time.perf_counter()
     gen = torch.Generator().manual_seed(seed)
     B = torch.nn.Parameter(((torch.rand(len(layers), rank, D, generator=gen) * 2 - 1) * 0.05).to(device))
@@ -445,18 +581,24 @@ def fit_probe(train: WordStates, dev: WordStates, kind: str = "distance", rank: 
     scale = torch.ones(len(layers), device=device)
     tr_states = torch.as_tensor(train.states[layers]).to(device)
     dv_states = torch.as_tensor(dev.states[layers]).to(device)
-    tr_batches, dv_batches = _make_batches(train, kind, batch_size), _make_batches(dev, kind, batch_size)
+    tr_targets = [_targets(s, kind) for s in train.sentences]
+    tr_fixed = _make_batches(train, kind, batch_size, targets=tr_targets) if batching == "length" else None
+    dv_batches = _make_batches(dev, kind, batch_size)
     rng = np.random.default_rng(seed)
-    best = torch.full((len(layers),), math.inf)
+    sched = [DevSchedule(lr, patience) for _ in layers]
     best_B = B.detach().clone()
     best_epoch = {layer: 0 for layer in layers}
-    stale = torch.zeros(len(layers), dtype=torch.long)
     active = torch.ones(len(layers), dtype=torch.bool)
     rows = []
     for epoch in tqdm(range(1, max_epochs + 1), desc=f"{kind} probe rank {rank}", disable=not progress):
+        if tr_fixed is not None:
+            epoch_batches = [tr_fixed[i] for i in rng.permutation(len(tr_fixed))]
+        else:
+            epoch_batches = (_assemble(train, tr_targets, ks, kind)
+                             for ks in shuffled_batches(len(train), batch_size, rng))
         tr_loss = torch.zeros(len(layers))
-        for bi in rng.permutation(len(tr_batches)):
-            b = _to(tr_batches[bi], device)
+        for b in epoch_batches:
+            b = _to(b, device)
             loss = _loss(_predict(B, _gather(tr_states, b.index), kind), b, kind)
             opt.zero_grad()
             loss.sum().backward()
@@ -474,22 +616,19 @@ def fit_probe(train: WordStates, dev: WordStates, kind: str = "distance", rank: 
                 dv_loss += _loss(_predict(B, _gather(dv_states, b.index), kind), b, kind).cpu() * len(b.lengths)
             dv_loss /= len(dev)
         for li, layer in enumerate(layers):
-            rows.append((epoch, layer, float(tr_loss[li]), float(dv_loss[li]), bool(active[li])))
+            rows.append((epoch, layer, float(tr_loss[li]), float(dv_loss[li]), bool(active[li]), sched[li].lr))
             if not active[li]:
                 continue
-            if dv_loss[li] < best[li] - 1e-7:
-                best[li] = dv_loss[li]
+            step = sched[li].step(float(dv_loss[li]))
+            scale[li] = sched[li].lr / lr
+            if step["save"]:
                 best_B[li] = B.detach()[li]
                 best_epoch[layer] = epoch
-                stale[li] = 0
-            else:
-                stale[li] += 1
-                scale[li] *= 0.1
-                if stale[li] >= patience:
-                    active[li] = False
+            if step["stop"]:
+                active[li] = False
         if not active.any():
             break
-    history = pd.DataFrame(rows, columns=["epoch", "layer", "train_loss", "dev_loss", "active"])
+    history = pd.DataFrame(rows, columns=["epoch", "layer", "train_loss", "dev_loss", "active", "lr"])
     return FittedProbe(kind, rank, layers, best_B.cpu().numpy(), history, best_epoch,
                        time.perf_counter() - t0, len(train))
 
@@ -503,13 +642,15 @@ def _to(b: _Batch, device) -> _Batch:
 # ----------------------------------------------------------------------------- evaluation
 
 
-def evaluate(probe: FittedProbe, ws: WordStates, min_len: int = 5, max_len: int = 50) -> pd.DataFrame:
-    """Long table ``layer, kind, rank, metric, value, n`` of the probe's metrics on ``ws``'s gold trees."""
+def evaluate(probe: FittedProbe, ws: WordStates, min_len: int = 5, max_len: int = 50,
+             uuas_gold: str = "mst") -> pd.DataFrame:
+    """Long table ``layer, kind, rank, metric, value, n`` of the probe's metrics on ``ws``'s gold trees
+    (``uuas_gold``: see :func:`gold_edges`)."""
     preds = probe.predict(ws)
     rows = []
     for layer, p in preds.items():
         if probe.kind == "distance":
-            u = uuas(p, ws.sentences)
+            u = uuas(p, ws.sentences, uuas_gold)
             d, tab = distance_spearman(p, ws.sentences, min_len, max_len)
             rows += [(layer, "uuas", u["value"], u["total"]), (layer, "dspr", d, int(tab.n.sum()) if len(tab) else 0)]
         else:
@@ -530,8 +671,9 @@ def best_layer(table: pd.DataFrame, metric: str = "uuas") -> int:
     return int(t.iloc[0].layer)
 
 
-def predicted_tree(probe: FittedProbe, ws: WordStates, k: int, layer: int) -> dict:
-    """Gold and predicted (MST) undirected arcs of sentence ``k`` at ``layer``, punctuation excluded."""
+def predicted_tree(probe: FittedProbe, ws: WordStates, k: int, layer: int, uuas_gold: str = "mst") -> dict:
+    """Gold (see :func:`gold_edges`) and predicted (MST) undirected edges of sentence ``k`` at
+    ``layer``, punctuation excluded."""
     if probe.kind != "distance":
         raise ValueError("trees come from a distance probe")
     sub = WordStates(ws.states[:, ws.offsets[k]:ws.offsets[k + 1]], np.array([0, ws.sentences[k].n]),
@@ -539,25 +681,25 @@ def predicted_tree(probe: FittedProbe, ws: WordStates, k: int, layer: int) -> di
     pred = probe.predict(sub)[layer][0]
     s = ws.sentences[k]
     keep = np.flatnonzero(~_punct_mask(s))
-    gold = sorted((min(i, h - 1), max(i, h - 1)) for i, h in enumerate(s.heads)
-                  if h > 0 and i in set(keep) and (h - 1) in set(keep))
+    gold = sorted(gold_edges(s, uuas_gold))
     predicted = sorted((int(keep[a]), int(keep[b])) for a, b in mst_edges(pred[np.ix_(keep, keep)]))
     return {"words": list(s.words), "gold": gold, "predicted": predicted, "layer": layer,
             "correct": len(set(gold) & set(predicted)), "total": len(gold)}
 
 
-def probe_layers(train: WordStates, dev: WordStates, test: WordStates, rank: int = 128, *,
+def probe_layers(train: WordStates, dev: WordStates, test: WordStates, rank: int | None = None, *,
                  kinds: Sequence[str] = KINDS, layers: Sequence[int] | None = None, label: str = "",
-                 **fit_kwargs) -> tuple[pd.DataFrame, dict[str, FittedProbe]]:
+                 uuas_gold: str = "mst", **fit_kwargs) -> tuple[pd.DataFrame, dict[str, FittedProbe]]:
     """Fit the distance and depth probes on every layer and score them on ``test`` (§4, Table 1).
 
-    Returns the long table ``model, layer, kind, rank, metric, value, n`` (``model`` = ``label``)
-    and the fitted probes by kind.
+    ``rank=None`` is the hidden size (Hewitt & Manning's configs); ``fit_kwargs`` go to
+    :func:`fit_probe`. Returns the long table ``model, layer, kind, rank, metric, value, n``
+    (``model`` = ``label``) and the fitted probes by kind.
     """
     probes, tables = {}, []
     for kind in kinds:
         probes[kind] = fit_probe(train, dev, kind, rank, layers=layers, **fit_kwargs)
-        tables.append(evaluate(probes[kind], test))
+        tables.append(evaluate(probes[kind], test, uuas_gold=uuas_gold))
     table = pd.concat(tables, ignore_index=True)
     table.insert(0, "model", label)
     return table, probes

@@ -187,3 +187,85 @@ def test_word_states_are_mean_pooled_word_vectors(minilm):
     # units are [CLS] words [SEP]: the word vectors are units 1..n
     np.testing.assert_allclose(ws.sentence(1), k.items[1][:, 1:4], atol=1e-5)
     np.testing.assert_allclose(ws.sentence(0, layer=3), k.items[0][3, 1:8], atol=1e-5)
+
+
+# ----------------------------------------------------------------------------- Hewitt & Manning's definitions
+
+# "w0 w1 , w3": w1 is the root, w0 -> w1, "," -> w1, and w3 hangs from the punctuation mark.
+PUNCT_HEAD = Sentence(words=["w0", "w1", ",", "w3"], heads=[2, 0, 2, 3], deprels=["dep", "root", "punct", "dep"],
+                      upos=["X", "X", "PUNCT", "X"], sent_id="punct-head")
+
+
+def test_uuas_gold_is_the_spanning_tree_over_non_punctuation_words():
+    # Non-punctuation words 0, 1, 3; gold distances d01 = 1, d13 = 2, d03 = 3.
+    # Hewitt & Manning (reporter.py): gold = MST of those distances = {0-1, 1-3}, 2 edges.
+    # Ours ("arcs"): only gold arcs joining two non-punctuation words = {0-1}, 1 edge.
+    assert sp.gold_edges(PUNCT_HEAD) == {(0, 1), (1, 3)}
+    assert sp.gold_edges(PUNCT_HEAD, "arcs") == {(0, 1)}
+    # predicted distances that make w3 closest to w0: MST over {0,1,3} = {0-1, 0-3}
+    pred = np.array([[0, 1, 9, 1.5], [1, 0, 9, 3], [9, 9, 0, 9], [1.5, 3, 9, 0]])
+    assert sp.uuas_counts(pred, PUNCT_HEAD) == (1, 2)
+    assert sp.uuas_counts(pred, PUNCT_HEAD, "arcs") == (1, 1)
+    gold = sp.tree_distances(PUNCT_HEAD.heads).astype(float)
+    assert sp.uuas([gold, pred], [PUNCT_HEAD, PUNCT_HEAD])["value"] == pytest.approx(3 / 4)
+    assert sp.uuas([gold, pred], [PUNCT_HEAD, PUNCT_HEAD], "arcs")["value"] == pytest.approx(2 / 2)
+    with pytest.raises(ValueError, match="uuas_gold"):
+        sp.uuas([gold], [PUNCT_HEAD], "tree")
+
+
+def test_dev_schedule_follows_reduce_on_plateau_and_their_early_stop():
+    sch = sp.DevSchedule(lr=1e-3, patience=5)
+    # epoch 1: first loss is always an improvement (save, no cut)
+    assert sch.step(1.0) == {"save": True, "cut": False, "stop": False, "lr": 1e-3}
+    # epoch 2: 0.99995 is 5e-5 below: less than 1e-4 relatively -> lr cut; less than 1e-4 absolutely -> no save
+    s = sch.step(0.99995)
+    assert (s["save"], s["cut"], s["stop"]) == (False, True, False) and s["lr"] == pytest.approx(1e-4)
+    # epoch 3: 0.5 improves both ways: saved, lr stays
+    s = sch.step(0.5)
+    assert (s["save"], s["cut"]) == (True, False) and s["lr"] == pytest.approx(1e-4)
+    # epochs 4-8: no improvement; cuts 1e-4 -> 1e-5 -> 1e-6 -> 1e-7 -> 1e-8, then the 1e-8 floor (eps) holds;
+    # the 5th epoch without a save (epoch 8) stops, as `min_dev_loss_epoch < epoch_index - 4` in regimen.py
+    steps = [sch.step(0.6) for _ in range(5)]
+    assert [s["stop"] for s in steps] == [False, False, False, False, True]
+    assert [s["cut"] for s in steps] == [True, True, True, True, False]
+    assert steps[-1]["lr"] == pytest.approx(1e-8)
+
+
+def test_shuffled_batches_are_a_fresh_partition_every_epoch():
+    rng = np.random.default_rng(0)
+    e1, e2 = sp.shuffled_batches(45, 20, rng), sp.shuffled_batches(45, 20, rng)
+    assert [len(b) for b in e1] == [20, 20, 5]
+    assert sorted(sum(e1, [])) == list(range(45)) and sorted(sum(e2, [])) == list(range(45))
+    assert e1 != e2
+
+
+def test_fit_probe_defaults_are_the_authors(planted):
+    import inspect
+
+    train, dev, _ = planted
+    params = inspect.signature(sp.fit_probe).parameters
+    for name in ("max_epochs", "patience", "lr", "batch_size", "batching"):
+        assert params[name].default == sp.AUTHORS[name], name
+    probe = sp.fit_probe(train, dev, "depth", layers=[1], max_epochs=1, progress=False)
+    assert probe.rank == train.states.shape[-1] and probe.B.shape == (1, 15, 15)  # rank None = hidden size
+    short = dict(layers=[1], max_epochs=2, progress=False)
+    np.testing.assert_array_equal(sp.fit_probe(train, dev, "depth", 4, batching="length", **short).B,
+                                  sp.fit_probe(train, dev, "depth", 4, batching="length", **short).B)
+    with pytest.raises(ValueError, match="batching"):
+        sp.fit_probe(train, dev, "depth", batching="sorted")
+
+
+def test_declared_deviations_follow_the_options():
+    from bertology import fidelity
+
+    authors = dict(probe_rank=None, hidden_size=768, max_epochs=40, patience=5, lr=0.001, batching="shuffled",
+                   uuas_gold="mst")
+    keys = {d.key for d in fidelity.deviations("hewitt_manning.probe", **authors)}
+    assert keys == {"ud", "punct_upos", "segment_ids"}
+    ours = {**authors, "probe_rank": 128, "max_epochs": 6, "batching": "length", "uuas_gold": "arcs"}
+    lines = fidelity.lines("hewitt_manning.probe", **ours)
+    assert "Probe maximum rank 128 (Hewitt & Manning: the model's hidden size, 768)." in lines
+    assert {d.key for d in fidelity.deviations("hewitt_manning.probe", **ours)} == keys | {
+        "rank", "max_epochs", "batching", "uuas_gold"}
+    # rank equal to the hidden size is the authors' setting
+    assert "rank" not in {d.key for d in fidelity.deviations("hewitt_manning.probe", **{**authors, "probe_rank": 768})}
