@@ -4,14 +4,17 @@ Both ask a masked LM to prefer the grammatical member of a pair (Rogers et al. 2
 
 * **Agreement** (Goldberg 2019, "Assessing BERT's syntactic abilities", §2–3): mask the verb of a
   sentence and compare the scores of the correct and the wrong verb form at the mask; the item is
-  right when ``log p(correct) > log p(wrong)``. As in Goldberg, both forms must be single word pieces;
-  other items are skipped and counted with the reason. Data: the "colorless green" English set of
+  right when ``log p(correct) > log p(wrong)`` (Goldberg's ``eval_bert.py`` compares the two
+  logits, the same order). As in Goldberg, both forms must be single word pieces; other items are
+  skipped and counted with the reason. By default his item selection is applied
+  (:func:`goldberg_selection`). Data: the "colorless green" English set of
   Gulordava et al. (2018) (41 original sentences + 369 nonce variants) and the Linzen et al. (2016)
   subset distributed with it (7,489 Wikipedia sentences), both with attractor counts; offline, ~40
   hand-written items of ours (``data/stimuli/agreement_pairs.tsv``).
 * **BLiMP**: each sentence is scored by its pseudo-log-likelihood (Salazar et al. 2020, §2.1, see
   :func:`bertology.cloze.pll`); a pair is right when ``PLL(good) > PLL(bad)``; accuracy per paradigm
-  (67 UIDs), phenomenon (13 ``linguistics_term`` values) and field. Offline: hand-written pairs of
+  (67 UIDs), the 12 phenomenon groups of Salazar et al.'s ``mlm-scoring`` (mean of the paradigm
+  accuracies; BLiMP's own 13 ``linguistics_term`` values as an option) and field. Offline: hand-written pairs of
   ours covering the same phenomena (``data/stimuli/blimp_like.tsv``).
 
 Every scored table carries ``source`` / ``scorer`` columns (the :class:`~bertology.cloze.Scorer`'s
@@ -29,8 +32,82 @@ import numpy as np
 import pandas as pd
 
 from .cloze import MASK, Scorer, cloze, pll, word_pieces
+from .fidelity import declare, option_differs
 
 log = logging.getLogger(__name__)
+
+STUDIES = ("goldberg.agreement", "blimp.pll")
+_YG = "yoavg/bert-syntax"
+_MLMS = "awslabs/mlm-scoring examples/lingacc-blimp/accuracy.py"
+
+#: Goldberg's selection rules (``yoavg/bert-syntax``): on Gulordava et al.'s set he skips the items
+#: whose correct form is "is" or "are" (``eval_bert.py``, ``eval_gulordava``); on the Linzen et al.
+#: set he keeps sentences with 1-4 attractors whose every intervening noun is an attractor
+#: (``make_linzen_goldberg_testset.py``: ``n_intervening == n_diff_intervening``), is/are kept.
+GOLDBERG_SKIP_FORMS = ("is", "are")
+GOLDBERG_ATTRACTORS = (1, 2, 3, 4)
+AGREEMENT_SELECTIONS = ("goldberg", "all")
+
+declare("goldberg.agreement", "linzen_data",
+        "Linzen et al. set: Gulordava et al.'s 7,489-sentence subset (colorlessgreenRNNs "
+        "data/linzen_testset), not Goldberg's selection from agr_50_mostcommon_10K.tsv, which we do not "
+        "have; his 1-4 attractor rule is applied, but his 'every intervening noun is an attractor' rule "
+        "cannot be (the subset has no count of intervening nouns).", kind="data",
+        reference=f"{_YG} make_linzen_goldberg_testset.py")
+declare("goldberg.agreement", "selection",
+        "All agreement items are scored (ours); Goldberg skips the is/are items of Gulordava et al.'s set and "
+        "keeps only 1-4 attractor sentences of the Linzen et al. set.", kind="option",
+        when=option_differs("agreement_selection", "goldberg"),
+        reference=f"{_YG} eval_bert.py (eval_gulordava), make_linzen_goldberg_testset.py")
+BLIMP_GROUPINGS = ("mlm-scoring", "linguistics_term")
+declare("blimp.pll", "grouping",
+        "BLiMP phenomena grouped by the data's own linguistics_term (13 groups, s-selection apart); Salazar "
+        "et al.'s mlm-scoring uses 12 groups, with the two animate_subject paradigms inside argument "
+        "structure.", kind="option", when=option_differs("blimp_grouping", "mlm-scoring"), reference=_MLMS)
+
+#: The 12 phenomenon groups of Salazar et al.'s BLiMP accuracy script (``awslabs/mlm-scoring``,
+#: ``examples/lingacc-blimp/accuracy.py``): group name -> paradigm UIDs. Unlike BLiMP's own
+#: ``linguistics_term`` it has no ``s-selection`` group: ``animate_subject_passive`` and
+#: ``animate_subject_trans`` are in ``argument_structure``.
+MLM_SCORING_GROUPS = {
+    "anaphor_agreement": ("anaphor_gender_agreement", "anaphor_number_agreement"),
+    "argument_structure": ("animate_subject_passive", "animate_subject_trans", "causative", "drop_argument",
+                           "inchoative", "intransitive", "passive_1", "passive_2", "transitive"),
+    "binding": ("principle_A_c_command", "principle_A_case_1", "principle_A_case_2", "principle_A_domain_1",
+                "principle_A_domain_2", "principle_A_domain_3", "principle_A_reconstruction"),
+    "control_raising": ("existential_there_object_raising", "existential_there_subject_raising",
+                        "expletive_it_object_raising", "tough_vs_raising_1", "tough_vs_raising_2"),
+    "determiner_noun_agreement": ("determiner_noun_agreement_1", "determiner_noun_agreement_2",
+                                  "determiner_noun_agreement_irregular_1", "determiner_noun_agreement_irregular_2",
+                                  "determiner_noun_agreement_with_adjective_1", "determiner_noun_agreement_with_adj_2",
+                                  "determiner_noun_agreement_with_adj_irregular_1",
+                                  "determiner_noun_agreement_with_adj_irregular_2"),
+    "ellipsis": ("ellipsis_n_bar_1", "ellipsis_n_bar_2"),
+    "filler_gap": ("wh_questions_object_gap", "wh_questions_subject_gap", "wh_questions_subject_gap_long_distance",
+                   "wh_vs_that_no_gap", "wh_vs_that_no_gap_long_distance", "wh_vs_that_with_gap",
+                   "wh_vs_that_with_gap_long_distance"),
+    "irregular_forms": ("irregular_past_participle_adjectives", "irregular_past_participle_verbs"),
+    "island_effects": ("adjunct_island", "complex_NP_island", "coordinate_structure_constraint_complex_left_branch",
+                       "coordinate_structure_constraint_object_extraction", "left_branch_island_echo_question",
+                       "left_branch_island_simple_question", "sentential_subject_island", "wh_island"),
+    "npi_licensing": ("matrix_question_npi_licensor_present", "npi_present_1", "npi_present_2",
+                      "only_npi_licensor_present", "only_npi_scope", "sentential_negation_npi_licensor_present",
+                      "sentential_negation_npi_scope"),
+    "quantifiers": ("existential_there_quantifiers_1", "existential_there_quantifiers_2",
+                    "superlative_quantifiers_1", "superlative_quantifiers_2"),
+    "subject_verb_agreement": ("distractor_agreement_relational_noun", "distractor_agreement_relative_clause",
+                               "irregular_plural_subject_verb_agreement_1", "irregular_plural_subject_verb_agreement_2",
+                               "regular_plural_subject_verb_agreement_1", "regular_plural_subject_verb_agreement_2"),
+}
+_UID_GROUP = {uid: g for g, uids in MLM_SCORING_GROUPS.items() for uid in uids}
+
+
+def mlm_scoring_group(paradigm: str) -> str:
+    """The mlm-scoring group of a BLiMP paradigm UID (raises on an unknown UID, as their script logs)."""
+    try:
+        return _UID_GROUP[paradigm]
+    except KeyError:
+        raise ValueError(f"BLiMP paradigm {paradigm!r} is in none of mlm-scoring's 12 groups") from None
 
 STIMULI = Path(__file__).with_name("data") / "stimuli"
 GULORDAVA = ("colorlessgreen-agreement", "data/agreement/English/generated.tab")
@@ -55,10 +132,17 @@ REFERENCE = {
         {"model": "human", "accuracy": 0.886,
          "source": "awslabs/mlm-scoring examples/lingacc-blimp/README.md (from Warstadt et al. 2020)"},
     ],
-    # Goldberg (2019) BERT-base/large accuracies on the Linzen and Gulordava sets: not found in a
-    # source we could read (the paper's tables were not in the searchable text), so left out. His raw
-    # per-item outputs are in github.com/yoavg/bert-syntax, results/gulordava_results_{base,large}.txt.
-    "agreement": [],
+    # Goldberg (2019) on Gulordava et al.'s set, counted from his committed per-item outputs
+    # (one True/False line per scored item; 27 of 410 items skipped: 14 is/are, 13 forms not in the
+    # vocabulary). His Linzen-set outputs (results/lgd_results_*.txt) are absent from the snapshot
+    # we could read, so no Linzen numbers are printed.
+    "agreement": [
+        {"model": f"bert-{m}-uncased", "dataset": "gulordava", "n_attractors": k, "accuracy": acc, "n": n,
+         "source": f"authors' code output: yoavg/bert-syntax results/gulordava_results_{m}.txt (counted)"}
+        for m, rows in (("base", [("all", 319, 383), (0, 260, 311), (1, 51, 63), (2, 8, 9)]),
+                        ("large", [("all", 305, 383), (0, 250, 311), (1, 47, 63), (2, 8, 9)]))
+        for k, right, n in rows for acc in [round(right / n, 3)]
+    ],
 }
 
 
@@ -140,15 +224,37 @@ def load_agreement_stimuli(path: str | Path | None = None) -> pd.DataFrame:
     return df[_ITEM_COLUMNS]
 
 
-def agreement_items(data: str = "auto", limit: int | None = None) -> tuple[pd.DataFrame, list[str]]:
+def goldberg_selection(items: pd.DataFrame) -> pd.DataFrame:
+    """Goldberg's (2019) items of each set (see :data:`GOLDBERG_SKIP_FORMS`): Gulordava items whose
+    correct form is "is"/"are" are dropped; Linzen items keep 1-4 attractors and, where the table has
+    an ``n_intervening`` column, only those whose every intervening noun is an attractor. Other data
+    sets pass unchanged."""
+    keep = pd.Series(True, index=items.index)
+    gul = items["dataset"] == "gulordava"
+    keep &= ~(gul & items["correct"].str.lower().isin(GOLDBERG_SKIP_FORMS))
+    lin = items["dataset"] == "linzen"
+    keep &= ~(lin & ~items["n_attractors"].isin(GOLDBERG_ATTRACTORS))
+    if "n_intervening" in items.columns:
+        keep &= ~(lin & (items["n_intervening"] != items["n_attractors"]))
+    return items[keep].reset_index(drop=True)
+
+
+def agreement_items(data: str = "auto", limit: int | None = None,
+                    selection: str = "goldberg") -> tuple[pd.DataFrame, list[str]]:
     """Items of the agreement sets and notes for the report.
 
     ``data="auto"``: Gulordava + Linzen when available, else our stimuli (with a note saying so);
-    ``"gulordava"``, ``"linzen"``, ``"stimuli"`` pick one set. ``limit`` caps items per set.
+    ``"gulordava"``, ``"linzen"``, ``"stimuli"`` pick one set. ``selection="goldberg"`` applies
+    :func:`goldberg_selection` (before ``limit``); ``"all"`` (ours) keeps every item. ``limit``
+    caps items per set.
     """
     from .data import DataUnavailableError
 
-    loaders = {"gulordava": load_gulordava, "linzen": load_linzen}
+    if selection not in AGREEMENT_SELECTIONS:
+        raise ValueError(f"selection must be one of {AGREEMENT_SELECTIONS}, not {selection!r}")
+    select = goldberg_selection if selection == "goldberg" else (lambda df: df)
+    loaders = {"gulordava": lambda n: select(load_gulordava()).head(n) if n else select(load_gulordava()),
+               "linzen": lambda n: select(load_linzen()).head(n) if n else select(load_linzen())}
     if data == "stimuli":
         return load_agreement_stimuli().head(limit) if limit else load_agreement_stimuli(), []
     if data not in ("auto", *loaders):
@@ -316,15 +422,38 @@ def score_blimp(scorer: Scorer, pairs: pd.DataFrame, batch_size: int = 64, progr
     return out
 
 
+BLIMP_LEVELS = ("paradigm", "group", "phenomenon", "field", "overall")
+
+
 def blimp_accuracy(scored: pd.DataFrame, by: str = "paradigm") -> pd.DataFrame:
-    """Accuracy per ``by`` (``paradigm``, ``phenomenon``, ``field`` or ``overall``): [level, group, source,
-    scorer, accuracy, n]. ``overall`` is the mean over pairs (equal to the mean over paradigms when each
-    paradigm has the same number of pairs, as in BLiMP)."""
-    if by not in ("paradigm", "phenomenon", "field", "overall"):
-        raise ValueError(f"by must be 'paradigm', 'phenomenon', 'field' or 'overall', not {by!r}")
-    df = scored.assign(overall="all")
-    out = (df.groupby([by, "source", "scorer"], sort=True)
-             .agg(accuracy=("right", "mean"), n=("right", "count")).reset_index()
-             .rename(columns={by: "group"}))
+    """Accuracy per ``by``: [level, group, source, scorer, accuracy, n].
+
+    ``paradigm``: share of right pairs of each UID. ``group`` (the default grouping, Salazar et
+    al.'s ``mlm-scoring``): the 12 groups of :data:`MLM_SCORING_GROUPS`; ``phenomenon``: BLiMP's
+    own ``linguistics_term`` (13, our option); ``field``; ``overall``. Above the paradigm, accuracy
+    is the **mean of the paradigms' accuracies**, as mlm-scoring's ``accuracy.py`` averages them
+    (the same as pooling pairs when every paradigm has equally many, as the full BLiMP); ``n``
+    counts pairs. The stimuli shipped with bertology have no mlm-scoring group: their
+    ``phenomenon`` is used as the group.
+    """
+    if by not in BLIMP_LEVELS:
+        raise ValueError(f"by must be one of {BLIMP_LEVELS}, not {by!r}")
+    keys = ["source", "scorer"]
+    per = (scored.groupby(["paradigm", *keys], sort=True)
+                 .agg(accuracy=("right", "mean"), n=("right", "count")).reset_index())
+    if by == "paradigm":
+        out = per.rename(columns={"paradigm": "group"})
+    else:
+        first = scored.drop_duplicates("paradigm").set_index("paradigm")
+        if by == "group":
+            per["level_group"] = [_UID_GROUP.get(p, first.loc[p, "phenomenon"]) for p in per["paradigm"]]
+        elif by == "overall":
+            per["level_group"] = "all"
+        else:
+            per["level_group"] = per["paradigm"].map(first[by])
+        out = (per.groupby(["level_group", *keys], sort=True)
+                  .agg(accuracy=("accuracy", "mean"), n=("n", "sum")).reset_index()
+                  .rename(columns={"level_group": "group"}))
+    out = out[["group", *keys, "accuracy", "n"]]
     out.insert(0, "level", by)
     return out

@@ -57,7 +57,9 @@ def test_blimp_scoring_is_pll_comparison(scorer, tokenizer):
     assert s["right"].tolist() == [1.0, 0.0, 1.0]
     by_p = mp.blimp_accuracy(s, "paradigm").set_index("group")["accuracy"]
     assert by_p.to_dict() == {"p1": 0.5, "p2": 1.0}
-    assert mp.blimp_accuracy(s, "overall")["accuracy"].iloc[0] == pytest.approx(2 / 3)
+    # overall = mean of the paradigm accuracies, as mlm-scoring's accuracy.py: (0.5 + 1.0) / 2, not 2/3 pooled
+    overall = mp.blimp_accuracy(s, "overall")
+    assert overall["accuracy"].iloc[0] == pytest.approx(0.75) and overall["n"].iloc[0] == 3
     with pytest.raises(ValueError, match="by must be"):
         mp.blimp_accuracy(s, "uid")
 
@@ -122,3 +124,61 @@ def test_real_blimp_loader():
 def test_skip_summary_when_nothing_skipped(scorer):
     s = mp.score_agreement(scorer, items().iloc[[0, 1]])
     assert mp.skip_summary(s).empty and list(mp.skip_summary(s).columns) == ["dataset", "reason", "n", "share"]
+
+
+def test_blimp_groups_are_mlm_scorings_twelve():
+    # mlm-scoring's accuracy.py: 12 groups; the two s-selection paradigms are in argument_structure
+    assert len(mp.MLM_SCORING_GROUPS) == 12
+    assert sum(len(v) for v in mp.MLM_SCORING_GROUPS.values()) == 67
+    assert mp.mlm_scoring_group("animate_subject_trans") == "argument_structure"
+    with pytest.raises(ValueError, match="none of mlm-scoring"):
+        mp.mlm_scoring_group("no_such_uid")
+    # 3 paradigms: causative (2 of 2 right), animate_subject_passive (0 of 4), adjunct_island (1 of 2)
+    scored = pd.DataFrame({
+        "paradigm": ["causative"] * 2 + ["animate_subject_passive"] * 4 + ["adjunct_island"] * 2,
+        "phenomenon": ["argument_structure"] * 2 + ["s-selection"] * 4 + ["island_effects"] * 2,
+        "field": ["syntax"] * 8, "right": [1.0, 1.0, 0, 0, 0, 0, 1.0, 0],
+        "source": ["mlm"] * 8, "scorer": ["m"] * 8})
+    g = mp.blimp_accuracy(scored, "group").set_index("group")
+    # argument_structure = mean(1.0, 0.0) = 0.5 over 6 pairs (pooled would be 2/6)
+    assert g.loc["argument_structure", "accuracy"] == pytest.approx(0.5) and g.loc["argument_structure", "n"] == 6
+    assert g.loc["island_effects", "accuracy"] == pytest.approx(0.5) and len(g) == 2
+    ph = mp.blimp_accuracy(scored, "phenomenon").set_index("group")["accuracy"].to_dict()
+    assert ph == {"argument_structure": 1.0, "s-selection": 0.0, "island_effects": 0.5}
+    assert mp.blimp_accuracy(scored, "overall")["accuracy"].iloc[0] == pytest.approx(0.5)
+
+
+def test_goldberg_selection_rules():
+    df = pd.DataFrame({
+        "dataset": ["gulordava", "gulordava", "gulordava", "linzen", "linzen", "linzen", "linzen", "other"],
+        "n_attractors": [0, 1, 0, 0, 1, 4, 2, 0],
+        "correct": ["is", "are", "runs", "is", "is", "have", "has", "is"],
+        "wrong": ["are", "is", "run", "are", "are", "has", "have", "are"],
+        "context": ["x [MASK]"] * 8})
+    sel = mp.goldberg_selection(df)
+    # Gulordava: is/are dropped; Linzen: 0 attractors dropped, is/are kept; other sets untouched
+    assert sel["correct"].tolist() == ["runs", "is", "have", "has", "is"]
+    # with a count of intervening nouns, Linzen keeps only items where every one is an attractor
+    sel = mp.goldberg_selection(df.assign(n_intervening=[0, 1, 0, 0, 1, 5, 2, 0]))
+    assert sel["correct"].tolist() == ["runs", "is", "has", "is"]
+
+
+@pytest.mark.skipif(not _have(*mp.GULORDAVA), reason="Gulordava data not available")
+def test_goldberg_selection_on_the_real_sets():
+    items, _ = mp.agreement_items("auto")
+    by = items.groupby("dataset").size().to_dict()
+    # Gulordava: 410 items less the 14 is/are ones Goldberg skipped (his results file logs 14 "skipping is/are")
+    # Linzen subset: 7,489 less the 1,972 without attractors
+    assert by == {"gulordava": 396, "linzen": 5517}
+    assert len(mp.agreement_items("gulordava", selection="all")[0]) == 410
+    assert len(mp.agreement_items("linzen", limit=7)[0]) == 7
+    with pytest.raises(ValueError, match="selection"):
+        mp.agreement_items("auto", selection="some")
+
+
+def test_goldberg_reference_numbers_carry_their_source():
+    ref = pd.DataFrame(mp.REFERENCE["agreement"])
+    base = ref[(ref.model == "bert-base-uncased")].set_index("n_attractors")
+    assert base.loc["all", "accuracy"] == 0.833 and base.loc["all", "n"] == 383
+    assert [base.loc[k, "accuracy"] for k in (0, 1, 2)] == [0.836, 0.81, 0.889]
+    assert ref["source"].str.contains("yoavg/bert-syntax results/gulordava_results_").all()
