@@ -5,24 +5,30 @@ Reproduces, for any BERT-style model, the studies the Primer in BERTology (Roger
 
 - **LAMA** (Petroni et al. 2019, *Language Models as Knowledge Bases?*, §3-4, Table 2): a fact
   (subject, relation, object) becomes a cloze sentence ("Dante was born in [MASK] .") and the
-  model must rank the object first. P@k per relation, macro-averaged over the relations of a
-  corpus (T-REx, Google-RE, ConceptNet, SQuAD). As in LAMA, only facts whose object is a single
-  word piece are kept (we count the others), and predictions are ranked over a candidate
-  vocabulary: LAMA's common vocabulary file is not in our data, so we use the model's own
-  whole-word tokens (no ``##`` continuation pieces, no special or ``[unused]`` tokens).
+  model must rank the object first. P@k per relation (share of its facts), averaged over the
+  relations of a corpus as LAMA's ``scripts/run_experiments.py`` does: T-REx and Google-RE over
+  their relation files, ConceptNet and SQuAD one relation each. As in LAMA, only facts whose
+  object is a single word piece are kept (we count the others), and predictions are ranked over a
+  candidate vocabulary: LAMA's common vocabulary file is not in our data, so we use the model's
+  own whole-word tokens (no ``##`` continuation pieces, no special or ``[unused]`` tokens).
+  The facts come from Kassner & Schütze's release, a *subset* of LAMA: its P@k is not Petroni et
+  al.'s full-LAMA figure (declared in the register).
 - **Negated and misprimed LAMA** (Kassner & Schütze 2020, *Negated and Misprimed Probes*, §2-3):
   "Dante was not born in [MASK] ." — how often the negated query gets the *same* top-1 answer as
-  the original (BERT mostly ignores "not"), and how often a misprime ("Talk? Birds can [MASK]")
+  the original ("overlap at 1") and Spearman's rank correlation between the two queries'
+  log-probabilities over the candidate vocabulary, per fact, as LAMA's negation code computes
+  them (``lama/evaluation_metrics.py``); and how often a misprime ("Talk? Birds can [MASK]")
   pulls the top-1 answer to the priming word.
 - **Physical commonsense** (Forbes, Holtzman & Choi 2019, *Do Neural Language Representations
   Learn Physical Commonsense?*, Tables 2-3): object-property (OP, abstract and situated),
   object-affordance (OA) and affordance-property (AP) yes/no judgements. We probe *frozen*
   representations (no fine-tuning): each object, property and affordance is embedded on its own
   as mean-pooled word states of one layer, a pair is ``[u, v, u*v]``, and a class-balanced
-  logistic regression is trained on the training objects and tested on held-out objects.
-  Scored with Forbes's macro F1 per category (per item precision and recall averaged over the
-  items of the category, items without positives skipped) against their majority-by-category
-  baseline and the human annotations shipped with the data.
+  logistic regression is trained on all training pairs (the authors' object split) and tested
+  on the held-out objects. Scored with Forbes's macro F1 per category (per item precision and
+  recall averaged over the items of the category, items without positives skipped; their
+  ``pc/metrics.py``) against their majority-by-category baseline (``pc/baselines.py``) and the
+  human annotations shipped with the data. The authors fine-tune BERT instead (declared).
 
 All metric functions take tidy DataFrames, so tests check them on hand-made predictions.
 """
@@ -784,8 +790,10 @@ def forbes_verdict(gains: pd.DataFrame, margin: float = 0.05, control_gains: pd.
     return out
 
 
-def lama_findings(macro: pd.DataFrame, neg_macro: pd.DataFrame, labels: dict[str, str]) -> list[str]:
-    """Markdown bullets from this run's LAMA tables."""
+def lama_findings(macro: pd.DataFrame, neg_macro: pd.DataFrame, labels: dict[str, str],
+                  spearman_macro: pd.DataFrame | None = None) -> list[str]:
+    """Markdown bullets from this run's LAMA tables (``spearman_macro``: :func:`negation_spearman`
+    averaged by :func:`macro_by_corpus`)."""
     out = []
     for src in labels:
         m = macro[(macro["source"] == src) & (macro["k"] == 1)]
@@ -801,6 +809,12 @@ def lama_findings(macro: pd.DataFrame, neg_macro: pd.DataFrame, labels: dict[str
                          + ", ".join(f"{r.corpus} {r.value:.0%}" for r in base.itertuples())
                          + " of the time, so overlap near that level means the answer ignores the subject, not just 'not'")
             out.append(line + ".")
+        if spearman_macro is not None:
+            sp = spearman_macro[spearman_macro["source"] == src]
+            if len(sp):
+                out.append(f"{labels[src]}: Spearman correlation of the original and negated queries' predictions over "
+                           "the candidate vocabulary (Kassner & Schütze's ρ; 1 = negation changes nothing) "
+                           + ", ".join(f"{r.corpus} {r.value:.2f}" for r in sp.itertuples()) + ".")
     return out
 
 
@@ -829,14 +843,14 @@ def forbes_embeddings(loaded, texts: dict[str, str], batch_size: int = 64, progr
     return dict(zip(keys, emb))
 
 
-def subsample_pairs(task_data: dict[str, tuple[pd.DataFrame, pd.DataFrame]], max_train: int, max_test: int,
-                    seed: int = 0) -> dict[str, tuple[pd.DataFrame, pd.DataFrame]]:
-    """At most ``max_train`` / ``max_test`` pairs per task, drawn with ``seed`` (quick runs: fewer
-    pairs also means fewer words to embed)."""
+def subsample_pairs(task_data: dict[str, tuple[pd.DataFrame, pd.DataFrame]], max_train: int | None,
+                    max_test: int | None, seed: int = 0) -> dict[str, tuple[pd.DataFrame, pd.DataFrame]]:
+    """At most ``max_train`` / ``max_test`` pairs per task (``None``: all, as the authors), drawn
+    with ``seed`` in the authors' pair order (quick runs: fewer pairs, fewer words to embed)."""
     rng = np.random.default_rng(seed)
 
     def take(df, n):
-        if len(df) <= n:
+        if n is None or len(df) <= n:
             return df
         return df.iloc[np.sort(rng.choice(len(df), n, replace=False))].reset_index(drop=True)
 
