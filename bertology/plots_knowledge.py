@@ -44,7 +44,7 @@ def _bars(ax, df: pd.DataFrame, x: str, y: str, hue: str, order=None, hue_order=
 
 
 def ettinger_overview(summary: pd.DataFrame, labels: dict | None = None):
-    """Ettinger (2020) Tables 3-9 at a glance: accuracy@1/@5 and sensitivity per suite, one bar per
+    """Ettinger (2020) diagnostics at a glance: accuracy@1/@5 and sensitivity per suite, one bar per
     source (model MLM / fitted readout / random-init control). Original (unperturbed) contexts."""
     d = summary[summary["variant"] == "original"].copy()
     d["source"] = d["source"].map(lambda s: _source_label(s, labels))
@@ -87,7 +87,7 @@ def role_perturbations(summary: pd.DataFrame, labels: dict | None = None):
 
 
 def cprag_perturbations(summary: pd.DataFrame, labels: dict | None = None):
-    """Ettinger §6: CPRAG accuracy@5 and sensitivity under shuffled / truncated contexts (shuffled
+    """Ettinger's perturbations: CPRAG accuracy@5 and sensitivity under shuffled / truncated contexts (shuffled
     variants: mean over the draws in ``summary``, whose ``sd`` column gives their spread)."""
     d = summary[(summary["suite"] == "CPRAG") & summary["metric"].isin(["accuracy@5", "sensitivity: expected vs both"])].copy()
     d["source"] = d["source"].map(lambda s: _source_label(s, labels))

@@ -6,15 +6,15 @@ BERTology (Rogers et al. 2020, §3.2 "Semantic knowledge") summarises:
 
 - **CPRAG-102** (commonsense and pragmatic inference, Federmeier & Kutas 1999): two-sentence
   contexts; the expected word against a within-category and a between-category completion
-  (Ettinger §4.1, Tables 3, 4 and the perturbations of §6: first sentence shuffled, second
-  sentence truncated to its last two words, both).
+  (and her perturbations: first sentence shuffled, second sentence truncated to its last two
+  words, both; ``run_diagnostics_bert.py``).
 - **ROLE-88** (event knowledge and semantic roles, Chow et al. 2016): "which customer the
   waitress had [MASK]" against the role-reversed "which waitress the customer had [MASK]"
-  (Ettinger §4.2, Tables 5, 6).
+  (and, in her experiment code, the same with the object and/or subject noun removed).
 - **NEG-136** (category membership and negation, Fischler et al. 1983 SIMP; Nieuwland &
-  Kuperberg 2008 NAT): "A robin is a [MASK]" / "A robin is not a [MASK]" (Ettinger §4.3, Tables 7-9).
+  Kuperberg 2008 NAT): "A robin is a [MASK]" / "A robin is not a [MASK]".
 
-Ettinger's two measures, as defined in her paper and released code (read to understand, not
+Ettinger's two measures, as defined in her released code (read to understand, not
 copied): **accuracy@k** — the share of contexts whose expected word (any of them, when
 several) is among the model's top-k predictions over the whole vocabulary; **sensitivity** —
 the share of comparisons in which the good completion gets a higher probability than the bad
@@ -216,7 +216,7 @@ def _shuffled_first(s1: str, rng: random.Random) -> str:
 
 
 def perturb_cprag(s1: str, s2: str, how: str, rng: random.Random | None = None, shuffled: str | None = None) -> str:
-    """Ettinger §6 perturbations of a CPRAG context (the [MASK] is appended by the caller).
+    """Ettinger's perturbations of a CPRAG context (the [MASK] is appended by the caller).
 
     ``shuffled``: words of the first sentence in random order (its full stops dropped, one put
     back at the end); ``truncated``: the second sentence cut to its last two words;
@@ -523,12 +523,29 @@ def sensitivity_pairs(scored: pd.DataFrame) -> pd.DataFrame:
                 pairs.append(("canonical vs reversed", c["a"], c["b"]))
             elif suite.startswith("NEG") and {"TA", "FA", "TN", "FN"} <= set(c):
                 pairs += [("affirmative", c["TA"], c["FA"]), ("negated", c["TN"], c["FN"])]
+            group = {}
+            first = next(iter(c.values()))
+            if suite == "CPRAG" and isinstance(first.get("constraint"), str):
+                group["group"] = f"constraint {first['constraint']}"
+            elif suite == "NEG-NAT" and isinstance(first.get("licensing"), str):
+                group["group"] = f"licensing {first['licensing']}"
             for comp, good, bad in pairs:
-                out.append({**base, "item": item, "comparison": comp,
+                out.append({**base, "item": item, "comparison": comp, **group,
                             "good": good["target"], "bad": bad["target"],
                             "good_prob": good["prob"], "bad_prob": bad["prob"],
                             "good_logprob": good["logprob"], "bad_logprob": bad["logprob"]})
     return pd.DataFrame(out)
+
+
+def sensitivity_by_group(pairs: pd.DataFrame, threshold: float = THRESHOLD, oov: str = "wrong") -> pd.DataFrame:
+    """Ettinger's breakdowns of sensitivity: CPRAG by item constraint (``constraint H`` / ``L``, her
+    high- and low-constraint items) and NEG-NAT by licensing (``licensing Y``: natural negation,
+    ``N``: less natural). Same columns as :func:`sensitivity` plus ``group``; other suites are absent."""
+    if "group" not in pairs.columns:
+        return pd.DataFrame(columns=["source", "suite", "variant", "draw", "comparison", "group", "sensitivity",
+                                     "sensitivity_thresh", "n", "n_oov", "n_dropped"])
+    g = pairs.dropna(subset=["group"])
+    return sensitivity(g, threshold, by=("source", "suite", "variant", "draw", "comparison", "group"), oov=oov)
 
 
 def sensitivity(pairs: pd.DataFrame, threshold: float = THRESHOLD,

@@ -334,3 +334,23 @@ def test_declared_deviations_follow_the_options():
     assert sum("[MASK] [SEP]" in t for t in ours) == 1 and any("oov='drop'" in t for t in ours)
     assert any("non-special" in t for t in ours)
     assert any("3 seeded draws" in t for t in faithful)
+
+
+def test_sensitivity_by_constraint_and_licensing_as_she_reports():
+    rows = []
+    # CPRAG: high-constraint item 0 right, high item 1 wrong, low item 2 right
+    for item, cons, (e, w, b) in (("0", "H", (0.5, 0.1, 0.1)), ("1", "H", (0.1, 0.5, 0.1)), ("2", "L", (0.3, 0.2, 0.1))):
+        for cond, p in (("exp", e), ("wc", w), ("bc", b)):
+            rows.append(dict(source="mlm", suite="CPRAG", variant="original", draw=0, item=item, condition=cond,
+                             target=cond, prob=p, logprob=math.log(p), constraint=cons))
+    # NEG-NAT: licensed item 0 right in both polarities; unlicensed item 1 right only when affirmative
+    for item, lic, (ta, fa, tn, fn) in (("0", "Y", (0.4, 0.1, 0.3, 0.2)), ("1", "N", (0.4, 0.1, 0.1, 0.3))):
+        for cond, p in (("TA", ta), ("FA", fa), ("TN", tn), ("FN", fn)):
+            rows.append(dict(source="mlm", suite="NEG-NAT", variant="original", draw=0, item=item, condition=cond,
+                             target=cond, prob=p, logprob=math.log(p), licensing=lic))
+    g = sr.sensitivity_by_group(sr.sensitivity_pairs(pd.DataFrame(rows))).set_index(["comparison", "group"])
+    assert g.loc[("expected vs both", "constraint H"), "sensitivity"] == 0.5
+    assert g.loc[("expected vs both", "constraint L"), "sensitivity"] == 1.0
+    assert g.loc[("negated", "licensing Y"), "sensitivity"] == 1.0
+    assert g.loc[("negated", "licensing N"), "sensitivity"] == 0.0
+    assert g.loc[("affirmative", "licensing N"), "sensitivity"] == 1.0
