@@ -19,6 +19,12 @@ def test_notebook_06_quick_report(tmp_path):
     meta, tables, values = res["meta"], res["tables"], res["values"]
     assert meta["model"] == "minilm" and meta["quick"] is True
     assert values["ranges"] == [99, 999] and values["probe_layer"] == 6
+    assert values["encode"] == "context"  # the authors' encoding by default: a list or pair is one input
+    # method deviations come from the register: the shortened training (and the seeds), not the encoding
+    devs = meta["deviations"]
+    assert any(d.startswith("Probe training is shortened") for d in devs)
+    assert not any("encode=" in d for d in devs) and any("mean over 2 seeds" in d for d in devs)
+    assert meta["methods"]["wallace.probes"]["encode"] == "context"
 
     # tokenization: 0..10000, every 1- and 2-digit integer is one piece in BERT's uncased vocabulary
     by_digits = {r["digits"]: r for r in tables["integer_pieces_by_digits"]}
@@ -41,7 +47,13 @@ def test_notebook_06_quick_report(tmp_path):
         assert cell[("decoding", r, "value")] < 0.2 * cell[("decoding", r, "control")]
     # MiniLM's numbers carry value information a random-init network does not
     assert cell[("decoding", 99, "model")] < cell[("decoding", 99, "control")]
-    assert len(tables["probe_runs"]) == 3 * 2 * 3 * 2
+    runs = tables["probe_runs"]
+    assert len(runs) == 3 * 2 * 3 * 2
+    # the reported figure is the best epoch on held-out numbers; the last step is kept beside it
+    for r in runs:
+        assert (r["value"] >= r["final"]) if r["metric"] == "accuracy" else (r["value"] <= r["final"])
+    assert {r["n_test"] for r in runs if r["task"] != "decoding"} == {250}
+    assert all("mean_final" in r for r in summary)
 
     # NumerSense (or the shipped fallback): no MLM head, so a fitted readout and/or the control, labelled
     ns = tables["numersense_metrics"]
