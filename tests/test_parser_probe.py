@@ -52,7 +52,7 @@ def test_right_branching(trees):
 def test_tables(trees):
     runs = [pp.ProbeRun("hand", "m", HAND, trees), pp.ProbeRun("right-branching", "-", pp.right_branching(trees), trees)]
     t = pp.uas_table(runs).set_index("probe")
-    assert list(pp.uas_table(runs).columns) == ["probe", "model", "uas", "n_words"]
+    assert list(pp.uas_table(runs).columns) == ["probe", "model", "uas", "n_words", "recipe"]
     assert t.loc["hand", "uas"] == pytest.approx(7 / 9) and t.loc["right-branching", "n_words"] == 9
     rel = pp.relation_table(runs).set_index(["probe", "relation"])
     assert "punct" not in rel.loc["hand"].index
@@ -153,9 +153,11 @@ def test_run_parser_probes_rows(planted_data, tokenizer):
     runs = pp.run_parser_probes(base, data["gold"][0].sentences[:8], test[:8], epochs=1, device="cpu",
                                 progress=False)
     t = pp.uas_table(runs)
-    assert list(zip(t.probe, t.model)) == [
-        ("right-branching", "-"), ("attn", "random-bert-1x2"), ("attn+word", "random-bert-1x2"),
-        ("attn", "random-bert-1x2+random-init"), ("attn+word", "random-bert-1x2+random-init")]
+    m, r = "random-bert-1x2", "random-bert-1x2+random-init"
+    assert list(zip(t.probe, t.model, t.recipe)) == [
+        ("right-branching", "-", "-"), ("attn", m, "ours"), ("attn+word", m, "ours"),
+        ("attn", m, "clark"), ("attn+word", m, "clark"),  # the authors' recipe: on the model only
+        ("attn", r, "ours"), ("attn+word", r, "ours")]
     assert (t.n_words == t.n_words[0]).all()
 
 
@@ -171,3 +173,47 @@ def test_probe_on_uniform_attention_stays_low(planted_data):
 def test_clark_reference():
     ref = pp.CLARK_TABLE3.set_index("probe")["uas"]
     assert ref["Attn"] == 0.61 and ref["Attn + GloVe"] == 0.77 and ref["Right-branching"] == 0.26
+
+
+def test_uas_leaves_out_the_punct_relation_not_the_punct_tag():
+    # the authors' run_training skips words whose relation is punct; a PUNCT-tagged word with
+    # another relation counts, a punct-relation word with another tag does not
+    t = read_conllu("1	Hi	hi	INTJ	_	_	0	root	_	_\n2	:)	:)	PUNCT	_	_	1	discourse	_	_\n"
+                    "3	--	--	SYM	_	_	1	punct	_	_\n\n")
+    assert pp.uas([np.array([0, 0, 0])], t) == (pytest.approx(1 / 2), 2)
+
+
+def test_clark_probe_root_from_cls_and_sep_by_hand():
+    # units [CLS], w1, w2; rows attend to columns, the rest of each row goes to [SEP]
+    A = np.array([[0.2, 0.3, 0.1], [0.4, 0.1, 0.3], [0.1, 0.6, 0.2]])
+    to_sep, from_sep = 1 - A.sum(1), np.array([0.3, 0.5, 0.2])  # [.4, .2, .1]
+    probe = pp.ClarkProbe(1)
+    with torch.no_grad():
+        probe.w.copy_(torch.tensor([2.0, 1.0]))  # forward map, transposed map
+        probe.root_start.fill_(0.5)
+        probe.root_end.fill_(3.0)
+    tree = read_conllu("1	a	a	X	_	_	0	root	_	_\n2	b	b	X	_	_	1	dep	_	_\n\n")
+    data = pp.ProbeData("m", tree, [A[None].astype(np.float16)], sep=[np.stack([to_sep, from_sep])[None].astype(np.float16)])
+    (batch,) = pp._batches(data, "cpu", 1)
+    s = pp._scores(probe, batch)[0].detach().numpy()
+    # w1: ROOT 2(.5*.4 + 3*.2) + 1(.5*.3 + 3*.5) = 3.25; itself 2*.1 + .1 = .3 (a candidate); w2: 2*.3 + .6 = 1.2
+    # w2: ROOT 2(.5*.1 + 3*.1) + 1(.5*.1 + 3*.2) = 1.35; w1: 2*.6 + .3 = 1.5; itself 3*.2 = .6
+    np.testing.assert_allclose(s[1], [3.25, 0.3, 1.2], atol=2e-3)
+    np.testing.assert_allclose(s[2], [1.35, 1.5, 0.6], atol=2e-3)
+    tp = pp.TrainedProbe("attn", "m", probe)
+    assert [p.tolist() for p in tp.predict(data)] == [[0, 1]]
+
+
+def test_clark_recipe_budget(planted_data):
+    data, test = planted_data
+    tr, te = data["gold"]
+    tp = pp.train_probe(tr, "attn", recipe="clark", seed=0, device="cpu")
+    assert isinstance(tp.probe, pp.ClarkProbe) and len(tp.losses) == pp.CLARK_RECIPE["epochs"] == 1
+    again = pp.train_probe(tr, "attn", recipe="clark", seed=0, device="cpu")
+    assert torch.equal(tp.probe.w, again.probe.w)
+    # 40 sentences, one Adam step of 2e-3 each from a random start: far from converged, but it has learnt
+    assert 0 <= pp.uas(tp.predict(te), test)[0] <= 1 and tp.losses[0] > 0
+    tw = pp.train_probe(tr, "attn+word", recipe="clark", seed=0, device="cpu")
+    assert tw.probe.dense is not None and len(tw.predict(te)) == len(test)
+    with pytest.raises(ValueError, match="recipe"):
+        pp.train_probe(tr, "attn", recipe="paper")
