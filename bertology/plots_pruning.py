@@ -18,7 +18,7 @@ def importance_vs_ablation(heads: pd.DataFrame, metric_name: str, rho: float | N
     sns.scatterplot(data=d, x="importance", y="ablation_drop", hue="layer", palette="viridis", s=34,
                     edgecolor="none", legend="full", ax=ax)
     ax.axhline(0, color="0.5", lw=0.8, ls=":")
-    ax.set_xlabel("gradient importance  E|∂L/∂ξ_h|")
+    ax.set_xlabel("gradient importance  Σ|∂L/∂ξ_h| over tokens (Michel)")
     ax.set_ylabel(f"drop in {metric_name}\nwhen only this head is removed")
     if rho is not None:
         ax.set_title(f"Spearman ρ = {rho:.2f}", fontsize=10)
