@@ -199,6 +199,8 @@ def probe_uas(uas: pd.DataFrame, reference: pd.DataFrame | None = None):
     """Clark et al. Table 3 as a figure: UAS of each probe on each model (bars), with the paper's
     BERT-base/WSJ values as reference ticks where a row corresponds (``reference.ours``)."""
     d = uas.assign(system=[p if m == "-" else f"{p} · {m}" for p, m in zip(uas["probe"], uas["model"])])
+    if "recipe" in d:  # the authors' training recipe rows (parser_probe.run_parser_probes) are labelled
+        d["system"] = [s + (" · authors' recipe" if r == "clark" else "") for s, r in zip(d["system"], d["recipe"])]
     fig, ax = plt.subplots(figsize=(7, 0.45 * len(d) + 1.2))
     y = np.arange(len(d))
     ax.barh(y, d["uas"], color=sns.color_palette(PALETTE)[0], height=0.6, label="this run")
