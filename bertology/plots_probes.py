@@ -152,7 +152,8 @@ def agreement_by_attractors(table: pd.DataFrame):
 
 
 def blimp_by_phenomenon(table: pd.DataFrame):
-    """BLiMP accuracy per phenomenon (``linguistics_term``), one bar per scorer; dashed = chance."""
+    """BLiMP accuracy per phenomenon group (mlm-scoring's 12 groups or BLiMP's ``linguistics_term``, whichever
+    :func:`bertology.minimal_pairs.blimp_accuracy` table is given), one bar per scorer; dashed = chance."""
     fig, ax = plt.subplots(figsize=(9, 3.6))
     sns.barplot(data=table, x="group", y="accuracy", hue="scorer", ax=ax, palette=PALETTE)
     ax.axhline(0.5, ls="--", color="0.4", lw=1)

@@ -48,5 +48,13 @@ def test_notebook_04_quick_report(tmp_path):
     assert all(math.isfinite(v) for v in sim.values())
     for name in ("probe_by_layer", "rank_sweep", "example_tree", "perturbation_similarity", "perturbation_probe"):
         assert (base / "figures" / f"{name}.png").stat().st_size > 10_000
+    # method deviations come from the register (bertology.fidelity), with this run's option values
+    devs = meta["deviations"]
+    assert any(d.startswith("Punctuation excluded from UUAS and root% is UPOS PUNCT") for d in devs)
+    assert "Adam learning rate 0.01 (Hewitt & Manning: 0.001)." in devs  # quick mode's larger step
+    assert not any(d.startswith("Probe maximum rank") for d in devs)  # default rank = hidden size
+    assert meta["methods"]["hewitt_manning.probe"]["hidden_size"] == meta["model_info"]["hidden_size"]
+    assert {"goldberg.agreement", "blimp.pll"} <= set(meta["methods"])
+    assert {r["rank"] for r in probe} == {meta["model_info"]["hidden_size"]}
     html = (tmp_path / "minilm" / "04_syntax_probes.html").read_text()
     assert "What this run shows" in html and "Where this run deviates from the paper" in html
