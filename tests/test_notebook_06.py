@@ -52,7 +52,7 @@ def test_notebook_06_quick_report(tmp_path):
     # the reported figure is the best epoch on held-out numbers; the last step is kept beside it
     for r in runs:
         assert (r["value"] >= r["final"]) if r["metric"] == "accuracy" else (r["value"] <= r["final"])
-    assert {r["n_test"] for r in runs if r["task"] != "decoding"} == {250}
+    assert {r["n_test"] for r in runs if r["task"] != "decoding"} == {200}
     assert all("mean_final" in r for r in summary)
 
     # NumerSense (or the shipped fallback): no MLM head, so a fitted readout and/or the control, labelled
