@@ -5,7 +5,8 @@ removes each head in turn and re-evaluates (one forward pass over the data per h
 the same model, task and sentences in one run:
   * seconds for each, and their ratio (goal: gradient >= 20x faster);
   * Spearman rank correlation between the gradient scores and the ablation drops, raw and with
-    Michel's per-layer L2 normalisation.
+    Michel's per-layer L2 normalisation. Importance is the authors' definition (|per-token gate
+    gradient|, ``pruning.head_importance`` defaults), scored here on the evaluation sentences.
 
 Usage:  python benchmarks/bench_importance.py [--model minilm] [--task auto] [--n 64] [--device auto]
 """
@@ -49,7 +50,7 @@ def main(argv=None) -> dict:
     drops = pr.ablation_drops(loaded, task)
     t_abl = time.perf_counter() - t
 
-    norm = raw / (abs(raw) ** 2).sum(1, keepdims=True) ** 0.5
+    norm = pr.normalize_by_layer(raw)  # the authors' per-layer L2 normalisation
     res = {
         "model": loaded.info.name, "device": str(loaded.device), "task": task_name, "sentences": len(sents),
         "heads": int(raw.size), "seconds_gradient": round(t_grad, 3), "seconds_ablation": round(t_abl, 3),
