@@ -59,6 +59,10 @@ declare("goldberg.agreement", "selection",
         "keeps only 1-4 attractor sentences of the Linzen et al. set.", kind="option",
         when=option_differs("agreement_selection", "goldberg"),
         reference=f"{_YG} eval_bert.py (eval_gulordava), make_linzen_goldberg_testset.py")
+declare("goldberg.agreement", "case",
+        "Gulordava et al.'s sentences are given to the tokenizer as written; Goldberg lower-cased them first "
+        "(no difference for an uncased model, such as the ones he ran).",
+        reference=f"{_YG} eval_bert.py (read_gulordava)")
 BLIMP_GROUPINGS = ("mlm-scoring", "linguistics_term")
 declare("blimp.pll", "grouping",
         "BLiMP phenomena grouped by the data's own linguistics_term (13 groups, s-selection apart); Salazar "
