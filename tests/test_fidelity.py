@@ -29,3 +29,15 @@ def test_every_declaration_names_where_the_authors_definition_was_read():
     missing = real[real.reference.str.strip() == ""]
     assert missing.empty, f"deviations without a reference: {missing[['study', 'key']].values.tolist()}"
     assert not real.duplicated(["study", "key"]).any()
+
+
+def test_docs_register_is_current():
+    import importlib.util
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    spec = importlib.util.spec_from_file_location("make_fidelity_doc", root / "scripts" / "make_fidelity_doc.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    text = (root / "docs" / "fidelity.md").read_text(encoding="utf-8")
+    assert mod.render(text) == text, "docs/fidelity.md is stale: run python scripts/make_fidelity_doc.py"
