@@ -183,6 +183,21 @@ def word_pieces(tokenizer, word: str) -> list[int]:
     return [ids[t] for t in inside]
 
 
+def encode_masked(scorer: Scorer, text: str, what: str) -> tuple[list[int], int]:
+    """Token ids of ``text`` (one ``[MASK]``, replaced by the tokenizer's mask token) and the mask's
+    position. ``what`` names the input in errors ("context 3", "fact 2, query 'negated'")."""
+    if not isinstance(text, str) or text.count(MASK) != 1:
+        raise ValueError(f"{what} must be a string with exactly one {MASK}: {text!r}")
+    tok = scorer.tokenizer
+    ids = tok(text.replace(MASK, tok.mask_token))["input_ids"]
+    where = [t for t, x in enumerate(ids) if x == scorer.mask_id]
+    if len(where) != 1:
+        raise ValueError(f"{what}: expected one mask token after tokenizing, found {len(where)}")
+    if len(ids) > scorer.max_length:
+        raise ValueError(f"{what} is {len(ids)} word pieces long, over the model's limit of {scorer.max_length}")
+    return ids, where[0]
+
+
 def _check_context(i: int, context) -> int:
     if not isinstance(context, str):
         raise TypeError(f"context {i} must be a string, got {type(context).__name__}")

@@ -307,7 +307,7 @@ def score_lama(scorer, facts: pd.DataFrame, vocab: Sequence[str] | None = None, 
     import torch
     from tqdm.auto import tqdm
 
-    from .cloze import word_pieces
+    from .cloze import encode_masked, word_pieces
 
     tok = scorer.tokenizer
     queries = list(queries)
@@ -316,15 +316,7 @@ def score_lama(scorer, facts: pd.DataFrame, vocab: Sequence[str] | None = None, 
     seqs, pos = {}, {}
     for q in queries:
         for i, sent in enumerate(facts[q]):
-            if not isinstance(sent, str) or sent.count(MASK) != 1:
-                raise ValueError(f"fact {i}, query {q!r}: needs exactly one {MASK}: {sent!r}")
-            ids = tok(sent.replace(MASK, tok.mask_token))["input_ids"]
-            where = [t for t, x in enumerate(ids) if x == scorer.mask_id]
-            if len(where) != 1:
-                raise ValueError(f"fact {i}, query {q!r}: expected one mask token after tokenizing, found {len(where)}")
-            if len(ids) > scorer.max_length:
-                raise ValueError(f"fact {i}, query {q!r}: {len(ids)} word pieces, over the model's limit of {scorer.max_length}")
-            seqs[q, i], pos[q, i] = ids, where[0]
+            seqs[q, i], pos[q, i] = encode_masked(scorer, sent, f"fact {i}, query {q!r}")
     target = []
     for obj in facts["obj_label"]:
         p = word_pieces(tok, obj)

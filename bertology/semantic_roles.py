@@ -362,16 +362,9 @@ def context_cloze(scorer, contexts: Sequence[str], words: Sequence[Sequence[str]
             raise ValueError("no word of `vocab` is a single word piece of this tokenizer")
     seqs, pos = [], []
     for i, c in enumerate(contexts):
-        if not isinstance(c, str) or c.count(MASK) != 1:
-            raise ValueError(f"context {i} must be a string with exactly one {MASK}: {c!r}")
-        ids = tok(c.replace(MASK, tok.mask_token))["input_ids"]
-        where = [t for t, x in enumerate(ids) if x == scorer.mask_id]
-        if len(where) != 1:
-            raise ValueError(f"context {i}: expected one mask token after tokenizing, found {len(where)}")
-        if len(ids) > scorer.max_length:
-            raise ValueError(f"context {i} is {len(ids)} word pieces long, over the model's limit of {scorer.max_length}")
+        ids, where = cloze.encode_masked(scorer, c, f"context {i}")
         seqs.append(ids)
-        pos.append(where[0])
+        pos.append(where)
     rows, targets_of = [], []
     for i, ws in enumerate(words):
         own = []
