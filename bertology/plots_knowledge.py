@@ -67,41 +67,36 @@ def ettinger_overview(summary: pd.DataFrame, labels: dict | None = None):
     return fig
 
 
-def role_perturbations(summary: pd.DataFrame, labels: dict | None = None):
-    """Ettinger's ROLE argument removals (object noun -> "one", subject noun -> "other", both):
-    accuracy@5 and sensitivity (canonical above role-reversed) per variant."""
-    d = summary[(summary["suite"] == "ROLE") & summary["metric"].isin(["accuracy@5", "sensitivity: canonical vs reversed"])].copy()
+def _perturbation_panels(summary: pd.DataFrame, suite: str, variants: tuple, sensitivity: tuple, labels):
+    """accuracy@5 and one sensitivity metric of ``suite`` per perturbation variant, side by side."""
+    metric, title = sensitivity
+    d = summary[(summary["suite"] == suite) & summary["metric"].isin(["accuracy@5", metric])].copy()
     d["source"] = d["source"].map(lambda s: _source_label(s, labels))
-    order = [v for v in ("original", "object removed", "subject removed", "both removed") if v in set(d["variant"])]
+    order = [v for v in variants if v in set(d["variant"])]
     fig, axes = plt.subplots(1, 2, figsize=(9.5, 3.4), sharey=True)
-    for ax, (metric, title) in zip(axes, [("accuracy@5", "accuracy@5"),
-                                          ("sensitivity: canonical vs reversed", "sensitivity (canonical above reversed)")]):
-        _bars(ax, d[d["metric"] == metric], "variant", "value", "source", order=order)
-        ax.set_title(f"ROLE {title}", fontsize=10)
+    for ax, (m, t) in zip(axes, [("accuracy@5", "accuracy@5"), (metric, title)]):
+        _bars(ax, d[d["metric"] == m], "variant", "value", "source", order=order)
+        ax.set_title(f"{suite} {t}", fontsize=10)
         ax.set_ylabel("share of items")
     if axes[0].get_legend():
         axes[0].get_legend().remove()
     _legend_right(axes[1])
     fig.tight_layout()
     return fig
+
+
+def role_perturbations(summary: pd.DataFrame, labels: dict | None = None):
+    """Ettinger's ROLE argument removals (object noun -> "one", subject noun -> "other", both):
+    accuracy@5 and sensitivity (canonical above role-reversed) per variant."""
+    return _perturbation_panels(summary, "ROLE", ("original", "object removed", "subject removed", "both removed"),
+                                ("sensitivity: canonical vs reversed", "sensitivity (canonical above reversed)"), labels)
 
 
 def cprag_perturbations(summary: pd.DataFrame, labels: dict | None = None):
     """Ettinger's perturbations: CPRAG accuracy@5 and sensitivity under shuffled / truncated contexts (shuffled
     variants: mean over the draws in ``summary``, whose ``sd`` column gives their spread)."""
-    d = summary[(summary["suite"] == "CPRAG") & summary["metric"].isin(["accuracy@5", "sensitivity: expected vs both"])].copy()
-    d["source"] = d["source"].map(lambda s: _source_label(s, labels))
-    order = [v for v in ("original", "shuffled", "truncated", "shuffled+truncated") if v in set(d["variant"])]
-    fig, axes = plt.subplots(1, 2, figsize=(9.5, 3.4), sharey=True)
-    for ax, (metric, title) in zip(axes, [("accuracy@5", "accuracy@5"), ("sensitivity: expected vs both", "sensitivity (expected above both)")]):
-        _bars(ax, d[d["metric"] == metric], "variant", "value", "source", order=order)
-        ax.set_title(f"CPRAG {title}", fontsize=10)
-        ax.set_ylabel("share of items")
-    if axes[0].get_legend():
-        axes[0].get_legend().remove()
-    _legend_right(axes[1])
-    fig.tight_layout()
-    return fig
+    return _perturbation_panels(summary, "CPRAG", ("original", "shuffled", "truncated", "shuffled+truncated"),
+                                ("sensitivity: expected vs both", "sensitivity (expected above both)"), labels)
 
 
 def selectional_agreement(summary: pd.DataFrame, agreement: pd.DataFrame, labels: dict | None = None):
