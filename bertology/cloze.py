@@ -42,6 +42,7 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
+from .extract import pad_ids
 from .models import LoadedModel
 from .scorers import MLMScorer, Scorer, control_scorer, mlm_scorer  # noqa: F401  (re-exported)
 
@@ -129,12 +130,7 @@ def _run(scorer: Scorer, req: _Requests, batch_size: int, *, k: int = 0, allowed
     allowed_dev = None if allowed is None else allowed.to(dev)
     batches = _buckets([len(s) for s in req.seqs], batch_size)
     for batch in tqdm(batches, desc=desc, disable=not progress or len(batches) < 5, leave=False):
-        width = max(len(req.seqs[i]) for i in batch)
-        ids = torch.zeros(len(batch), width, dtype=torch.long)
-        mask = torch.zeros_like(ids)
-        for b, i in enumerate(batch):
-            ids[b, : len(req.seqs[i])] = torch.as_tensor(req.seqs[i])
-            mask[b, : len(req.seqs[i])] = 1
+        ids, mask = pad_ids([req.seqs[i] for i in batch])
         positions = torch.stack([torch.arange(len(batch)), torch.as_tensor([req.pos[i] for i in batch])], 1)
         out = scorer.log_probs(ids, mask, positions)  # [B, V]
         tgt = torch.as_tensor([req.target[i] for i in batch], device=out.device)

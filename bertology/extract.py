@@ -97,6 +97,17 @@ def buckets_by_length(lengths: Sequence[int], batch_size: int, max_tokens: int) 
     return batches
 
 
+def pad_ids(seqs: Sequence[Sequence[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-pad token-id lists with 0 into ``(input_ids, attention_mask)`` LongTensors [B, max len]."""
+    width = max(len(s) for s in seqs)
+    ids = torch.zeros(len(seqs), width, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for b, s in enumerate(seqs):
+        ids[b, : len(s)] = torch.as_tensor(s, dtype=torch.long)
+        mask[b, : len(s)] = 1
+    return ids, mask
+
+
 def collate(encodings: Sequence[Encoding], device) -> dict[str, torch.Tensor]:
     """Pad a batch into model inputs (pad id 0 is masked out by ``attention_mask``)."""
     n = max(e.n_tokens for e in encodings)

@@ -308,6 +308,7 @@ def score_lama(scorer, facts: pd.DataFrame, vocab: Sequence[str] | None = None, 
     from tqdm.auto import tqdm
 
     from .cloze import encode_masked, word_pieces
+    from .extract import pad_ids
 
     tok = scorer.tokenizer
     queries = list(queries)
@@ -333,12 +334,7 @@ def score_lama(scorer, facts: pd.DataFrame, vocab: Sequence[str] | None = None, 
     chunks = [order[j:j + per_chunk] for j in range(0, n, per_chunk)]
     for chunk in tqdm(chunks, desc="LAMA", disable=not progress or len(chunks) < 5, leave=False):
         keys = [(q, i) for i in chunk for q in queries]
-        width = max(len(seqs[key]) for key in keys)
-        ids = torch.zeros(len(keys), width, dtype=torch.long)
-        mask = torch.zeros_like(ids)
-        for b, key in enumerate(keys):
-            ids[b, :len(seqs[key])] = torch.as_tensor(seqs[key])
-            mask[b, :len(seqs[key])] = 1
+        ids, mask = pad_ids([seqs[key] for key in keys])
         positions = torch.stack([torch.arange(len(keys)), torch.as_tensor([pos[key] for key in keys])], 1)
         out = scorer.log_probs(ids, mask, positions).float().cpu()
         sub = out[:, allowed]

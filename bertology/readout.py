@@ -39,7 +39,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .extract import buckets_by_length
+from .extract import buckets_by_length, pad_ids
 from .scorers import Scorer
 from .io import atomic_write_json
 from .models import LoadedModel
@@ -264,13 +264,9 @@ def masked_states(loaded: LoadedModel, sentences: Sequence[Sequence[str]], layer
     batches = buckets_by_length([len(s) for s in seqs], batch_size, 8192)
     with torch.inference_mode():
         for batch in tqdm(batches, desc="readout states", disable=not progress, leave=False):
-            width = max(len(seqs[i]) for i in batch)
-            ids = torch.zeros(len(batch), width, dtype=torch.long)
-            att = torch.zeros_like(ids)
+            ids, att = pad_ids([seqs[i] for i in batch])
             rows, cols = [], []
             for b, i in enumerate(batch):
-                ids[b, : len(seqs[i])] = torch.as_tensor(seqs[i])
-                att[b, : len(seqs[i])] = 1
                 rows += [b] * len(pos[i])
                 cols += pos[i].tolist()
                 order.append(i)

@@ -343,6 +343,7 @@ def context_cloze(scorer, contexts: Sequence[str], words: Sequence[Sequence[str]
     from tqdm.auto import tqdm
 
     from . import cloze
+    from .extract import pad_ids
 
     contexts = list(contexts)
     if len(words) != len(contexts):
@@ -382,12 +383,7 @@ def context_cloze(scorer, contexts: Sequence[str], words: Sequence[Sequence[str]
     order = sorted(range(len(seqs)), key=lambda i: (len(seqs[i]), i))
     batches = [order[j:j + batch_size] for j in range(0, len(order), batch_size)]
     for batch in tqdm(batches, desc="cloze", disable=not progress or len(batches) < 5, leave=False):
-        width = max(len(seqs[i]) for i in batch)
-        ids = torch.zeros(len(batch), width, dtype=torch.long)
-        mask = torch.zeros_like(ids)
-        for b, i in enumerate(batch):
-            ids[b, :len(seqs[i])] = torch.as_tensor(seqs[i])
-            mask[b, :len(seqs[i])] = 1
+        ids, mask = pad_ids([seqs[i] for i in batch])
         positions = torch.stack([torch.arange(len(batch)), torch.as_tensor([pos[i] for i in batch])], 1)
         out = scorer.log_probs(ids, mask, positions).cpu()
         sub = out[:, allowed]

@@ -97,3 +97,11 @@ def test_bad_requests(minilm):
         ex.extract(minilm, SENTS, Collect(), attention=False)
     with pytest.raises(ValueError, match="input 1: cannot encode an empty sentence"):
         ex.extract(minilm, [["ok"], []], Collect())
+
+
+def test_pad_ids_right_pads_with_zero_and_masks_the_padding():
+    from bertology.extract import pad_ids
+
+    ids, mask = pad_ids([[101, 7, 102], [101, 102]])
+    assert ids.tolist() == [[101, 7, 102], [101, 102, 0]]
+    assert mask.tolist() == [[1, 1, 1], [1, 1, 0]]
