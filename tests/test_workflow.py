@@ -336,3 +336,32 @@ def test_load_model_hands_device_map_to_from_pretrained(tmp_path, tokenizer, mon
     assert seen["device_map"] == "auto" and seen["attn_implementation"] == "eager"
     assert loaded.device.type == "cpu" and loaded.info.has_mlm_head  # the only device here
     assert loaded.info.revision == load_model(str(ckpt), device="cpu").info.revision
+
+
+def test_failed_job_keeps_its_record_for_the_index(tmp_path):
+    """A failing notebook fails its job; with --keep-going the other job finishes, the failed
+    run's record and executed notebook stay, and `bertology index` lists the failure."""
+    fixtures = ROOT / "tests" / "fixtures" / "notebooks"
+    cfg = _config(tmp_path, f"""
+        notebook_dir: {fixtures}
+        models:
+          - model: minilm
+            params: {{n_items: 3}}
+        """)
+    out = tmp_path / "reports"
+    proc = subprocess.run([sys.executable, "-m", "bertology.cli", "workflow", "--config", str(cfg),
+                           "--", "--cores", "2", "--keep-going"],
+                          env=_env(tmp_path), capture_output=True, text=True, timeout=600)
+    assert proc.returncode != 0
+    assert (out / "minilm" / "01_ok.html").is_file() and (out / "minilm" / "02_fails.failed.ipynb").is_file()
+    assert not (out / "index.html").exists()  # the index job needs every report
+    assert "ValueError" in (out / ".logs" / "minilm" / "02_fails.log").read_text()
+    assert json.loads((out / "minilm" / "02_fails.run.json").read_text())["status"] == "failed"
+
+    from bertology.cli import main
+
+    assert main(["index", "--out", str(out)]) == 0
+    runs = report.read_runs(out)
+    assert runs["minilm/02_fails"]["latest"]["error"]["evalue"] == "boom (seed=0)"
+    assert runs["minilm/01_ok"]["latest"]["parameters"]["n_items"] == 3
+    assert "boom (seed=0)" in (out / "index.html").read_text()
