@@ -326,6 +326,13 @@ def _md(text: Any) -> str:
     return re.sub(r"([\\`*_\[\]<>|#])", r"\\\1", _fmt_value(text))
 
 
+def _language(meta: dict) -> str:
+    """``Korean (ko), UD Korean GSD`` from a run's ``meta["language"]`` and ``meta["treebank"]``."""
+    lang = meta.get("language") or {}
+    text = f"{lang.get('name')} ({lang.get('code')})" if isinstance(lang, dict) else str(lang)
+    return f"{text}, {meta['treebank']}" if meta.get("treebank") else text
+
+
 def header_markdown(record: RunRecord, meta: dict) -> str:
     """The report header: what ran, on what, with which software, and how to read layer-head names."""
     versions = meta.get("versions") if isinstance(meta.get("versions"), dict) else {}
@@ -343,6 +350,7 @@ def header_markdown(record: RunRecord, meta: dict) -> str:
         "|---|---|",
         f"| model | {_md(meta.get('model') or record.model)} (revision {_md(meta.get('model_revision'))}) |",
         f"| data | {_md(meta.get('data'))} |",
+        *([f"| language | {_md(_language(meta))} |"] if meta.get("language") else []),
         f"| sizes | {_md(meta.get('sizes'))} |",
         f"| seed | {_md(meta.get('seed', p.get('seed')))} |",
         f"| device | {_md(meta.get('device') or p.get('device'))} |",
