@@ -88,7 +88,7 @@ declare("clark.probe", "data",
         kind="data", reference="clarkkev/attention-analysis Syntax_Analysis.ipynb, run_training",
         when=lambda o: o.get("language") in (None, "en"))
 declare("clark.probe", "data_language",
-        "Trained and tested on {treebank} ({language}; punctuation = relation punct left out of UAS, as the authors) "
+        "Trained and tested on {treebank} (language {language}; punctuation = relation punct left out of UAS, as the authors) "
         "instead of the English WSJ with Stanford Dependencies.",
         kind="data", reference="clarkkev/attention-analysis Syntax_Analysis.ipynb, run_training",
         when=lambda o: o.get("language") not in (None, "en"))

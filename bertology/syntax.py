@@ -58,7 +58,7 @@ declare("clark.relations", "ud",
         kind="data", reference="clarkkev/attention-analysis Syntax_Analysis.ipynb (relns are SD labels); paper §4.2",
         when=lambda o: o.get("language") in (None, "en"))
 declare("clark.relations", "ud_language",
-        "Universal Dependencies {treebank} ({language}) instead of Stanford Dependencies on the English WSJ: the "
+        "Universal Dependencies treebank {treebank} (language {language}) instead of Stanford Dependencies on the English WSJ: the "
         "relations are the treebank's own (every relation with at least min_count arcs), with no Stanford names.",
         kind="data", reference="paper §4.2 (English WSJ only)", when=lambda o: o.get("language") not in (None, "en"))
 declare("clark.relations", "poss",
