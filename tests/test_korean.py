@@ -268,11 +268,11 @@ def korean_bert(tmp_path_factory):
     return out
 
 
-def test_notebooks_02_03_on_korean(tmp_path, korean_bert):
+def test_notebooks_02_03_04_on_korean(tmp_path, korean_bert):
     from conftest import run_quick
 
     out = tmp_path / "reports"
-    rc = run_quick(out, "02", "03", extra=["--model", str(korean_bert), "-p", "data=ko_gsd"])
+    rc = run_quick(out, "02", "03", "04", extra=["--model", str(korean_bert), "-p", "data=ko_gsd"])
     assert rc == 0
     slug = next(p for p in out.iterdir() if p.is_dir() and not p.name.startswith("."))
     r02 = json.loads((slug / "02_attention_heads_syntax" / "results.json").read_text(encoding="utf-8"))
@@ -291,3 +291,8 @@ def test_notebooks_02_03_on_korean(tmp_path, korean_bert):
     assert "Korean (ko), UD Korean GSD" in page
     r03 = json.loads((slug / "03_head_clustering" / "results.json").read_text(encoding="utf-8"))
     assert r03["meta"]["methods"]["clark.patterns"]["punct"] == "upos"
+    r04 = json.loads((slug / "04_syntax_probes" / "results.json").read_text(encoding="utf-8"))
+    assert any("after the first 50, which stay held out" in n for n in r04["meta"]["notes"])  # quick: n_dev = 50
+    assert r04["meta"]["sizes"]["n_train"] == 150 and r04["meta"]["language"]["code"] == "ko"
+    uuas = [r for r in r04["tables"]["structural_probe"] if r["metric"] == "uuas"]
+    assert len(uuas) == 2 * 3 and all(0 <= r["value"] <= 1 for r in uuas)  # model + control, layers 0-2
