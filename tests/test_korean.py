@@ -151,7 +151,42 @@ def test_unknown_rate_and_note(hand_tokenizer, sentence):
     assert (rate["unknown_words"], rate["words"], rate["unknown_pieces"], rate["pieces"]) == (1, 5, 1, 8)
     assert rate["word_rate"] == pytest.approx(0.2)
     assert "20.0%" in align.vocabulary_note(rate, "toy", "Korean")
+    assert rate["rewritten_words"] == 0  # a cased normalizer leaves Hangul alone
     assert align.vocabulary_note(align.unknown_rate(hand_tokenizer, [sentence.words[:3]]), "toy") is None
+
+
+def test_uncased_normalizer_splitting_hangul_is_noted(sentence):
+    import unicodedata
+
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers
+
+    # an uncased BERT normalizer (NFD + accent stripping) turns 제일 into 5 jamo: ㅈ ㅔ + ㅇ ㅣ ㄹ
+    tok = Tokenizer(models.WordPiece({t: i for i, t in enumerate(SPECIALS)}, unk_token="[UNK]"))
+    tok.normalizer = normalizers.BertNormalizer(lowercase=True, strip_accents=True)
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    rate = align.unknown_rate(_wrap(tok), [sentence.words])
+    assert (rate["rewritten_words"], rate["unknown_words"]) == (5, 5)
+    word, norm = rate["rewritten_example"]
+    assert word == "제일" and len(norm) == 5 and unicodedata.normalize("NFC", norm) == "제일"
+    assert "splits Hangul syllables into jamo" in align.vocabulary_note(rate, "toy", "Korean")
+
+
+def test_roberta_style_pair_with_two_separators():
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    # XLM-R / RoBERTa inputs: <s> A </s></s> B </s>; both middle separators are units of their own
+    vocab = {t: i for i, t in enumerate(["<s>", "<pad>", "</s>", "<unk>", "제일", "가까운", "스타벅스가"])}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tok.post_processor = processors.RobertaProcessing(("</s>", 2), ("<s>", 0))
+    hf = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", cls_token="<s>", sep_token="</s>",
+                                 pad_token="<pad>")
+    e = align.encode_words(hf, ["제일", "가까운"], ["스타벅스가"])
+    assert e.tokens == ["<s>", "제일", "가까운", "</s>", "</s>", "스타벅스가", "</s>"]
+    assert e.unit_kind == ["cls", "word", "word", "sep", "sep", "word", "sep"]
+    assert e.unit_word.tolist() == [-1, 0, 1, -1, -1, 2, -1]
+    assert e.unit_segment.tolist() == [0, 0, 0, 0, 1, 1, 1]
 
 
 @pytest.mark.parametrize("kind", ["wordpiece", "sentencepiece", "bytelevel"])
