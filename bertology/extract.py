@@ -296,21 +296,33 @@ def resolve_layers(loaded: LoadedModel, layers) -> list[int]:
 
 
 class _Select:
-    """Reducer keeping the chosen layers and units of each input's hidden states."""
+    """Reducer keeping the chosen layers and units of each input's hidden states: one array per
+    input, or (``offsets`` given) rows ``offsets[i]:offsets[i + 1]`` of one preallocated array."""
 
-    def __init__(self, n: int, layers: list[int], specials: bool, dtype):
+    def __init__(self, n: int, layers: list[int], specials: bool, dtype, offsets=None, dim: int = 0):
         self.layers, self.specials, self.dtype = layers, specials, np.dtype(dtype)
+        self.offsets = offsets
         self.out: list[np.ndarray | None] = [None] * n
+        self.flat = None if offsets is None else np.zeros((len(layers), int(offsets[-1]), dim), dtype=np.float32)
 
     def update(self, item: Item) -> None:
         h = item.hidden[self.layers]
         if not self.specials:
             h = h[:, item.encoding.word_units]
         # round through the storage dtype, so a fresh run gives what a cache replay gives
-        self.out[item.index] = np.ascontiguousarray(h.astype(self.dtype), dtype=np.float32)
+        self.put(item.index, h.astype(self.dtype))
 
-    def result(self) -> list[np.ndarray]:
-        return self.out
+    def put(self, i: int, h: np.ndarray) -> None:
+        if self.flat is None:
+            self.out[i] = np.ascontiguousarray(h, dtype=np.float32)
+        else:
+            self.flat[:, self.offsets[i]:self.offsets[i + 1]] = h
+
+    def get(self, i: int) -> np.ndarray:
+        return self.out[i] if self.flat is None else self.flat[:, self.offsets[i]:self.offsets[i + 1]]
+
+    def result(self):
+        return self.out if self.flat is None else self.flat
 
 
 def states(
@@ -321,15 +333,18 @@ def states(
     pool: str = "mean",
     unit: str = "word",
     specials: bool = False,
+    concat: bool = False,
     batch_size: int = 32,
     max_tokens: int = 8192,
     cache: str | os.PathLike | None = None,
     cache_dtype: str = "float32",
     progress: bool = True,
     desc: str = "states",
-) -> list[np.ndarray]:
+) -> list[np.ndarray] | np.ndarray:
     """Hidden-state vectors of every input: a list with one float32 array
-    ``(len(layers), units, hidden)`` per input, in input order.
+    ``(len(layers), units, hidden)`` per input, in input order; with ``concat=True`` one array
+    ``(len(layers), total units, hidden)``, the inputs' units one after another (filled in place,
+    so a large corpus is held once).
 
     ``layers``: ``None`` (all: 0 = embeddings .. n_layers), an int or a list (``-1`` = last).
     ``unit="word"``: one vector per word, its pieces pooled by ``pool`` (``"mean"``, ``"first"``
@@ -355,28 +370,30 @@ def states(
         raise ValueError("no inputs to take states of")
     level = "word" if unit == "word" else "token"
     pool = pool if unit == "word" else "mean"
+    units = encodings if level == "word" else [align.token_level(e) for e in encodings]
+    offsets = None
+    if concat:
+        sizes = [e.n_units if specials else len(e.word_units) for e in units]
+        offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
+    keep = _Select(len(encodings), which, specials, cache_dtype, offsets, loaded.model.config.hidden_size)
     store = None
     if cache is not None:
         key = _cache_key(loaded, encodings, "states", STATES_VERSION, level, which, pool, specials, cache_dtype)
         store = FeatureCache(Path(cache) / f"states-{key}")
         if store.valid():
-            units = encodings if level == "word" else [align.token_level(e) for e in encodings]
-            out: list = [None] * len(encodings)
             for item in store.read(units):
-                out[item.index] = item.hidden
-            return out
-    keep = _Select(len(encodings), which, specials, cache_dtype)
+                keep.put(item.index, item.hidden)
+            return keep.result()
     extract(loaded, encodings, keep, level=level, attention=False, hidden_states=True, pool=pool,
             batch_size=batch_size, max_tokens=max_tokens, progress=progress, desc=desc)
-    out = keep.result()
     if store is not None:
         writer = store.writer("float32", hidden_dtype=cache_dtype)
-        for i, h in enumerate(out):
-            writer.add(Item(i, encodings[i], None, h))
+        for i, e in enumerate(encodings):
+            writer.add(Item(i, e, None, keep.get(i)))
             if len(writer.indices) >= 1024:
                 writer.flush()
         writer.commit()
-    return out
+    return keep.result()
 
 
 def _forward(loaded, encs, indices, level, attention, hidden_states, pool) -> Iterator[Item]:

@@ -377,9 +377,9 @@ def word_states(loaded: LoadedModel, sentences: Sequence[Sentence], *, batch_siz
     keep = [k for k, e in enumerate(encs) if not e.truncated]
     kept = [sentences[k] for k in keep]
     offsets = np.concatenate([[0], np.cumsum([s.n for s in kept])]).astype(np.int64)
-    per = states(loaded, [encs[k] for k in keep], pool="mean", unit="word", batch_size=batch_size, cache=cache_dir,
-                 progress=progress, desc=desc)
-    return WordStates(np.concatenate(per, axis=1), offsets, kept, len(sentences) - len(kept), time.perf_counter() - t0)
+    flat = states(loaded, [encs[k] for k in keep], pool="mean", unit="word", concat=True, batch_size=batch_size,
+                  cache=cache_dir, progress=progress, desc=desc)
+    return WordStates(flat, offsets, kept, len(sentences) - len(kept), time.perf_counter() - t0)
 
 
 # ----------------------------------------------------------------------------- probes

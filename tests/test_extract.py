@@ -149,6 +149,9 @@ def test_states_select_layers_units_and_pooling_by_hand(tokenizer, tmp_path):
     assert len(list(tmp_path.glob("states-*/index.json"))) == 1
     again = ex.states(lm, [words, ["a", "dog"]], cache=tmp_path, progress=False)
     assert all(np.array_equal(a, b) for a, b in zip(first, again)) and again[1].shape == (3, 2, 16)
+    for c in (None, tmp_path):  # concat: the same rows in one array, fresh and replayed
+        flat = ex.states(lm, [words, ["a", "dog"]], concat=True, cache=c, progress=False)
+        assert np.array_equal(flat, np.concatenate(first, axis=1)) and flat.shape == (3, 5, 16)
     h16 = ex.states(lm, [words], cache=tmp_path, cache_dtype="float16", progress=False)[0]
     assert np.array_equal(h16, first[0].astype(np.float16).astype(np.float32))
     assert np.array_equal(ex.states(lm, [words], cache=tmp_path, cache_dtype="float16", progress=False)[0], h16)
