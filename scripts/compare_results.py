@@ -19,7 +19,7 @@ import re
 import sys
 from pathlib import Path
 
-#: Searched in the last part of a key path (``values.physical_pruning.seconds_pruned`` -> ``seconds_pruned``).
+#: Searched in the whole key path (``values.probe_seconds.depth``, ``meta.elapsed_s``).
 DEFAULT_IGNORE = r"seconds|elapsed|speed-?up"
 
 
@@ -58,7 +58,7 @@ def compare(a_root: Path, b_root: Path, rtol: float = 1e-6, ignore: str = DEFAUL
         fa = flatten(json.loads((a_root / rel).read_text()))
         fb = flatten(json.loads((b_root / rel).read_text()))
         for key in sorted(fa.keys() | fb.keys()):
-            if pattern is not None and pattern.search(re.sub(r"\[\d+\]", "", key).rsplit(".", 1)[-1]):
+            if pattern is not None and pattern.search(key):
                 n_ignored += 1
                 continue
             if key not in fa or key not in fb:
