@@ -25,13 +25,13 @@ from .models import LoadedModel, plant_attention, self_attention_modules, set_he
 __all__ = ["masked_heads", "skipped_layers", "plant_attention", "set_head_mask", "head_mask_of"]
 
 
-def _model(loaded_or_model) -> torch.nn.Module:
+def _module_of(loaded_or_model) -> torch.nn.Module:
     return loaded_or_model.model if isinstance(loaded_or_model, LoadedModel) else loaded_or_model
 
 
 def head_mask_of(loaded_or_model) -> list:
     """The mask each layer's self-attention carries now (``None`` entries: no mask)."""
-    return [getattr(m, "_bertology_head_mask", None) for m in self_attention_modules(_model(loaded_or_model))]
+    return [getattr(m, "_bertology_head_mask", None) for m in self_attention_modules(_module_of(loaded_or_model))]
 
 
 @contextmanager
@@ -40,7 +40,7 @@ def masked_heads(loaded_or_model, mask: torch.Tensor | np.ndarray | None) -> Ite
     layers x heads); ``None`` runs the full, unmasked model. Yields the mask as set on the model
     (a tensor in the model's dtype on its device; a tensor already so is used as is, keeping its
     gradient). The previous masks are restored on exit, whatever happens in the block."""
-    model = _model(loaded_or_model)
+    model = _module_of(loaded_or_model)
     previous = head_mask_of(model)
     if mask is not None:
         p = next(model.parameters())
@@ -57,7 +57,7 @@ def masked_heads(loaded_or_model, mask: torch.Tensor | np.ndarray | None) -> Ite
 def skipped_layers(loaded_or_model, layers: Sequence[int]) -> Iterator[torch.nn.Module]:
     """Within the block the encoder runs without the transformer layers ``layers`` (0-indexed);
     the full stack is put back on exit, also on an exception."""
-    encoder = base_of(_model(loaded_or_model)).encoder
+    encoder = base_of(_module_of(loaded_or_model)).encoder
     full = encoder.layer
     drop = {int(x) for x in layers}
     bad = sorted(x for x in drop if not 0 <= x < len(full))
