@@ -20,6 +20,7 @@ import torch
 
 from . import extract as _extract
 from .align import CLS, SEP, Encoding
+from .extract import forward
 from .fidelity import declare, option_differs
 from .models import LoadedModel
 
@@ -322,16 +323,14 @@ def attention_gradients(loaded: LoadedModel, inputs: dict, masked: torch.Tensor,
     cross-entropy of the original pieces there, or the reconstruction substitute
     (see :data:`RECON_OBJECTIVE`), averaged over masked pieces.
     """
-    model = loaded.model
     corrupted = dict(inputs, input_ids=inputs["input_ids"].masked_fill(masked, loaded.tokenizer.mask_token_id))
     with torch.enable_grad():
-        out = model(**corrupted, output_attentions=True, output_hidden_states=objective is RECON_OBJECTIVE)
+        out = forward(loaded, corrupted, attention=True, hidden_states=objective is RECON_OBJECTIVE, grad=True)
         if objective is MLM_OBJECTIVE:
             loss = torch.nn.functional.cross_entropy(out.logits[masked], inputs["input_ids"][masked])
         else:
-            with torch.no_grad():
-                clean = model(**inputs, output_hidden_states=True).hidden_states[-1]
-            loss = (out.hidden_states[-1][masked] - clean[masked]).pow(2).mean()
+            clean = forward(loaded, inputs, hidden_states=True).hidden_states[-1]
+            loss = (out.hidden_states[-1][masked] - clean[masked].clone()).pow(2).mean()
         return torch.autograd.grad(loss, out.attentions)
 
 
