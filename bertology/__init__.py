@@ -10,13 +10,14 @@ The public API is small and imported lazily (``import bertology`` stays fast)::
     bt.show(lm, "the cat sat on the mat")       # interactive head view of one sentence
     stats = bt.stream(lm, [["a", "sentence"]], reducer)    # the engine: maps streamed to reducers
     item = bt.attention_of(lm, "one sentence")  # one input's maps (item.attention, item.encoding)
+    vecs = bt.states(lm, [["a", "sentence"]], layers=-1)  # hidden states: (layers, words, hidden) per input
     sc = bt.scorer(lm)                          # cloze scorer: the model's MLM head, else a fitted readout
     bt.deviations("clark.relations")            # where a study departs from the authors' definition
 """
 __version__ = "0.1.0"
 
 # ``stream`` is ``bertology.extract.extract`` under a name that a submodule import cannot shadow.
-__all__ = ["load", "stream", "attention_of", "show", "scorer", "deviations", "__version__"]
+__all__ = ["load", "stream", "states", "attention_of", "show", "scorer", "deviations", "__version__"]
 
 
 def load(name: str = "minilm", device: str = "auto", **kwargs):
@@ -50,6 +51,10 @@ def __getattr__(name):
         from .extract import extract
 
         return extract
+    if name == "states":
+        from .extract import states
+
+        return states
     if name == "attention_of":
         from .extract import attention_of
 

@@ -231,3 +231,65 @@ def word_level_states(states: torch.Tensor, to: torch.Tensor, frm: torch.Tensor,
     index = index.to(states.device)
     gather = index[:, None, :, None].expand(-1, states.shape[1], -1, states.shape[-1])
     return torch.gather(states, 2, gather)
+
+
+# ----------------------------------------------------------------------------- vocabulary coverage
+
+#: Share of words with an unknown piece above which a report says the vocabulary does not fit the language.
+UNK_NOTE_THRESHOLD = 0.05
+
+
+def unknown_rate(tokenizer, sentences: list[list[str]]) -> dict:
+    """How many gold words (and pieces) the tokenizer maps to its unknown token.
+
+    Words are tokenized as :func:`encode_words` does (``is_split_into_words``, no special tokens);
+    a word counts as unknown when any of its pieces is the unknown token. A tokenizer without an
+    unknown token (byte-level BPE) never produces one. Returns ``words, unknown_words, word_rate,
+    pieces, unknown_pieces, piece_rate``.
+    """
+    unk = getattr(tokenizer, "unk_token_id", None)
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    normalizer = backend.normalizer if backend is not None else None
+    words = unknown_words = pieces = unknown_pieces = rewritten = 0
+    example = None
+    for start in range(0, len(sentences), 256):
+        batch = [list(s) for s in sentences[start:start + 256] if len(s)]
+        if not batch:
+            continue
+        enc = tokenizer(batch, is_split_into_words=True, add_special_tokens=False, truncation=False)
+        for b, ids in enumerate(enc["input_ids"]):
+            word_ids = enc.word_ids(b)
+            bad = {w for w, i in zip(word_ids, ids) if w is not None and unk is not None and i == unk}
+            words += len(batch[b])
+            if normalizer is not None:
+                for w in batch[b]:
+                    norm = normalizer.normalize_str(w)
+                    if norm not in (w, w.lower()):  # more than lowercasing, e.g. NFD splitting Hangul into jamo
+                        rewritten += 1
+                        example = example or (w, norm)
+            unknown_words += len(bad)
+            pieces += len(ids)
+            unknown_pieces += sum(unk is not None and i == unk for i in ids)
+    return {"words": words, "unknown_words": unknown_words, "word_rate": unknown_words / words if words else 0.0,
+            "pieces": pieces, "unknown_pieces": unknown_pieces,
+            "piece_rate": unknown_pieces / pieces if pieces else 0.0,
+            "rewritten_words": rewritten, "rewritten_rate": rewritten / words if words else 0.0,
+            "rewritten_example": list(example) if example else None}
+
+
+def vocabulary_note(rate: dict, model: str, language: str | None = None,
+                    threshold: float = UNK_NOTE_THRESHOLD) -> str | None:
+    """A report note when more than ``threshold`` of the words hold an unknown piece, or more than
+    half of them are rewritten by the tokenizer's normalizer beyond lowercasing, else None."""
+    lang = f" {language}" if language else ""
+    parts = []
+    if rate["word_rate"] > threshold:
+        parts.append(f"{rate['word_rate']:.1%} of the{lang} words ({rate['unknown_words']} of {rate['words']}) contain "
+                     f"the unknown token of {model}'s tokenizer: its vocabulary does not match this language, so "
+                     "attention to and from those words says little.")
+    if rate.get("rewritten_rate", 0.0) > 0.5:
+        w, norm = rate["rewritten_example"]
+        parts.append(f"The tokenizer's normalizer rewrites {rate['rewritten_rate']:.0%} of the words beyond lowercasing "
+                     f"(e.g. {w} -> {norm} with {len(norm)} characters: uncased BERT tokenizers strip accents after "
+                     "Unicode NFD, which also splits Hangul syllables into jamo).")
+    return " ".join(parts + ["Use a model trained on the language."]) if parts else None

@@ -20,6 +20,7 @@ import torch
 
 from . import extract as _extract
 from .align import CLS, SEP, Encoding
+from .extract import forward
 from .fidelity import declare, option_differs
 from .models import LoadedModel
 
@@ -63,6 +64,10 @@ declare("clark.patterns", "entropy_smoothing",
         "Attention entropies are computed after smoothing p -> (1 - {entropy_smoothing}) p + {entropy_smoothing}/n; "
         "the authors smooth with 1e-4.",
         kind="option", when=option_differs("entropy_smoothing", ENTROPY_SMOOTHING), reference=_NOTEBOOK)
+declare("clark.patterns", "punct_upos",
+        "Attention to punctuation counts the pieces of words tagged UPOS PUNCT (used for a language other than "
+        "English); the authors count the tokens '.' and ','.",
+        kind="option", when=option_differs("punct", "tokens"), reference=_NOTEBOOK)
 declare("clark.patterns", "sep_denominators",
         "[SEP]->[SEP] and other->[SEP] are divided by the number of [SEP] / non-[SEP] queries of each input; "
         "the authors divide by 2 and n-2, the same for their two-segment inputs but not for single segments.",
@@ -89,6 +94,9 @@ class AttentionPatterns:
     - ``entropy`` = (1/n) sum_q H(A'[q]) with A' = (1 - eps) A + eps/n, eps = ``entropy_smoothing``;
       ``entropy_from_cls`` = H(A'[[CLS]]); ``uniform_entropy`` = ln n.
 
+    ``punct_upos`` (one list of UPOS tags per input, words of A then B) counts as punctuation the
+    pieces of words tagged ``PUNCT`` instead of the tokens "." and "," (for other languages).
+
     ``average="per_input"`` (default, the authors') then takes the plain mean over inputs;
     ``average="pooled"`` instead divides the sums over all inputs by the summed denominators
     (a token-weighted mean). Previous means i-1 (the authors' Fig. 2 plotting cell swaps the two
@@ -96,13 +104,15 @@ class AttentionPatterns:
     """
 
     def __init__(self, n_layers: int, n_heads: int, average: str = "per_input",
-                 entropy_smoothing: float = ENTROPY_SMOOTHING):
+                 entropy_smoothing: float = ENTROPY_SMOOTHING, punct_upos: list[list[str]] | None = None):
         if average not in AVERAGES:
             raise ValueError(f"average must be one of {AVERAGES}, got {average!r}")
         if not 0 <= entropy_smoothing < 1:
             raise ValueError(f"entropy_smoothing must be in [0, 1), got {entropy_smoothing!r}")
         shape = (n_layers, n_heads)
         self.average, self.entropy_smoothing = average, float(entropy_smoothing)
+        # punct_upos[i]: UPOS of the words of input i (A then B); then punctuation = pieces of PUNCT words
+        self.punct_upos = punct_upos
         self.sums = {m: np.zeros(shape) for m in PATTERN_METRICS}
         self.counts = {m: 0 for m in PATTERN_METRICS}
         self.n_inputs = 0
@@ -110,7 +120,8 @@ class AttentionPatterns:
     @property
     def options(self) -> dict:
         """The options of this reducer, for ``run.method("clark.patterns", **options)``."""
-        return {"average": self.average, "entropy_smoothing": self.entropy_smoothing}
+        opts = {"average": self.average, "entropy_smoothing": self.entropy_smoothing}
+        return opts if self.punct_upos is None else {**opts, "punct": "upos"}
 
     def _add(self, metric: str, per_head_sum: np.ndarray, denom: int) -> None:
         if denom <= 0:  # e.g. an input without [SEP]: nothing to average
@@ -128,8 +139,12 @@ class AttentionPatterns:
         n = a.shape[-1]
         kind = np.asarray(e.unit_kind)
         is_cls, is_sep = kind == CLS, kind == SEP
-        labels = e.tokens if n == e.n_tokens else e.unit_labels()
-        is_punct = np.array([t in PUNCT for t in labels])
+        if self.punct_upos is None:
+            labels = e.tokens if n == e.n_tokens else e.unit_labels()
+            is_punct = np.array([t in PUNCT for t in labels])
+        else:  # unit_word is per piece at token level, per word at word level
+            upos = self.punct_upos[item.index]
+            is_punct = np.array([w >= 0 and upos[w] == "PUNCT" for w in e.unit_word], dtype=bool)
         self._add("to_cls", a[..., is_cls].sum(-1).sum(-1), n)
         to_sep = a[..., is_sep].sum(-1)  # (L, H, T): per query
         self._add("to_sep", to_sep.sum(-1), n)
@@ -308,16 +323,14 @@ def attention_gradients(loaded: LoadedModel, inputs: dict, masked: torch.Tensor,
     cross-entropy of the original pieces there, or the reconstruction substitute
     (see :data:`RECON_OBJECTIVE`), averaged over masked pieces.
     """
-    model = loaded.model
     corrupted = dict(inputs, input_ids=inputs["input_ids"].masked_fill(masked, loaded.tokenizer.mask_token_id))
     with torch.enable_grad():
-        out = model(**corrupted, output_attentions=True, output_hidden_states=objective is RECON_OBJECTIVE)
+        out = forward(loaded, corrupted, attention=True, hidden_states=objective is RECON_OBJECTIVE, grad=True)
         if objective is MLM_OBJECTIVE:
             loss = torch.nn.functional.cross_entropy(out.logits[masked], inputs["input_ids"][masked])
         else:
-            with torch.no_grad():
-                clean = model(**inputs, output_hidden_states=True).hidden_states[-1]
-            loss = (out.hidden_states[-1][masked] - clean[masked]).pow(2).mean()
+            clean = forward(loaded, inputs, hidden_states=True).hidden_states[-1]
+            loss = (out.hidden_states[-1][masked] - clean[masked].clone()).pow(2).mean()
         return torch.autograd.grad(loss, out.attentions)
 
 

@@ -1,9 +1,14 @@
-"""The one extraction engine: batched, length-bucketed forward passes streamed to reducers.
+"""The one extraction engine (its batching room): every forward pass of a loaded model goes
+through :func:`forward` here, on batches cut by :func:`buckets_by_length` and padded by
+:func:`collate` / :func:`pad_ids` (or all three at once, :func:`padded_batches`).
 
-Every analysis asks :func:`extract` for word-level (or token-level) attention and hidden states
-and never runs the model itself. Maps are handed to *reducers* one input at a time and then
-dropped, so memory stays flat however large the corpus. An optional on-disk cache (safetensors,
-no pickle) keyed by model + data + code version replays the maps without running the model.
+Analyses ask :func:`extract` for word-level (or token-level) attention and hidden states and
+never run the model themselves. Maps are handed to *reducers* one input at a time and then
+dropped, so memory stays flat however large the corpus. :func:`states` is the one call for
+hidden-state vectors (chosen layers, pooled per word or per piece). An optional on-disk cache
+(safetensors, no pickle) keyed by model + data + options + code version replays the results
+without running the model. The other two rooms: :mod:`bertology.interventions` (head masks,
+skipped layers, planted attention) and :mod:`bertology.scorers` (cloze, top-k, PLL).
 """
 from __future__ import annotations
 
@@ -106,6 +111,55 @@ def pad_ids(seqs: Sequence[Sequence[int]]) -> tuple[torch.Tensor, torch.Tensor]:
         ids[b, : len(s)] = torch.as_tensor(s, dtype=torch.long)
         mask[b, : len(s)] = 1
     return ids, mask
+
+
+def padded_batches(seqs: Sequence[Sequence[int]], batch_size: int, max_tokens: int = 16384, *,
+                   progress: bool = False, desc: str = "batches", min_bar: int = 5
+                   ) -> Iterator[tuple[list[int], torch.Tensor, torch.Tensor]]:
+    """Token-id lists in length buckets (:func:`buckets_by_length`), each padded by :func:`pad_ids`:
+    yields ``(indices, input_ids, attention_mask)``. A progress bar shows with ``progress`` when
+    there are at least ``min_bar`` batches."""
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+    batches = buckets_by_length([len(s) for s in seqs], batch_size, max_tokens)
+    for batch in tqdm(batches, desc=desc, disable=not progress or len(batches) < min_bar, leave=False):
+        ids, mask = pad_ids([seqs[i] for i in batch])
+        yield batch, ids, mask
+
+
+#: Keys of a batch dict that are passed to the model (anything else, e.g. labels, stays behind).
+MODEL_INPUTS = ("input_ids", "token_type_ids", "attention_mask", "position_ids")
+
+
+def base_of(model: torch.nn.Module) -> torch.nn.Module:
+    """The encoder inside a model with a task head (``model.bert``), or the model itself."""
+    return getattr(model, getattr(model, "base_model_prefix", ""), model)
+
+
+def forward(loaded: LoadedModel | torch.nn.Module, batch: dict, *, attention: bool = False,
+            hidden_states: bool = False, grad: bool = False, base: bool = False):
+    """The one forward pass: run ``loaded`` (a :class:`LoadedModel` or a bare model, e.g. a pruned
+    copy) on a collated ``batch`` and return the model's output object.
+
+    Only the :data:`MODEL_INPUTS` keys of ``batch`` are passed, moved to the model's device.
+    ``attention`` / ``hidden_states`` ask for all layers' maps / states; ``base=True`` runs the
+    encoder without its task head (``last_hidden_state`` instead of ``logits``). Runs under
+    ``torch.inference_mode`` unless ``grad=True`` (gradients with respect to attention, head gates
+    or a probe's input).
+    """
+    model = loaded.model if isinstance(loaded, LoadedModel) else loaded
+    if base:
+        model = base_of(model)
+    device = next(model.parameters()).device
+    inputs = {k: v.to(device) for k, v in batch.items() if k in MODEL_INPUTS and v is not None}
+    with torch.enable_grad() if grad else torch.inference_mode():
+        out = model(**inputs, output_attentions=attention, output_hidden_states=hidden_states)
+    if attention and (out.attentions is None or out.attentions[0] is None):
+        raise RuntimeError(
+            "the model returned no attention maps; load it with attn_implementation='eager' "
+            "(bertology.models.load_model does)"
+        )
+    return out
 
 
 def collate(encodings: Sequence[Encoding], device) -> dict[str, torch.Tensor]:
@@ -218,16 +272,135 @@ def attention_of(loaded: LoadedModel, text: str, text_b: str | None = None, leve
     return keep.items[0]
 
 
+#: Bump when what :func:`states` stores in its cache changes meaning.
+STATES_VERSION = "1"
+POOLS = ("mean", "first", "last")
+UNITS = ("word", "piece")
+
+
+def resolve_layers(loaded: LoadedModel, layers) -> list[int]:
+    """Hidden-state indices (0 = embeddings, ``n_layers`` = last layer) from ``None`` (all), one
+    int or a sequence of ints; negative numbers count from the top (``-1`` = last layer)."""
+    n = loaded.info.n_layers
+    many = layers is None or not isinstance(layers, (int, np.integer))
+    seq = list(range(n + 1)) if layers is None else (list(layers) if many else [layers])
+    out = []
+    for k in seq:
+        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not -n - 1 <= k <= n:
+            raise ValueError(f"layer must be an integer in [0, {n}] (0 = embedding layer) or negative from the "
+                             f"top, got {k!r}")
+        out.append(int(k) % (n + 1))
+    if not out:
+        raise ValueError("layers is empty")
+    return out
+
+
+class _Select:
+    """Reducer keeping the chosen layers and units of each input's hidden states: one array per
+    input, or (``offsets`` given) rows ``offsets[i]:offsets[i + 1]`` of one preallocated array."""
+
+    def __init__(self, n: int, layers: list[int], specials: bool, dtype, offsets=None, dim: int = 0):
+        self.layers, self.specials, self.dtype = layers, specials, np.dtype(dtype)
+        self.offsets = offsets
+        self.out: list[np.ndarray | None] = [None] * n
+        self.flat = None if offsets is None else np.zeros((len(layers), int(offsets[-1]), dim), dtype=np.float32)
+
+    def update(self, item: Item) -> None:
+        h = item.hidden[self.layers]
+        if not self.specials:
+            h = h[:, item.encoding.word_units]
+        # round through the storage dtype, so a fresh run gives what a cache replay gives
+        self.put(item.index, h.astype(self.dtype))
+
+    def put(self, i: int, h: np.ndarray) -> None:
+        if self.flat is None:
+            self.out[i] = np.ascontiguousarray(h, dtype=np.float32)
+        else:
+            self.flat[:, self.offsets[i]:self.offsets[i + 1]] = h
+
+    def get(self, i: int) -> np.ndarray:
+        return self.out[i] if self.flat is None else self.flat[:, self.offsets[i]:self.offsets[i + 1]]
+
+    def result(self):
+        return self.out if self.flat is None else self.flat
+
+
+def states(
+    loaded: LoadedModel,
+    inputs: Sequence[Input] | Sequence[Encoding],
+    *,
+    layers: int | Sequence[int] | None = None,
+    pool: str = "mean",
+    unit: str = "word",
+    specials: bool = False,
+    concat: bool = False,
+    batch_size: int = 32,
+    max_tokens: int = 8192,
+    cache: str | os.PathLike | None = None,
+    cache_dtype: str = "float32",
+    progress: bool = True,
+    desc: str = "states",
+) -> list[np.ndarray] | np.ndarray:
+    """Hidden-state vectors of every input: a list with one float32 array
+    ``(len(layers), units, hidden)`` per input, in input order; with ``concat=True`` one array
+    ``(len(layers), total units, hidden)``, the inputs' units one after another (filled in place,
+    so a large corpus is held once).
+
+    ``layers``: ``None`` (all: 0 = embeddings .. n_layers), an int or a list (``-1`` = last).
+    ``unit="word"``: one vector per word, its pieces pooled by ``pool`` (``"mean"``, ``"first"``
+    or ``"last"`` piece); ``unit="piece"``: one per word piece (``pool`` unused). Special tokens
+    ([CLS], [SEP]) are left out unless ``specials=True``. With ``cache`` (a directory) the result
+    is stored as safetensors keyed by model, data, options and :data:`STATES_VERSION` and replayed
+    next time; ``cache_dtype="float16"`` halves it on disk (the arrays then carry float16
+    precision, in a fresh run too).
+    """
+    if pool not in POOLS:
+        raise ValueError(f"pool must be one of {POOLS}, not {pool!r}")
+    if unit not in UNITS:
+        raise ValueError(f"unit must be one of {UNITS}, not {unit!r}")
+    if cache_dtype not in ("float32", "float16"):
+        raise ValueError(f"cache_dtype must be 'float32' or 'float16', not {cache_dtype!r}")
+    which = resolve_layers(loaded, layers)
+    encodings = (
+        list(inputs)
+        if inputs and isinstance(inputs[0], Encoding)
+        else encode_inputs(loaded.tokenizer, inputs, loaded.info.max_length)
+    )
+    if not encodings:
+        raise ValueError("no inputs to take states of")
+    level = "word" if unit == "word" else "token"
+    pool = pool if unit == "word" else "mean"
+    units = encodings if level == "word" else [align.token_level(e) for e in encodings]
+    offsets = None
+    if concat:
+        sizes = [e.n_units if specials else len(e.word_units) for e in units]
+        offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
+    keep = _Select(len(encodings), which, specials, cache_dtype, offsets, loaded.model.config.hidden_size)
+    store = None
+    if cache is not None:
+        key = _cache_key(loaded, encodings, "states", STATES_VERSION, level, which, pool, specials, cache_dtype)
+        store = FeatureCache(Path(cache) / f"states-{key}")
+        if store.valid():
+            for item in store.read(units):
+                keep.put(item.index, item.hidden)
+            return keep.result()
+    extract(loaded, encodings, keep, level=level, attention=False, hidden_states=True, pool=pool,
+            batch_size=batch_size, max_tokens=max_tokens, progress=progress, desc=desc)
+    if store is not None:
+        writer = store.writer("float32", hidden_dtype=cache_dtype)
+        for i, e in enumerate(encodings):
+            writer.add(Item(i, e, None, keep.get(i)))
+            if len(writer.indices) >= 1024:
+                writer.flush()
+        writer.commit()
+    return keep.result()
+
+
 def _forward(loaded, encs, indices, level, attention, hidden_states, pool) -> Iterator[Item]:
     device = loaded.device
     batch = collate(encs, device)
     with torch.inference_mode():
-        out = loaded.model(**batch, output_attentions=attention, output_hidden_states=hidden_states)
-        if attention and (out.attentions is None or out.attentions[0] is None):
-            raise RuntimeError(
-                "the model returned no attention maps; load it with attn_implementation='eager' "
-                "(bertology.models.load_model does)"
-            )
+        out = forward(loaded, batch, attention=attention, hidden_states=hidden_states)
         att = hid = None
         if level == "word":
             to, frm = align.pooling_matrices(encs, batch["input_ids"].shape[1], device)
@@ -318,8 +491,8 @@ class FeatureCache:
                     hidden=None if hid is None else hid.astype(np.float32),
                 )
 
-    def writer(self, dtype: str) -> "_CacheWriter":
-        return _CacheWriter(self.path, dtype)
+    def writer(self, dtype: str, hidden_dtype: str = "float32") -> "_CacheWriter":
+        return _CacheWriter(self.path, dtype, hidden_dtype)
 
 
 class _CacheWriter:
@@ -330,10 +503,11 @@ class _CacheWriter:
     copy (same key, same features), so readers see a complete entry or none, never a mix.
     """
 
-    def __init__(self, path: Path, dtype: str):
+    def __init__(self, path: Path, dtype: str, hidden_dtype: str = "float32"):
         import tempfile
 
         self.final = path
+        self.hidden_dtype = np.dtype(hidden_dtype)
         path.parent.mkdir(parents=True, exist_ok=True)
         self.tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-{os.getpid()}-", dir=path.parent))
         self.dtype = np.dtype(dtype)
@@ -345,7 +519,7 @@ class _CacheWriter:
         if item.attention is not None:
             self.pending[f"{item.index}.attention"] = np.ascontiguousarray(item.attention, dtype=self.dtype)
         if item.hidden is not None:
-            self.pending[f"{item.index}.hidden"] = np.ascontiguousarray(item.hidden, dtype=np.float32)
+            self.pending[f"{item.index}.hidden"] = np.ascontiguousarray(item.hidden, dtype=self.hidden_dtype)
         self.indices.append(item.index)
 
     def flush(self) -> None:

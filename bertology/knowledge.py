@@ -603,29 +603,14 @@ def human_scores(root: str | Path | None = None, limit: int = 50) -> pd.DataFram
 # ---------------------------------------------------------------------------- embeddings and probes
 
 
-class _MeanWords:
-    """Reducer: mean of the word units' hidden states of every layer ([CLS]/[SEP] left out)."""
-
-    def __init__(self):
-        self.out: dict[int, np.ndarray] = {}
-
-    def update(self, item) -> None:
-        words = item.encoding.word_units
-        self.out[item.index] = item.hidden[:, words].mean(axis=1)
-
-    def result(self) -> np.ndarray:
-        return np.stack([self.out[i] for i in range(len(self.out))])
-
-
 def embed_texts(loaded, texts: Sequence[str], batch_size: int = 64, cache_dir=None, progress: bool = True) -> np.ndarray:
     """``[n_texts, layers + 1, hidden]``: each text alone as ``[CLS] text [SEP]``, word states
     mean-pooled over its pieces (``extract`` word level), then over its words."""
-    from .extract import extract
+    from .extract import states
 
-    red = _MeanWords()
-    extract(loaded, [t.split() for t in texts], red, attention=False, hidden_states=True, batch_size=batch_size,
-            cache_dir=cache_dir, progress=progress, desc="embed")
-    return red.result()
+    per = states(loaded, [t.split() for t in texts], pool="mean", unit="word", batch_size=batch_size,
+                 cache=cache_dir, progress=progress, desc="embed")
+    return np.stack([h.mean(axis=1) for h in per])
 
 
 def pair_features(ea: np.ndarray, eb: np.ndarray) -> np.ndarray:

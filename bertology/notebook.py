@@ -121,28 +121,46 @@ class Run:
 
         return default_cache_dir()
 
-    def treebank(self, data: str = "auto", split: str = "dev", limit: int | None = None):
+    def treebank(self, data: str = "auto", split: str = "dev", limit: int | None = None, train_from_dev: int = 0):
         """Load gold-parsed sentences and record where they came from.
 
         ``data="auto"`` takes UD English EWT (mirror, cache or download) and falls back to the
         sample treebank shipped in the package when EWT cannot be had, saying so in the report.
+        Any UD treebank of the registry works too (``"ud:ko_gsd"``, ``"ko_gsd"``); its language is
+        recorded (``meta["language"]``, the report header). A treebank without a train split gives
+        its dev sentences from index ``train_from_dev`` on for ``split="train"``, with a note. The
+        share of words the tokenizer maps to its unknown token is kept (``values["unknown_rate"]``)
+        and noted when above 5% (the model's vocabulary does not fit the language).
         """
         from .data import DataUnavailableError, load_treebank
 
-        names = {"ewt": "UD English EWT", "gum": "UD English GUM", "sample": "bertology sample treebank"}
         if data == "auto":
             try:
-                sents, data = load_treebank("ewt", split, limit=limit), "ewt"
+                sents = load_treebank("ewt", split, limit=limit)
             except DataUnavailableError as exc:
                 self.note(f"UD English EWT is not available here ({str(exc).splitlines()[0]}); "
                           "using the sample treebank shipped with bertology.")
-                sents, data = load_treebank("sample", split, limit=limit), "sample"
+                sents = load_treebank("sample", split, limit=limit)
         else:
             if not isinstance(data, str) or not data:
-                raise ParameterError(f"parameter 'data' must be 'auto', 'ewt', 'gum', 'sample' or a path, got {data!r}")
-            sents = load_treebank(data, split, limit=limit)
-        label = names.get(data, str(data))
-        self.set_data(f"{label} ({split})" if data in names else label, sentences=len(sents))
+                raise ParameterError(f"parameter 'data' must be 'auto', 'ewt', 'gum', 'sample', 'ud:<treebank>' "
+                                     f"or a path, got {data!r}")
+            sents = load_treebank(data, split, limit=limit, train_from_dev=train_from_dev)
+        info = sents.info
+        if sents.note and sents.note not in self.meta.get("notes", []):
+            self.note(sents.note)
+        from .align import unknown_rate, vocabulary_note
+
+        rate = unknown_rate(self.loaded.tokenizer, [s.words for s in sents])
+        self.values.setdefault("unknown_rate", {})[sents.split or split] = rate
+        msg = vocabulary_note(rate, self.info.name, info.language)
+        if msg and msg not in self.meta.get("notes", []):
+            self.note(msg)
+        if info.language_code:
+            self.meta["language"] = {"code": info.language_code, "name": info.language or info.language_code}
+            self.meta["treebank"] = info.title
+        self.set_data(f"{info.title} ({sents.split or split})" if info.dataset or info.code == "sample"
+                      else info.title, sentences=len(sents))
         return sents
 
     def sentence_pairs(self, data: str = "auto", split: str = "dev", n_pairs: int | None = None):

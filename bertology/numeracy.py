@@ -29,8 +29,6 @@ Everything returns tidy long-format pandas tables; nothing here plots.
 from __future__ import annotations
 
 import functools
-import hashlib
-import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -235,22 +233,6 @@ def neighbour_similarity(emb: np.ndarray, values: np.ndarray, offsets: Sequence[
 # ----------------------------------------------------------------------------- embeddings
 
 
-class _Collect:
-    """Reducer keeping one layer's state of every word of each input (``width`` words each)."""
-
-    def __init__(self, n: int, layer: int, width: int = 1):
-        self.layer, self.width, self.out = layer, width, [None] * n
-
-    def update(self, item) -> None:
-        units = item.encoding.word_units
-        if len(units) != self.width:
-            raise ValueError(f"input {item.index} is not {self.width} number(s) ({item.encoding.words})")
-        self.out[item.index] = item.hidden[self.layer, units]
-
-    def result(self) -> np.ndarray:
-        return np.stack(self.out).astype(np.float32)
-
-
 def resolve_layer(loaded, layer: int | None) -> int:
     """Index into hidden states (0 = embeddings, n_layers = last layer); None and -1 mean last."""
     n = loaded.info.n_layers
@@ -268,10 +250,10 @@ def embed_numbers(loaded, numbers: Sequence[str], layer: int | None = None, pool
     hidden state of ``layer`` (0 = embedding layer, default the last layer), pooled over the
     number's pieces by ``pool`` ("last" piece as in Wallace et al. 2019, "first" or "mean").
 
-    Returns ``[len(numbers), hidden_size]`` float32. With ``cache_dir`` the matrix is stored as
-    safetensors keyed by model, revision, layer, pool and the number strings.
+    Returns ``[len(numbers), hidden_size]`` float32. With ``cache_dir`` the states are stored by
+    :func:`bertology.extract.states`' cache (keyed by model, revision, layer, pool and the numbers).
     """
-    from .extract import extract
+    from .extract import states
 
     if pool not in ("last", "first", "mean"):
         raise ValueError(f"pool must be 'last', 'first' or 'mean', not {pool!r}")
@@ -282,48 +264,19 @@ def embed_numbers(loaded, numbers: Sequence[str], layer: int | None = None, pool
     if bad:
         raise ValueError(f"each number must be one whitespace-free string; bad: {bad[:3]}")
     li = resolve_layer(loaded, layer)
-    path = _cache_file(cache_dir, "numbers-v1", loaded, li, pool, numbers)
-    cached = _load_cached(path)
-    if cached is not None:
-        return cached
-    col = _Collect(len(numbers), li)
-    extract(loaded, [[s] for s in numbers], col, attention=False, hidden_states=True, pool=pool,
-            batch_size=batch_size, progress=progress, desc="embed numbers")
-    emb = col.result()[:, 0]
-    _save_cached(path, emb)
-    return emb
+    per = states(loaded, [[s] for s in numbers], layers=[li], pool=pool, batch_size=batch_size, cache=cache_dir,
+                 progress=progress, desc="embed numbers")
+    return _stack_words(per, 1, numbers)
 
 
-def _cache_file(cache_dir, tag: str, loaded, li: int, pool: str, payload) -> Path | None:
-    if cache_dir is None:
-        return None
-    h = hashlib.sha256(json.dumps([tag, loaded.info.name, loaded.info.revision, li, pool, payload]).encode())
-    return Path(cache_dir) / f"{tag.split('-')[0]}-{h.hexdigest()[:24]}.safetensors"
-
-
-def _load_cached(path: Path | None):
-    if path is None or not path.exists():
-        return None
-    from safetensors.numpy import load_file
-
-    try:
-        return load_file(path)["embeddings"]
-    except Exception:  # noqa: BLE001 - a broken cache file is recomputed
-        log.warning("number embedding cache %s unreadable; recomputing", path)
-        return None
-
-
-def _save_cached(path: Path | None, emb: np.ndarray) -> None:
-    if path is not None:
-        from safetensors.numpy import save_file
-
-        from .io import atomic_write_bytes
-
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        save_file({"embeddings": emb}, tmp)
-        atomic_write_bytes(path, tmp.read_bytes())
-        tmp.unlink(missing_ok=True)
+def _stack_words(per: list[np.ndarray], width: int, inputs) -> np.ndarray:
+    """``[n, width, hidden]`` from :func:`bertology.extract.states` arrays of one layer (``[n, hidden]``
+    when ``width`` is 1); an input that is not ``width`` words names itself."""
+    for i, h in enumerate(per):
+        if h.shape[1] != width:
+            raise ValueError(f"input {i} is not {width} number(s) ({inputs[i]})")
+    out = np.stack([h[0] for h in per]).astype(np.float32)
+    return out[:, 0] if width == 1 else out
 
 
 def embed_lists(loaded, lists: np.ndarray, layer: int | None = None, pool: str = "last", batch_size: int = 256,
@@ -333,7 +286,7 @@ def embed_lists(loaded, lists: np.ndarray, layer: int | None = None, pool: str =
     words, nothing between them), and each number is the state of ``layer`` (default the last)
     at its ``pool`` piece ("last" as in the authors' ``use_starting_offsets=False``).
     Returns ``[n, k, hidden_size]`` float32, cached like :func:`embed_numbers`."""
-    from .extract import extract
+    from .extract import states
 
     if pool not in ("last", "first", "mean"):
         raise ValueError(f"pool must be 'last', 'first' or 'mean', not {pool!r}")
@@ -342,16 +295,9 @@ def embed_lists(loaded, lists: np.ndarray, layer: int | None = None, pool: str =
         raise ValueError(f"lists must be a non-empty [n, k] array, got shape {lists.shape}")
     words = [[str(v) for v in row] for row in lists.tolist()]
     li = resolve_layer(loaded, layer)
-    path = _cache_file(cache_dir, "lists-v1", loaded, li, pool, words)
-    cached = _load_cached(path)
-    if cached is not None:
-        return cached
-    col = _Collect(len(words), li, lists.shape[1])
-    extract(loaded, words, col, attention=False, hidden_states=True, pool=pool, batch_size=batch_size,
-            progress=progress, desc="embed lists")
-    emb = col.result()
-    _save_cached(path, emb)
-    return emb
+    per = states(loaded, words, layers=[li], pool=pool, batch_size=batch_size, cache=cache_dir, progress=progress,
+                 desc="embed lists")
+    return _stack_words(per, lists.shape[1], words)
 
 
 def value_embedding(values: Sequence[float]) -> np.ndarray:
@@ -596,12 +542,12 @@ class _MaxPointer(torch.nn.Module):
         return self.out(h).squeeze(-1)
 
 
-def _train(model, x: torch.Tensor, y: torch.Tensor, loss_fn, cfg: ProbeConfig, gen: torch.Generator,
+def _train(probe, x: torch.Tensor, y: torch.Tensor, loss_fn, cfg: ProbeConfig, gen: torch.Generator,
            steps: int, evaluate: Callable[[], float] | None = None) -> list[tuple[int, float]]:
     """``steps`` Adam updates over shuffled passes (epochs) through ``(x, y)``; ``evaluate()``
     (the held-out metric) is called after every epoch and after the last step. Returns
-    ``[(step, metric), ...]``; the model is left at its last step, in eval mode."""
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    ``[(step, metric), ...]``; the probe is left at its last step, in eval mode."""
+    opt = torch.optim.Adam(probe.parameters(), lr=cfg.lr)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps)
     n = len(x)
     bs = min(cfg.batch_size, n)
@@ -609,22 +555,22 @@ def _train(model, x: torch.Tensor, y: torch.Tensor, loss_fn, cfg: ProbeConfig, g
     history: list[tuple[int, float]] = []
     perm = torch.randperm(n, generator=gen)
     for step in range(1, steps + 1):
-        model.train()
+        probe.train()
         b = (step - 1) % per_epoch
         if b == 0 and step > 1:
             perm = torch.randperm(n, generator=gen)
         idx = perm[b * bs:(b + 1) * bs]
         opt.zero_grad()
-        loss = loss_fn(model(x[idx]), y[idx])
+        loss = loss_fn(probe(x[idx]), y[idx])
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
+        torch.nn.utils.clip_grad_norm_(probe.parameters(), 5.0)
         opt.step()
         sched.step()
         if evaluate is not None and (b == per_epoch - 1 or step == steps):
-            model.eval()
+            probe.eval()
             with torch.inference_mode():
                 history.append((step, float(evaluate())))
-    model.eval()
+    probe.eval()
     return history
 
 
@@ -685,18 +631,18 @@ def probe_decoding(emb, lo: int, hi: int, seed: int = 0, cfg: ProbeConfig | None
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         gen = torch.Generator().manual_seed(seed)
-        model = _mlp(xtr.shape[1], cfg.hidden)
+        probe = _mlp(xtr.shape[1], cfg.hidden)
         x, xt = torch.from_numpy(std(xtr)), torch.from_numpy(std(xte))
         y = torch.from_numpy(((train - center) / scale).astype(np.float32))
 
         def evaluate():
-            pred = model(xt).squeeze(-1).numpy() * scale + center
+            pred = probe(xt).squeeze(-1).numpy() * scale + center
             rmse = float(np.sqrt(np.mean((pred - test) ** 2)))
             if rmse < best["rmse"]:
                 best.update(rmse=rmse, pred=pred)
             return rmse
 
-        hist = _train(model, x, y, lambda p, t: torch.nn.functional.mse_loss(p.squeeze(-1), t), cfg, gen,
+        hist = _train(probe, x, y, lambda p, t: torch.nn.functional.mse_loss(p.squeeze(-1), t), cfg, gen,
                       cfg.steps, evaluate)
     return _result("rmse", hist, False, n_train=len(train), n_test=len(test), test=test, pred=best["pred"])
 
@@ -726,15 +672,15 @@ def probe_addition(emb, lo: int, hi: int, seed: int = 0, cfg: ProbeConfig | None
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         gen = torch.Generator().manual_seed(seed)
-        model = _mlp(2 * ftr.shape[2], cfg.hidden)
+        probe = _mlp(2 * ftr.shape[2], cfg.hidden)
         x, xt = torch.from_numpy(flat(ftr)), torch.from_numpy(flat(fte))
         y = torch.from_numpy(((ptrain.sum(1) - center) / scale).astype(np.float32))
 
         def evaluate():
-            pred = model(xt).squeeze(-1).numpy() * scale + center
+            pred = probe(xt).squeeze(-1).numpy() * scale + center
             return float(np.sqrt(np.mean((pred - target) ** 2)))
 
-        hist = _train(model, x, y, lambda p, t: torch.nn.functional.mse_loss(p.squeeze(-1), t), cfg, gen,
+        hist = _train(probe, x, y, lambda p, t: torch.nn.functional.mse_loss(p.squeeze(-1), t), cfg, gen,
                       cfg.steps, evaluate)
     return _result("rmse", hist, False, n_train=len(ptrain), n_test=len(ptest))
 
@@ -758,14 +704,14 @@ def probe_list_max(emb, lo: int, hi: int, seed: int = 0, cfg: ProbeConfig | None
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         gen = torch.Generator().manual_seed(seed)
-        model = _MaxPointer(ftr.shape[2], cfg.lstm_hidden, cfg.lstm_rank)
+        probe = _MaxPointer(ftr.shape[2], cfg.lstm_hidden, cfg.lstm_rank)
         x, xt = torch.from_numpy(std(ftr)), torch.from_numpy(std(fte))
         y = torch.from_numpy(ytrain.astype(np.int64))
 
         def evaluate():
-            return float((model(xt).argmax(1).numpy() == ytest).mean())
+            return float((probe(xt).argmax(1).numpy() == ytest).mean())
 
-        hist = _train(model, x, y, torch.nn.functional.cross_entropy, cfg, gen, cfg.max_steps, evaluate)
+        hist = _train(probe, x, y, torch.nn.functional.cross_entropy, cfg, gen, cfg.max_steps, evaluate)
     return _result("accuracy", hist, True, n_train=len(ltrain), n_test=len(ltest))
 
 

@@ -85,7 +85,13 @@ declare("clark.probe", "words",
 declare("clark.probe", "data",
         "Trained and tested on UD English EWT (punctuation = relation punct left out of UAS, as the authors) instead "
         "of the WSJ with Stanford Dependencies.",
-        kind="data", reference="clarkkev/attention-analysis Syntax_Analysis.ipynb, run_training")
+        kind="data", reference="clarkkev/attention-analysis Syntax_Analysis.ipynb, run_training",
+        when=lambda o: o.get("language") in (None, "en"))
+declare("clark.probe", "data_language",
+        "Trained and tested on {treebank} (language {language}; punctuation = relation punct left out of UAS, as the authors) "
+        "instead of the English WSJ with Stanford Dependencies.",
+        kind="data", reference="clarkkev/attention-analysis Syntax_Analysis.ipynb, run_training",
+        when=lambda o: o.get("language") not in (None, "en"))
 
 PROBES = ("attn", "attn+word")
 

@@ -140,7 +140,8 @@ def agreement_by_attractors(table: pd.DataFrame):
         d["n_attractors"] = d["n_attractors"].astype(str)
         sns.barplot(data=d, x="n_attractors", y="accuracy", hue="scorer", ax=ax, palette=PALETTE)
         for cont, (_, g) in zip(ax.containers, d.groupby("scorer", sort=False)):
-            ax.bar_label(cont, labels=[f"{int(n)}" for n in g["n"]], fontsize=7, padding=1)
+            if len(cont) == len(g) and all(b is not None for b in cont):  # a scorer without every bar: no counts
+                ax.bar_label(cont, labels=[f"{int(n)}" for n in g["n"]], fontsize=7, padding=1)
         ax.axhline(0.5, ls="--", color="0.4", lw=1)
         ax.set_title(name, fontsize=10)
         ax.set_xlabel("attractors")

@@ -1,7 +1,7 @@
 """Head importance and pruning (Michel, Levy & Neubig 2019, "Are Sixteen Heads Really Better than One?").
 
 A *task* turns the model into one scalar metric (higher is better) and one differentiable loss.
-Every head carries a gate ξ_h (``models.set_head_mask``, which multiplies the head's attention
+Every head carries a gate ξ_h (``interventions.masked_heads``, which multiplies the head's attention
 probabilities, hence its output, as the authors' ``mask_heads`` does). The importance of a head
 is a first-order estimate of what removing it costs, got for all heads from one forward +
 backward pass per batch (Michel §4.1). By default it is the quantity of the authors' released
@@ -28,9 +28,10 @@ import torch
 import torch.nn.functional as F
 
 from .align import pooling_matrices
-from .extract import collate, encode_inputs, length_buckets
+from .extract import base_of, collate, encode_inputs, forward, length_buckets
 from .fidelity import declare, option_differs
-from .models import LoadedModel, MissingHeadError, self_attention_modules, set_head_mask
+from .interventions import masked_heads, set_head_mask, skipped_layers
+from .models import LoadedModel, MissingHeadError, self_attention_modules
 
 TASKS = ("mlm", "upos", "embedding")
 
@@ -127,16 +128,8 @@ class Task:
     importance_batches: list | None = None
 
 
-def _model_inputs(batch):
-    return {k: batch[k] for k in ("input_ids", "token_type_ids", "attention_mask")}
-
-
-def _base(model):
-    return getattr(model, model.base_model_prefix, model)
-
-
-def _last_states(model, batch):
-    return _base(model)(**_model_inputs(batch)).last_hidden_state
+def _last_states(model, batch, grad=False):
+    return forward(model, batch, base=True, grad=grad).last_hidden_state
 
 
 def _batches(loaded, encodings, batch_size):
@@ -194,15 +187,14 @@ def build_task(loaded: LoadedModel, task: str, sentences: Sequence, train_senten
                 out.append(b)
             return out
 
-        def logits(m, b):
-            return m(**_model_inputs(b)).logits
-
         def metric(m, b):
             keep = b["labels"] != -100
-            return (logits(m, b).argmax(-1)[keep] == b["labels"][keep]).sum().item(), keep.sum().item()
+            logits = forward(m, b).logits
+            return (logits.argmax(-1)[keep] == b["labels"][keep]).sum().item(), keep.sum().item()
 
         def loss(m, b):
-            return F.cross_entropy(logits(m, b).flatten(0, 1), b["labels"].flatten(), ignore_index=-100)
+            logits = forward(m, b, grad=True).logits
+            return F.cross_entropy(logits.flatten(0, 1), b["labels"].flatten(), ignore_index=-100)
 
         ev, imp = both(prepare)
         return Task(task, "masked-token accuracy", ev, metric, loss, importance_batches=imp)
@@ -229,15 +221,14 @@ def build_task(loaded: LoadedModel, task: str, sentences: Sequence, train_senten
                 out.append(b)
             return out
 
-        def word_states(m, b):
-            units = torch.bmm(b["frm"], _last_states(m, b))  # mean over each word's pieces
+        def word_states(m, b, grad=False):
+            units = torch.bmm(b["frm"], _last_states(m, b, grad))  # mean over each word's pieces
             return units[b["sel"][0], b["sel"][1]]
 
         if not train_sentences:
             raise ValueError("task 'upos' needs train_sentences for the probe")
         train = word_batches(list(train_sentences))
-        with torch.no_grad():
-            set_head_mask(model, None)
+        with torch.no_grad(), masked_heads(model, None):
             X = torch.cat([word_states(model, b) for b in train]).float()
             y = torch.cat([b["labels"] for b in train])
         probe = _train_probe(X, y, len(tags), seed, probe_epochs).to(loaded.device)
@@ -247,7 +238,7 @@ def build_task(loaded: LoadedModel, task: str, sentences: Sequence, train_senten
             return (probe(word_states(m, b)).argmax(-1) == b["labels"]).sum().item(), len(b["labels"])
 
         def loss(m, b):
-            return F.cross_entropy(probe(word_states(m, b)), b["labels"])
+            return F.cross_entropy(probe(word_states(m, b, grad=True)), b["labels"])
 
         train_acc = (probe(X.to(loaded.device)).argmax(-1) == y).float().mean().item()
         return Task(task, "UPOS probe accuracy", ev, metric, loss,
@@ -256,8 +247,7 @@ def build_task(loaded: LoadedModel, task: str, sentences: Sequence, train_senten
     # embedding
     def prepare(sents):
         out = []
-        with torch.no_grad():
-            set_head_mask(model, None)
+        with torch.no_grad(), masked_heads(model, None):
             for _, b in _batches(loaded, encode(sents), batch_size):
                 e = _mean_pool(_last_states(model, b), b["attention_mask"])
                 b["ref"] = F.normalize(e, dim=-1)
@@ -270,7 +260,7 @@ def build_task(loaded: LoadedModel, task: str, sentences: Sequence, train_senten
         return F.cosine_similarity(e, b["ref"], dim=-1).sum().item(), len(e)
 
     def loss(m, b):
-        e = F.normalize(_mean_pool(_last_states(m, b), b["attention_mask"]), dim=-1)
+        e = F.normalize(_mean_pool(_last_states(m, b, grad=True), b["attention_mask"]), dim=-1)
         return (b["u"] * e).sum(-1).mean()
 
     ev, imp = both(prepare)
@@ -315,16 +305,11 @@ def _shape(model):
 def evaluate(loaded: LoadedModel, task: Task, mask: torch.Tensor | np.ndarray | None = None) -> float:
     """The task metric with head mask ``mask`` (L x H; 0 removes a head), ``None`` = full model."""
     model = loaded.model
-    set_head_mask(model, None if mask is None else torch.as_tensor(mask, dtype=next(model.parameters()).dtype,
-                                                                     device=loaded.device))
-    try:
-        total = count = 0
-        with torch.no_grad():
-            for b in task.batches:
-                s, n = task.metric_fn(model, b)
-                total, count = total + s, count + n
-    finally:
-        set_head_mask(model, None)
+    total = count = 0
+    with masked_heads(model, mask), torch.no_grad():
+        for b in task.batches:
+            s, n = task.metric_fn(model, b)
+            total, count = total + s, count + n
     return total / max(count, 1)
 
 
@@ -352,14 +337,13 @@ def gate_gradients(loaded: LoadedModel, task: Task, batch: dict, mask: torch.Ten
 
     mods = self_attention_modules(model)
     handles = [m.register_forward_hook(keep(i)) for i, m in enumerate(mods)]
-    set_head_mask(model, xi)
     try:
-        loss = task.loss_fn(model, batch)
-        grads = torch.autograd.grad(loss, ctxs)
+        with masked_heads(model, xi):
+            loss = task.loss_fn(model, batch)
+            grads = torch.autograd.grad(loss, ctxs)
     finally:
         for h in handles:
             h.remove()
-        set_head_mask(model, None)
     out = []
     for c, g in zip(ctxs, grads):
         B, T, _ = c.shape
@@ -554,20 +538,8 @@ def best_single_head_summary(single: pd.DataFrame, base: float) -> pd.DataFrame:
     return best.merge(worst, on="layer")[["layer", "head", "label", "metric", "delta", "worst_single_head"]]
 
 
-class skip_layers:
-    """Context manager: run the model without the given transformer layers (attention + FFN)."""
-
-    def __init__(self, model, layers: Sequence[int]):
-        self.encoder = _base(model).encoder
-        self.layers = set(layers)
-
-    def __enter__(self):
-        self.full = self.encoder.layer
-        self.encoder.layer = torch.nn.ModuleList([m for i, m in enumerate(self.full) if i not in self.layers])
-        return self
-
-    def __exit__(self, *exc):
-        self.encoder.layer = self.full
+#: Run the model without the given transformer layers (``interventions.skipped_layers``).
+skip_layers = skipped_layers
 
 
 def head_params(model) -> int:
@@ -578,7 +550,7 @@ def head_params(model) -> int:
 
 
 def layer_params(model) -> int:
-    return sum(p.numel() for p in _base(model).encoder.layer[0].parameters())
+    return sum(p.numel() for p in base_of(model).encoder.layer[0].parameters())
 
 
 def layers_vs_heads(loaded: LoadedModel, task: Task, importance: np.ndarray) -> pd.DataFrame:
@@ -630,7 +602,7 @@ def prune_heads(model, heads: dict[int, Sequence[int]]) -> dict[int, list[int]]:
     are still updated for anything that reads them. Returns the heads kept per layer.
     """
     kept = {}
-    for l, layer in enumerate(_base(model).encoder.layer):
+    for l, layer in enumerate(base_of(model).encoder.layer):
         att = layer.attention
         sa = att.self
         d = model.config.hidden_size // model.config.num_attention_heads
@@ -676,12 +648,11 @@ def pruned_copy(loaded: LoadedModel, removed: Sequence[tuple[int, int]]) -> Load
 def time_forward(model, batches: list, repeats: int = 3) -> float:
     """Best-of-``repeats`` seconds for one inference pass over ``batches``."""
     best = float("inf")
-    with torch.inference_mode():
-        for _ in range(repeats):
-            t = time.perf_counter()
-            for b in batches:
-                _base(model)(**_model_inputs(b))
-            best = min(best, time.perf_counter() - t)
+    for _ in range(repeats):
+        t = time.perf_counter()
+        for b in batches:
+            forward(model, b, base=True)
+        best = min(best, time.perf_counter() - t)
     return best
 
 
@@ -706,13 +677,9 @@ def measure_pruning(loaded: LoadedModel, task: Task, removed: Sequence[tuple[int
         for b in task.batches:
             s, n = task.metric_fn(pruned.model, b)
             total, count = total + s, count + n
-    set_head_mask(loaded.model, torch.as_tensor(mask, dtype=next(loaded.model.parameters()).dtype, device=loaded.device))
-    try:
-        with torch.inference_mode():
-            diff = max(float((_last_states(pruned.model, b) - _last_states(loaded.model, b)).abs().max())
-                       for b in task.batches)
-    finally:
-        set_head_mask(loaded.model, None)
+    with masked_heads(loaded, mask):
+        diff = max(float((_last_states(pruned.model, b) - _last_states(loaded.model, b)).abs().max())
+                   for b in task.batches)
     t_full, t_pruned = [], []
     for _ in range(repeats):
         t_full.append(time_forward(loaded.model, task.batches, repeats=1))

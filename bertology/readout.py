@@ -39,7 +39,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .extract import buckets_by_length, pad_ids
+from .extract import forward, padded_batches
 from .scorers import Scorer
 from .io import atomic_write_json
 from .models import LoadedModel
@@ -257,20 +257,19 @@ def masked_states(loaded: LoadedModel, sentences: Sequence[Sequence[str]], layer
         tgt.append(ids[pick])
     if not seqs:
         raise ValueError("no sentence has a word piece to mask")
-    base = loaded.model.base_model
     dev = loaded.device
     out = {k: [] for k in layers}
     order = []
-    batches = buckets_by_length([len(s) for s in seqs], batch_size, 8192)
     with torch.inference_mode():
-        for batch in tqdm(batches, desc="readout states", disable=not progress, leave=False):
-            ids, att = pad_ids([seqs[i] for i in batch])
+        for batch, ids, att in padded_batches(seqs, batch_size, 8192, progress=progress, desc="readout states",
+                                              min_bar=1):
             rows, cols = [], []
             for b, i in enumerate(batch):
                 rows += [b] * len(pos[i])
                 cols += pos[i].tolist()
                 order.append(i)
-            hs = base(input_ids=ids.to(dev), attention_mask=att.to(dev), output_hidden_states=True).hidden_states
+            hs = forward(loaded, {"input_ids": ids, "attention_mask": att}, hidden_states=True,
+                         base=True).hidden_states
             r, c = torch.as_tensor(rows, device=dev), torch.as_tensor(cols, device=dev)
             for k in layers:
                 out[k].append(hs[k][r, c].float())
@@ -433,12 +432,11 @@ class ReadoutScorer(Scorer):
         self.layer = layer
         self.head = head.to(loaded.device).eval()
         self.meta = meta
-        self._base = loaded.model.base_model
 
     def _states(self, input_ids, attention_mask, positions):
         rows, cols = positions[:, 0], positions[:, 1]
-        out = self._base(input_ids=input_ids, attention_mask=attention_mask,
-                         output_hidden_states=self.layer < self.loaded.info.n_layers)
+        out = forward(self.loaded, {"input_ids": input_ids, "attention_mask": attention_mask}, base=True,
+                      hidden_states=self.layer < self.loaded.info.n_layers)
         h = out.last_hidden_state if self.layer == self.loaded.info.n_layers else out.hidden_states[self.layer]
         return self.head(h[rows, cols].float())
 

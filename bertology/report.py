@@ -344,6 +344,13 @@ def _md(text: Any) -> str:
     return re.sub(r"([\\`*_\[\]<>|#])", r"\\\1", _fmt_value(text))
 
 
+def _language(meta: dict) -> str:
+    """``Korean (ko), UD Korean GSD`` from a run's ``meta["language"]`` and ``meta["treebank"]``."""
+    lang = meta.get("language") or {}
+    text = f"{lang.get('name')} ({lang.get('code')})" if isinstance(lang, dict) else str(lang)
+    return f"{text}, {meta['treebank']}" if meta.get("treebank") else text
+
+
 def header_markdown(record: RunRecord, meta: dict) -> str:
     """The report header: what ran, on what, with which software, and how to read layer-head names."""
     versions = meta.get("versions") if isinstance(meta.get("versions"), dict) else {}
@@ -361,6 +368,7 @@ def header_markdown(record: RunRecord, meta: dict) -> str:
         "|---|---|",
         f"| model | {_md(meta.get('model') or record.model)} (revision {_md(meta.get('model_revision'))}) |",
         f"| data | {_md(meta.get('data'))} |",
+        *([f"| language | {_md(_language(meta))} |"] if meta.get("language") else []),
         f"| sizes | {_md(meta.get('sizes'))} |",
         f"| seed | {_md(meta.get('seed', p.get('seed')))} |",
         f"| device | {_md(meta.get('device') or p.get('device'))} |",
@@ -638,6 +646,68 @@ def comparison_table(out: Path) -> pd.DataFrame:
     return table.sort_index(level=0, sort_remaining=False)
 
 
+def language_comparison(out: Path) -> dict[str, pd.DataFrame]:
+    """Runs on different languages side by side (from each report's ``results.json``).
+
+    ``relations``: per relation found in the notebook-02 runs of *every* language present, each
+    run's best head and its accuracy (``relation, language, model, head, accuracy, count``);
+    ``uuas``: the notebook-04 structural probe's UUAS by layer of each run (``language, model,
+    layer, uuas``), the random-init control left out. Runs whose treebank has no language recorded
+    are skipped; both tables are empty unless at least two languages are present.
+    """
+    rel_rows, uuas_rows = [], []
+    for slug, stems in _index_rows(out).items():
+        for stem in stems:
+            doc = _results(out / slug / stem / "results.json")
+            meta, tables = doc.get("meta") or {}, doc.get("tables") or {}
+            lang = meta.get("language")
+            if not isinstance(lang, dict) or not lang.get("code"):
+                continue
+            language, model = f"{lang.get('name') or lang['code']} ({lang['code']})", meta.get("model", slug)
+            if stem.startswith("02"):
+                for r in tables.get("relation_heads_best") or []:
+                    rel_rows.append((r["relation"], language, model, r["head"], r["accuracy"], r["count"]))
+            if stem.startswith("04"):
+                for r in tables.get("structural_probe") or []:
+                    if r.get("metric") == "uuas" and r.get("model") == model:
+                        uuas_rows.append((language, model, int(r["layer"]), r["value"]))
+    rel = pd.DataFrame(rel_rows, columns=["relation", "language", "model", "head", "accuracy", "count"])
+    uuas = pd.DataFrame(uuas_rows, columns=["language", "model", "layer", "uuas"])
+    if rel.language.nunique() >= 2:
+        per_lang = rel.groupby("relation")["language"].nunique()
+        shared = per_lang[per_lang == rel.language.nunique()].index
+        rel = rel[rel.relation.isin(shared)].sort_values(["relation", "language", "model"]).reset_index(drop=True)
+    else:
+        rel = rel.iloc[0:0]
+    if uuas.language.nunique() < 2:
+        uuas = uuas.iloc[0:0]
+    return {"relations": rel, "uuas": uuas.sort_values(["language", "model", "layer"]).reset_index(drop=True)}
+
+
+def _language_section(out: Path) -> str:
+    esc = html.escape
+    comp = language_comparison(out)
+    parts = []
+    rel, uuas = comp["relations"], comp["uuas"]
+    if len(rel):
+        rel = rel.assign(run=rel.language + " · " + rel.model)
+        runs = sorted(rel.run.unique())
+        cell = {(r.relation, r.run): f"{r.head}: {r.accuracy:.3f}" for r in rel.itertuples()}
+        rows = "".join(f"<tr><td>{esc(k)}</td>" + "".join(f"<td class=num>{esc(cell.get((k, c), ''))}</td>" for c in runs)
+                       + "</tr>" for k in sorted(rel.relation.unique(), key=lambda x: (x != "all", x)))
+        parts.append("<h3>Best head per shared relation (notebook 02; head: accuracy)</h3>\n<table><thead><tr>"
+                     "<th>Relation</th>" + "".join(f"<th>{esc(c)}</th>" for c in runs) + f"</tr></thead><tbody>{rows}</tbody></table>")
+    if len(uuas):
+        uuas = uuas.assign(run=uuas.language + " · " + uuas.model)
+        runs = sorted(uuas.run.unique())
+        cell = {(r.layer, r.run): f"{r.uuas:.3f}" for r in uuas.itertuples()}
+        rows = "".join(f"<tr><td>{k}</td>" + "".join(f"<td class=num>{cell.get((k, c), '')}</td>" for c in runs) + "</tr>"
+                       for k in sorted(uuas.layer.unique()))
+        parts.append("<h3>Structural probe UUAS by layer (notebook 04)</h3>\n<table><thead><tr><th>Layer</th>"
+                     + "".join(f"<th>{esc(c)}</th>" for c in runs) + f"</tr></thead><tbody>{rows}</tbody></table>")
+    return "<h2>Languages side by side</h2>\n" + "\n".join(parts) if parts else ""
+
+
 def _index_rows(out: Path) -> dict[str, dict[str, dict]]:
     """model slug -> stem -> {"latest", "last_good"}; reports on disk without a run record count too."""
     models: dict[str, dict[str, dict]] = {}
@@ -710,6 +780,9 @@ def write_index(out: str | os.PathLike = "reports") -> Path:
         )
         sections.insert(0, "<h2>Models side by side</h2>\n<table><thead><tr><th>Notebook</th><th>Key number</th>"
                         f"{head}</tr></thead><tbody>{body_rows}</tbody></table>")
+    languages = _language_section(out)
+    if languages:
+        sections.insert(0, languages)
     body = "\n".join(sections) or "<p>No reports yet. Run <code>bertology run</code>.</p>"
     page = (
         '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'

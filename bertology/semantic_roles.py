@@ -340,10 +340,9 @@ def context_cloze(scorer, contexts: Sequence[str], words: Sequence[Sequence[str]
     vocabulary, special tokens included, as Ettinger's ``get_predictions`` does.
     """
     import torch
-    from tqdm.auto import tqdm
 
     from . import cloze
-    from .extract import pad_ids
+    from .extract import padded_batches
 
     contexts = list(contexts)
     if len(words) != len(contexts):
@@ -380,10 +379,7 @@ def context_cloze(scorer, contexts: Sequence[str], words: Sequence[Sequence[str]
     rank_all = np.full(len(rows), np.nan)
     first_row = np.cumsum([0] + [len(w) for w in words])
     top_rows = []
-    order = sorted(range(len(seqs)), key=lambda i: (len(seqs[i]), i))
-    batches = [order[j:j + batch_size] for j in range(0, len(order), batch_size)]
-    for batch in tqdm(batches, desc="cloze", disable=not progress or len(batches) < 5, leave=False):
-        ids, mask = pad_ids([seqs[i] for i in batch])
+    for batch, ids, mask in padded_batches(seqs, batch_size, 16384, progress=progress, desc="cloze"):
         positions = torch.stack([torch.arange(len(batch)), torch.as_tensor([pos[i] for i in batch])], 1)
         out = scorer.log_probs(ids, mask, positions).cpu()
         sub = out[:, allowed]

@@ -56,7 +56,7 @@ import pandas as pd
 import torch
 
 from .data import Sentence
-from .extract import encode_inputs, extract
+from .extract import encode_inputs, states
 from .fidelity import declare, option_differs
 from .models import LoadedModel
 
@@ -367,21 +367,6 @@ class WordStates:
         return WordStates(states, offsets, [self.sentences[k] for k in rows])
 
 
-class _Collect:
-    """Reducer writing each input's word vectors into its rows of one preallocated array."""
-
-    def __init__(self, offsets: np.ndarray, n_layers: int, dim: int):
-        self.offsets = offsets
-        self.out = np.zeros((n_layers, int(offsets[-1]), dim), dtype=np.float32)
-
-    def update(self, item):
-        a, b = self.offsets[item.index], self.offsets[item.index + 1]
-        self.out[:, a:b] = item.hidden[:, item.encoding.word_units]
-
-    def result(self):
-        return self.out
-
-
 def word_states(loaded: LoadedModel, sentences: Sequence[Sentence], *, batch_size: int = 32,
                 cache_dir=None, progress: bool = True, desc: str = "states") -> WordStates:
     """Mean-pooled word vectors of every layer for ``sentences`` (one batched, length-bucketed pass)."""
@@ -392,11 +377,9 @@ def word_states(loaded: LoadedModel, sentences: Sequence[Sentence], *, batch_siz
     keep = [k for k, e in enumerate(encs) if not e.truncated]
     kept = [sentences[k] for k in keep]
     offsets = np.concatenate([[0], np.cumsum([s.n for s in kept])]).astype(np.int64)
-    cfg = loaded.model.config
-    collect = _Collect(offsets, cfg.num_hidden_layers + 1, cfg.hidden_size)
-    extract(loaded, [encs[k] for k in keep], collect, attention=False, hidden_states=True, pool="mean",
-            batch_size=batch_size, cache_dir=cache_dir, progress=progress, desc=desc)
-    return WordStates(collect.result(), offsets, kept, len(sentences) - len(kept), time.perf_counter() - t0)
+    flat = states(loaded, [encs[k] for k in keep], pool="mean", unit="word", concat=True, batch_size=batch_size,
+                  cache=cache_dir, progress=progress, desc=desc)
+    return WordStates(flat, offsets, kept, len(sentences) - len(kept), time.perf_counter() - t0)
 
 
 # ----------------------------------------------------------------------------- probes

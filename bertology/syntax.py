@@ -55,7 +55,12 @@ declare("clark.relations", "ud",
         "Universal Dependencies (UD relations mapped to Stanford labels where they correspond: obj=dobj, "
         "compound=nn, nmod:poss=poss, aux:pass=auxpass; UD attaches prepositions to their noun as case, "
         "so there is no prep/pobj) instead of Stanford Dependencies on the WSJ.",
-        kind="data", reference="clarkkev/attention-analysis Syntax_Analysis.ipynb (relns are SD labels); paper §4.2")
+        kind="data", reference="clarkkev/attention-analysis Syntax_Analysis.ipynb (relns are SD labels); paper §4.2",
+        when=lambda o: o.get("language") in (None, "en"))
+declare("clark.relations", "ud_language",
+        "Universal Dependencies treebank {treebank} (language {language}) instead of Stanford Dependencies on the English WSJ: the "
+        "relations are the treebank's own (every relation with at least min_count arcs), with no Stanford names.",
+        kind="data", reference="paper §4.2 (English WSJ only)", when=lambda o: o.get("language") not in (None, "en"))
 declare("clark.relations", "poss",
         "The authors' possessive rule (a possessor followed by 's / s' is scored by the prediction of that "
         "token) is applied to UD nmod:poss ({n_poss_rule} arcs in this run); the authors applied it to SD poss.",
@@ -229,10 +234,23 @@ class RelationHeads:
         return pd.DataFrame(rows, columns=["relation", "offset", "correct", "count", "accuracy"])
 
 
-def best_heads(heads: pd.DataFrame, baselines: pd.DataFrame, min_count: int = 100) -> pd.DataFrame:
+def relation_inventory(sentences: list[Sentence], min_count: int = 1, keep_subtypes: bool = True) -> pd.DataFrame:
+    """Relations of the data itself (any UD language): ``relation, n`` for every relation with at
+    least ``min_count`` arcs, most frequent first (ties by name); ``root`` and ``punct`` included."""
+    counts: dict[str, int] = defaultdict(int)
+    for s in sentences:
+        for r in s.deprels:
+            counts[relation_of(r, keep_subtypes)] += 1
+    rows = sorted(((r, n) for r, n in counts.items() if n >= min_count), key=lambda x: (-x[1], x[0]))
+    return pd.DataFrame(rows, columns=["relation", "n"])
+
+
+def best_heads(heads: pd.DataFrame, baselines: pd.DataFrame, min_count: int = 100,
+               stanford: bool = True) -> pd.DataFrame:
     """Clark et al. Table 1: per relation with at least ``min_count`` arcs, the best head (either
     direction) and the best offset baseline, sorted by frequency; ``all`` (every word) first, the
-    ``root`` and ``punct`` rows left out as in the reference. Heads printed as ``layer-head``."""
+    ``root`` and ``punct`` rows left out as in the reference. Heads printed as ``layer-head``.
+    ``stanford=False`` (non-English treebanks) leaves out the column of Stanford names."""
     h = heads[((heads["count"] >= min_count) | (heads["relation"] == ALL)) & ~heads["relation"].isin(NOT_IN_TABLE)]
     best = h.loc[h.groupby("relation")["accuracy"].idxmax()]
     base = baselines.loc[baselines.groupby("relation")["accuracy"].idxmax()].set_index("relation")
@@ -247,7 +265,8 @@ def best_heads(heads: pd.DataFrame, baselines: pd.DataFrame, min_count: int = 10
         "baseline_offset": base.loc[best["relation"], "offset"].values,
         "baseline_accuracy": base.loc[best["relation"], "accuracy"].values,
     })
-    out["stanford"] = out["relation"].map(UD_TO_STANFORD).fillna("")
+    if stanford:
+        out["stanford"] = out["relation"].map(UD_TO_STANFORD).fillna("")
     return out.sort_values("count", ascending=False, kind="stable").reset_index(drop=True)  # "all" first
 
 

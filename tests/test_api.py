@@ -15,7 +15,7 @@ def test_import_is_lazy_and_names_resolve():
     code = "import sys, bertology; print('torch' in sys.modules, 'transformers' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.split() == ["False", "False"]
-    assert bt.stream is ex.extract and bt.attention_of is ex.attention_of
+    assert bt.stream is ex.extract and bt.attention_of is ex.attention_of and bt.states is ex.states
     with pytest.raises(AttributeError):
         bt.no_such_name
 

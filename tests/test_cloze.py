@@ -203,3 +203,21 @@ def test_shipped_minilm_readout_loads(minilm):
     assert info["dev_top1"] > info["dev_top1_majority"]
     r = C.cloze(sc, ["The capital of France is [MASK] ."], [["paris"]], k=3)
     assert len(r.top) == 3 and r.label == sc.label
+
+
+def test_scorer_methods_cloze_topk_pll(bias_only, tokenizer, logz):
+    """Every scorer answers the three questions as methods (the scorers room), by hand on bias logits."""
+    sc = C.mlm_scorer(bias_only)
+    r = sc.cloze(["The capital of France is [MASK]."], [["paris", "berlin"]], k=0)
+    assert r.targets["logprob"].tolist() == pytest.approx([3 - logz, -logz], abs=1e-4) and r.top.empty
+    top = sc.topk(["The capital of France is [MASK].", "[MASK] here"], k=2)
+    assert top["token"].tolist() == ["paris", "london"] * 2 and top["item"].tolist() == [0, 0, 1, 1]
+    assert top["logprob"].tolist()[:2] == pytest.approx([3 - logz, 1 - logz], abs=1e-4)
+    assert sc.topk(["A [MASK]."], k=1, vocab=["berlin", "london"])["token"].tolist() == ["london"]
+    with pytest.raises(ValueError, match="k must be"):
+        sc.topk(["A [MASK]."], k=0)
+    # PLL: every piece masked in turn; each is 0 bias except 'paris' (3) -> sum of (bias - logZ)
+    p = sc.pll(["paris is big"])
+    assert p["n_pieces"].tolist() == [3]
+    assert p["pll"].iloc[0] == pytest.approx(3 - 3 * logz, abs=1e-3)
+    assert p.equals(C.pll(sc, ["paris is big"]))

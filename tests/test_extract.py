@@ -105,3 +105,57 @@ def test_pad_ids_right_pads_with_zero_and_masks_the_padding():
     ids, mask = pad_ids([[101, 7, 102], [101, 102]])
     assert ids.tolist() == [[101, 7, 102], [101, 102, 0]]
     assert mask.tolist() == [[1, 1, 1], [1, 1, 0]]
+
+
+def test_padded_batches_are_the_engine_buckets_padded():
+    seqs = [[1, 2, 3], [4], [5, 6], [7, 8, 9, 10]]
+    got = list(ex.padded_batches(seqs, batch_size=2, max_tokens=100))
+    assert [b for b, _, _ in got] == [[1, 2], [0, 3]]  # sorted by length, cut at two
+    ids, mask = got[1][1], got[1][2]
+    assert ids.tolist() == [[1, 2, 3, 0], [7, 8, 9, 10]] and mask.tolist() == [[1, 1, 1, 0], [1, 1, 1, 1]]
+    with pytest.raises(ValueError, match="batch_size"):
+        list(ex.padded_batches(seqs, batch_size=0))
+
+
+def test_states_select_layers_units_and_pooling_by_hand(tokenizer, tmp_path):
+    """states() equals the model's hidden states, picked and pooled by hand."""
+    from bertology.models import random_bert
+
+    lm = random_bert(tokenizer, n_layers=2, n_heads=2, hidden_size=16, mlm=False, seed=2)
+    words = ["the", "glorped", "cat"]  # g ##lor ##ped
+    enc = tokenizer(" ".join(words), return_tensors="pt")
+    pieces = tokenizer.convert_ids_to_tokens(enc["input_ids"][0])
+    with torch.inference_mode():
+        hs = torch.stack(lm.model(**enc, output_hidden_states=True).hidden_states)[:, 0].numpy()  # (3, T, 16)
+    spans, t = [], 1  # the piece positions of each word (after [CLS])
+    for w in words:
+        n = len(tokenizer.tokenize(w))
+        spans.append(list(range(t, t + n)))
+        t += n
+    assert len(spans[1]) > 1, pieces  # the test needs a multi-piece word
+    for pool, pick in (("mean", lambda s: hs[:, s].mean(1)), ("first", lambda s: hs[:, s[0]]),
+                       ("last", lambda s: hs[:, s[-1]])):
+        (got,) = ex.states(lm, [words], pool=pool, progress=False)
+        assert got.shape == (3, 3, 16) and got.dtype == np.float32
+        assert np.allclose(got, np.stack([pick(s) for s in spans], 1), atol=1e-5)
+    (top,) = ex.states(lm, [words], layers=-1, pool="last", progress=False)
+    assert top.shape == (1, 3, 16) and np.allclose(top[0], hs[2, [s[-1] for s in spans]], atol=1e-5)
+    (pc,) = ex.states(lm, [words], layers=[0, 2], unit="piece", progress=False)
+    assert pc.shape == (2, len(pieces) - 2, 16) and np.allclose(pc, hs[[0, 2], 1:-1], atol=1e-5)
+    (sp,) = ex.states(lm, [words], layers=1, unit="piece", specials=True, progress=False)
+    assert np.allclose(sp[0], hs[1], atol=1e-5)
+    # the cache replays exactly; float16 storage rounds fresh and replayed arrays alike
+    first = ex.states(lm, [words, ["a", "dog"]], cache=tmp_path, progress=False)
+    assert len(list(tmp_path.glob("states-*/index.json"))) == 1
+    again = ex.states(lm, [words, ["a", "dog"]], cache=tmp_path, progress=False)
+    assert all(np.array_equal(a, b) for a, b in zip(first, again)) and again[1].shape == (3, 2, 16)
+    for c in (None, tmp_path):  # concat: the same rows in one array, fresh and replayed
+        flat = ex.states(lm, [words, ["a", "dog"]], concat=True, cache=c, progress=False)
+        assert np.array_equal(flat, np.concatenate(first, axis=1)) and flat.shape == (3, 5, 16)
+    h16 = ex.states(lm, [words], cache=tmp_path, cache_dtype="float16", progress=False)[0]
+    assert np.array_equal(h16, first[0].astype(np.float16).astype(np.float32))
+    assert np.array_equal(ex.states(lm, [words], cache=tmp_path, cache_dtype="float16", progress=False)[0], h16)
+    for bad, match in (({"layers": 3}, "layer"), ({"pool": "max"}, "pool"), ({"unit": "char"}, "unit"),
+                       ({"layers": []}, "empty")):
+        with pytest.raises(ValueError, match=match):
+            ex.states(lm, [words], progress=False, **bad)

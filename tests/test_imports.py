@@ -68,3 +68,40 @@ def test_no_private_names_across_modules():
 @pytest.mark.parametrize("name", MODULES)
 def test_module_imports_alone(name):
     subprocess.run([sys.executable, "-c", f"import bertology.{name}"], check=True, capture_output=True)
+
+
+#: The engine's rooms: the only modules that may run a model (issue 15).
+ROOMS = {"extract", "interventions", "scorers"}
+MODEL_CALLEES = {"model", "base_model", "forward"}
+
+
+def model_calls(source: str) -> list[int]:
+    """Lines of calls that run a model: ``model(...)``, ``x.model(...)``, ``x.base_model(...)``,
+    ``x.forward(...)``, or a call of what ``base_of(...)`` returns."""
+    lines = []
+    for node in ast.walk(ast.parse(source)):
+        if not isinstance(node, ast.Call):
+            continue
+        f = node.func
+        if isinstance(f, ast.Name):  # forward(...) is the engine's function, model(...) is not
+            bad = f.id in ("model", "base_model")
+        elif isinstance(f, ast.Attribute):  # x.model(...), x.forward(...) but not extract.forward(...)
+            engine = isinstance(f.value, ast.Name) and f.value.id in ("extract", "_extract", "ex")
+            bad = f.attr in MODEL_CALLEES and not (f.attr == "forward" and engine)
+        else:  # base_of(model)(...)
+            bad = isinstance(f, ast.Call) and getattr(f.func, "id", getattr(f.func, "attr", None)) in ("base_of", "_base")
+        if bad:
+            lines.append(node.lineno)
+    return sorted(lines)
+
+
+def test_model_call_finder_finds_planted_calls():
+    src = ("a = loaded.model(**b)\nb = model(x)\nc = self._base.base_model(ids)\nd = m.forward(x)\n"
+           "e = base_of(m)(**b)\nf = probe(x)\ng = forward(loaded, b)\nh = loaded.model.config\n"
+           "i = _extract.forward(loaded, b)\n")
+    assert model_calls(src) == [1, 2, 3, 4, 5]
+
+
+def test_models_run_only_in_the_engine_rooms():
+    bad = {m: model_calls((PKG / f"{m}.py").read_text(encoding="utf-8")) for m in MODULES if m not in ROOMS}
+    assert {m: lines for m, lines in bad.items() if lines} == {}

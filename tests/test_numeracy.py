@@ -75,7 +75,7 @@ def test_embed_numbers_takes_the_last_piece_of_the_chosen_layer(tokenizer, tmp_p
             hs = loaded.model(**enc, output_hidden_states=True).hidden_states
             n = enc["input_ids"].shape[1]
             assert np.allclose(emb[i], hs[1][0, n - 2].numpy(), atol=1e-5)  # last piece before [SEP]
-    assert len(list(tmp_path.glob("numbers-*.safetensors"))) == 1
+    assert len(list(tmp_path.glob("states-*/index.json"))) == 1  # the engine's states cache
     again = nm.embed_numbers(loaded, nums, layer=1, pool="last", progress=False, cache_dir=tmp_path)
     assert np.array_equal(emb, again)
     last = nm.embed_numbers(loaded, nums, layer=None, progress=False)
@@ -112,7 +112,7 @@ def test_lists_are_embedded_in_one_sequence_at_each_numbers_last_piece(tokenizer
     rep = ctx(np.array([[7, 12345], [12345, 7], [7, 12345]]))
     assert np.allclose(rep[0], emb[0], atol=1e-6) and np.allclose(rep[2], emb[0], atol=1e-6)
     assert np.allclose(rep[1], emb[1], atol=1e-6)
-    assert len(list(tmp_path.glob("lists-*.safetensors"))) == 1
+    assert len(list(tmp_path.glob("states-*/index.json"))) == 1  # one states() cache entry: the lists
     with pytest.raises(ValueError, match="pool"):
         nm.embed_lists(loaded, lists, pool="max")
 

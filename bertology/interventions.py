@@ -1,0 +1,70 @@
+"""The interventions room of the engine: changes to a model that last exactly as long as a ``with``.
+
+* :func:`masked_heads` multiplies head ``h`` of layer ``l`` by ``mask[l, h]`` (0 removes the head,
+  a tensor that requires grad makes the gates differentiable, as Michel et al. 2019 need) and
+  puts back whatever mask was there before when the block ends, also on an exception, so nested
+  blocks work and no caller has to undo anything.
+* :func:`skipped_layers` runs the model without some transformer layers (attention + FFN).
+* :func:`plant_attention` (from :mod:`bertology.models`) makes every head attend as a given
+  pattern says; it returns a planted copy of the handle rather than a context, since tests build
+  a planted model once and use it throughout.
+
+Forward passes themselves stay in :func:`bertology.extract.forward`.
+"""
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import Iterator, Sequence
+
+import numpy as np
+import torch
+
+from .extract import base_of
+from .models import LoadedModel, plant_attention, self_attention_modules, set_head_mask
+
+__all__ = ["masked_heads", "skipped_layers", "plant_attention", "set_head_mask", "head_mask_of"]
+
+
+def _module_of(loaded_or_model) -> torch.nn.Module:
+    return loaded_or_model.model if isinstance(loaded_or_model, LoadedModel) else loaded_or_model
+
+
+def head_mask_of(loaded_or_model) -> list:
+    """The mask each layer's self-attention carries now (``None`` entries: no mask)."""
+    return [getattr(m, "_bertology_head_mask", None) for m in self_attention_modules(_module_of(loaded_or_model))]
+
+
+@contextmanager
+def masked_heads(loaded_or_model, mask: torch.Tensor | np.ndarray | None) -> Iterator[torch.Tensor | None]:
+    """Within the block, head ``h`` of layer ``l`` is multiplied by ``mask[l, h]`` (shape
+    layers x heads); ``None`` runs the full, unmasked model. Yields the mask as set on the model
+    (a tensor in the model's dtype on its device; a tensor already so is used as is, keeping its
+    gradient). The previous masks are restored on exit, whatever happens in the block."""
+    model = _module_of(loaded_or_model)
+    previous = head_mask_of(model)
+    if mask is not None:
+        p = next(model.parameters())
+        mask = torch.as_tensor(mask, dtype=p.dtype, device=p.device)
+    set_head_mask(model, mask)  # validates the shape before anything changes
+    try:
+        yield mask
+    finally:
+        for m, old in zip(self_attention_modules(model), previous):
+            m._bertology_head_mask = old
+
+
+@contextmanager
+def skipped_layers(loaded_or_model, layers: Sequence[int]) -> Iterator[torch.nn.Module]:
+    """Within the block the encoder runs without the transformer layers ``layers`` (0-indexed);
+    the full stack is put back on exit, also on an exception."""
+    encoder = base_of(_module_of(loaded_or_model)).encoder
+    full = encoder.layer
+    drop = {int(x) for x in layers}
+    bad = sorted(x for x in drop if not 0 <= x < len(full))
+    if bad:
+        raise ValueError(f"layers {bad} out of range: the encoder has layers 0..{len(full) - 1}")
+    encoder.layer = torch.nn.ModuleList([m for i, m in enumerate(full) if i not in drop])
+    try:
+        yield encoder
+    finally:
+        encoder.layer = full
