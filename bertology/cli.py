@@ -8,14 +8,7 @@ import sys
 from pathlib import Path
 
 from . import __version__
-
-
-def default_notebook_dir() -> Path:
-    """The repo's ``notebooks/`` (next to the package in a checkout), else ``./notebooks``."""
-    import bertology
-
-    repo_nbs = Path(bertology.__file__).resolve().parents[1] / "notebooks"
-    return repo_nbs if repo_nbs.is_dir() else Path("notebooks")
+from .workflow import default_notebook_dir  # noqa: F401 - part of the command line's API
 
 
 def parse_param(text: str) -> tuple[str, object]:
@@ -47,7 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="bertology", description="Run the BERTology notebooks for a model and publish HTML reports."
     )
     parser.add_argument("--version", action="version", version=f"bertology {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="{run,index,list,fit-readout}")
+    sub = parser.add_subparsers(dest="command", metavar="{run,index,list,workflow,deviations,fit-readout}")
 
     p_run = sub.add_parser("run", help="execute notebooks with papermill and write reports")
     p_run.add_argument("--model", default="minilm", help="model name, hub id or local directory (default: minilm)")
@@ -62,9 +55,25 @@ def build_parser() -> argparse.ArgumentParser:
     p_run.add_argument("--notebook-dir", type=Path, default=None,
                        help="folder of NN_name.ipynb notebooks (default: the repo's notebooks/)")
     p_run.add_argument("--kernel", default=None, help="Jupyter kernel name (default: the notebook's)")
+    p_run.add_argument("--no-index", action="store_true",
+                       help="leave runs.json and index.html alone; write each run record to "
+                            "<out>/<model>/<notebook>.run.json (for parallel workflow jobs; "
+                            "`bertology index` merges them)")
 
-    p_index = sub.add_parser("index", help="rebuild <out>/index.html from the reports on disk")
+    p_index = sub.add_parser("index", help="merge job run records into runs.json, rebuild <out>/index.html")
     p_index.add_argument("--out", default="reports")
+
+    p_wf = sub.add_parser(
+        "workflow", help="run the model x notebook matrix of a YAML config with Snakemake (see docs/workflow.md)",
+        description="Run every (model, notebook) of a YAML config as one Snakemake job, then rebuild the "
+                    "index. Arguments after `--` go to snakemake unchanged, e.g. `-- --cores 4`, "
+                    "`-- --dry-run`, `-- --executor slurm --jobs 50`.")
+    p_wf.add_argument("--config", dest="models", default="models.yaml", type=Path,
+                      help="the models file (default: models.yaml)")
+    p_wf.add_argument("--out", default=None, help="reports folder (default: the config's `out`, else reports)")
+    p_wf.add_argument("--write", metavar="DIR", type=Path, default=None,
+                      help="write the Snakefile, an example models.yaml and a Slurm profile to DIR and stop")
+    p_wf.add_argument("snakemake_args", nargs=argparse.REMAINDER, help="-- then arguments for snakemake")
 
     p_list = sub.add_parser("list", help="list the available notebooks")
     p_list.add_argument("--notebook-dir", type=Path, default=None)
@@ -95,6 +104,26 @@ def main(argv: list[str] | None = None) -> int:
         print(fidelity.markdown(args.study))
         return 0
 
+    if args.command == "workflow":
+        from . import workflow
+
+        if args.write is not None:
+            for path in workflow.write_files(args.write):
+                print(_display(path))
+            return 0
+        extra = list(args.snakemake_args)
+        if extra[:1] == ["--"]:
+            extra = extra[1:]
+        try:
+            cmd = workflow.snakemake_command(args.models, out=args.out, extra=extra)
+        except workflow.WorkflowConfigError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        import subprocess
+
+        print("$ " + " ".join(cmd), file=sys.stderr, flush=True)
+        return subprocess.call(cmd)
+
     if args.command == "fit-readout":
         from .readout import fit_command
 
@@ -104,6 +133,11 @@ def main(argv: list[str] | None = None) -> int:
     from . import report  # papermill/nbconvert load only when needed
 
     if args.command == "index":
+        try:
+            report.merge_job_records(args.out)
+        except ValueError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
         print(_display(report.write_index(args.out)))
         return 0
 
@@ -141,8 +175,9 @@ def main(argv: list[str] | None = None) -> int:
 
     records = report.run(notebooks, model=args.model, out=args.out, quick=args.quick, seed=args.seed,
                          device=args.device, params=params, kernel_name=args.kernel,
-                         on_start=on_start, on_done=on_done)
-    print(f"index: {_display(Path(args.out) / 'index.html')}")
+                         on_start=on_start, on_done=on_done, update_index=not args.no_index)
+    if not args.no_index:
+        print(f"index: {_display(Path(args.out) / 'index.html')}")
     failed = [r for r in records if not r.ok]
     for rec in failed:
         where = f" (executed notebook: {_display(rec.ipynb)})" if rec.ipynb else ""

@@ -496,12 +496,20 @@ class FeatureCache:
 
 
 class _CacheWriter:
+    """Writes an entry in a private temporary folder and renames it into place whole.
+
+    Several processes may write the same key at once (workflow jobs of one model): each has
+    its own folder, the first rename wins, a later writer finding the entry in place drops its
+    copy (same key, same features), so readers see a complete entry or none, never a mix.
+    """
+
     def __init__(self, path: Path, dtype: str, hidden_dtype: str = "float32"):
+        import tempfile
+
         self.final = path
         self.hidden_dtype = np.dtype(hidden_dtype)
-        self.tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-        shutil.rmtree(self.tmp, ignore_errors=True)
-        self.tmp.mkdir(parents=True)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-{os.getpid()}-", dir=path.parent))
         self.dtype = np.dtype(dtype)
         self.pending: dict[str, np.ndarray] = {}
         self.indices: list[int] = []
@@ -527,6 +535,13 @@ class _CacheWriter:
     def commit(self) -> None:
         self.flush()
         atomic_write_json(self.tmp / "index.json", {"version": CACHE_VERSION, "shards": self.shards})
-        if self.final.exists():
-            shutil.rmtree(self.final)
-        os.replace(self.tmp, self.final)
+        try:
+            if (self.final / "index.json").exists():
+                raise FileExistsError(self.final)  # another writer finished first
+            if self.final.exists():  # a leftover without index (a writer of an older version)
+                shutil.rmtree(self.final, ignore_errors=True)
+            os.replace(self.tmp, self.final)  # a directory rename fails if the target is non-empty
+        except OSError:
+            if not (self.final / "index.json").exists():
+                raise
+            shutil.rmtree(self.tmp, ignore_errors=True)

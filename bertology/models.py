@@ -188,6 +188,7 @@ def load_model(
     device: str | torch.device = "auto",
     mlm: bool | str = "auto",
     revision: str | None = None,
+    device_map: str | dict | None = None,
 ) -> LoadedModel:
     """Load tokenizer and model with eager attention, and the facts about them.
 
@@ -195,6 +196,9 @@ def load_model(
     Face id such as ``"bert-base-uncased"``. ``mlm``: ``"auto"`` loads the masked-LM head when the
     checkpoint has one; ``True`` requires it (raises :class:`MissingHeadError` otherwise);
     ``False`` loads the bare encoder. Remote code is never trusted; safetensors are preferred.
+    ``device_map`` (e.g. ``"auto"``, needs ``pip install accelerate``) is handed to
+    ``from_pretrained`` for models larger than one GPU: accelerate spreads the layers over the
+    GPUs (then CPU memory) and ``device`` is not used; inputs go to the first layer's device.
     """
     from transformers import AutoModel, AutoModelForMaskedLM, AutoTokenizer
 
@@ -208,6 +212,8 @@ def load_model(
         )
     want_head = mlm is True or (mlm == "auto" and _mlm_architecture(config))
     kwargs = dict(attn_implementation="eager", trust_remote_code=False)
+    if device_map is not None:
+        kwargs["device_map"] = device_map
     if not is_local:
         kwargs["revision"] = revision
     tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=False, **({} if is_local else {"revision": revision}))
@@ -227,7 +233,9 @@ def load_model(
                 )
             model = model.base_model
             has_head = False
-    model.eval().to(resolve_device(device))
+    model.eval()
+    if device_map is None:  # with a device map, accelerate has placed the weights already
+        model.to(resolve_device(device))
     if is_local:
         rev = _fingerprint_dir(Path(source))
     else:

@@ -7,6 +7,8 @@ Layout under ``out`` (default ``reports/``), for model slug ``M`` and notebook s
     reports/M/S.ipynb, S.html       the executed notebook and its HTML rendering
     reports/M/S/                    the notebook's output_dir: figures/, *.csv, results.json
     reports/M/S.failed.ipynb        the executed notebook of the latest failed run, if any
+    reports/M/S.run.json            a job's run record, only with ``update_index=False`` (workflow jobs);
+                                    :func:`merge_job_records` moves it into runs.json
 
 Notebooks run in ``reports/.staging/<random>/``; only a run that succeeds (and writes
 results.json) is moved into place, so a failing run never damages the last good report.
@@ -153,8 +155,14 @@ def run_notebook(
     device: str = "auto",
     params: dict | None = None,
     kernel_name: str | None = None,
+    update_runs: bool = True,
 ) -> RunRecord:
-    """Execute one notebook for one model; publish it under ``out/<slug>/`` only if it succeeds."""
+    """Execute one notebook for one model; publish it under ``out/<slug>/`` only if it succeeds.
+
+    ``update_runs=False`` leaves ``runs.json`` alone and writes the run record to
+    ``out/<slug>/<stem>.run.json`` instead (one file per job, so parallel jobs share no file);
+    :func:`merge_job_records` folds those into ``runs.json`` later.
+    """
     import papermill as pm
 
     nb_path = Path(nb_path).resolve()
@@ -213,7 +221,10 @@ def run_notebook(
         shutil.rmtree(stage, ignore_errors=True)
         with contextlib.suppress(OSError):
             staging_root.rmdir()  # only succeeds when no other run is staging
-    _update_runs(out, record)
+    if update_runs:
+        _update_runs(out, record)
+    else:
+        atomic_write_json(_job_record_path(model_dir, stem), _record_json(record, out))
     return record
 
 
@@ -228,20 +239,27 @@ def run(
     kernel_name: str | None = None,
     on_start: Callable[[Path], Any] | None = None,
     on_done: Callable[[RunRecord], Any] | None = None,
+    update_index: bool = True,
 ) -> list[RunRecord]:
-    """Run notebooks in order, carrying on after failures, then rebuild the index."""
+    """Run notebooks in order, carrying on after failures, then rebuild the index.
+
+    ``update_index=False`` (one job of a workflow): neither ``runs.json`` nor ``index.html`` is
+    touched; each run leaves its record in ``out/<slug>/<stem>.run.json`` for a final
+    ``bertology index`` (:func:`merge_job_records` + :func:`write_index`).
+    """
     records = []
     try:
         for nb in notebooks:
             if on_start:
                 on_start(Path(nb))
             rec = run_notebook(nb, model, out=out, quick=quick, seed=seed, device=device,
-                               params=params, kernel_name=kernel_name)
+                               params=params, kernel_name=kernel_name, update_runs=update_index)
             records.append(rec)
             if on_done:
                 on_done(rec)
     finally:
-        write_index(out)  # also after Ctrl-C, so the finished runs are listed
+        if update_index:
+            write_index(out)  # also after Ctrl-C, so the finished runs are listed
     return records
 
 
@@ -513,13 +531,60 @@ def read_runs(out: str | os.PathLike = "reports") -> dict:
 
 
 def _update_runs(out: Path, record: RunRecord) -> None:
-    key = f"{record.slug}/{record.notebook}"
     with _locked(out / ".runs.lock"):
         runs = read_runs(out)
-        prev = runs.get(key) or {}
-        entry = _record_json(record, out)
-        runs[key] = {"latest": entry, "last_good": entry if record.ok else prev.get("last_good")}
+        _add_entry(runs, _record_json(record, out))
         atomic_write_json(out / "runs.json", dict(sorted(runs.items())))
+
+
+def _add_entry(runs: dict, entry: dict) -> None:
+    key = f"{entry['slug']}/{entry['notebook']}"
+    prev = runs.get(key) or {}
+    runs[key] = {"latest": entry, "last_good": entry if entry.get("status") == "ok" else prev.get("last_good")}
+
+
+def _job_record_path(model_dir: Path, stem: str) -> Path:
+    return model_dir / f"{stem}.run.json"
+
+
+def _when(started: str | None) -> float:
+    try:
+        return datetime.fromisoformat(str(started)).timestamp()
+    except ValueError:
+        return float("-inf")
+
+
+def merge_job_records(out: str | os.PathLike = "reports") -> int:
+    """Move the per-job run records (``out/<slug>/<stem>.run.json``) into ``runs.json``.
+
+    Records are applied oldest first, a record older than the run already listed for its
+    notebook is dropped, and each file is deleted once merged, so merging twice changes nothing. Returns how many records were merged. A record that is not valid JSON (or
+    lacks ``slug``/``notebook``) raises ``ValueError`` naming the file, and nothing is merged.
+    """
+    out = Path(out)
+    files = sorted(out.glob("*/*.run.json"))
+    files = [f for f in files if not f.parent.name.startswith(".")]
+    if not files:
+        return 0
+    with _locked(out / ".runs.lock"):
+        entries = []
+        for f in files:
+            try:
+                entry = json.loads(f.read_text(encoding="utf-8"))
+            except (OSError, ValueError) as exc:
+                raise ValueError(f"{f}: not a readable run record ({exc})") from None
+            if not isinstance(entry, dict) or not entry.get("slug") or not entry.get("notebook"):
+                raise ValueError(f"{f}: a run record needs 'slug' and 'notebook'")
+            entries.append((str(entry.get("started", "")), str(f), entry))
+        runs = read_runs(out)
+        for started, _, entry in sorted(entries, key=lambda e: e[:2]):
+            latest = (runs.get(f"{entry['slug']}/{entry['notebook']}") or {}).get("latest") or {}
+            if _when(started) >= _when(latest.get("started")):  # never undo a newer run
+                _add_entry(runs, entry)
+        atomic_write_json(out / "runs.json", dict(sorted(runs.items())))
+        for f in files:
+            f.unlink(missing_ok=True)
+    return len(files)
 
 
 # --------------------------------------------------------------------------- index page
