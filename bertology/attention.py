@@ -21,6 +21,7 @@ import torch
 from . import extract as _extract
 from .align import CLS, SEP, Encoding
 from .fidelity import declare, option_differs
+from .labels import head_label  # noqa: F401  (re-exported; the formatter lives in bertology.labels)
 from .models import LoadedModel
 
 #: The study names this module declares deviations for (see :mod:`bertology.fidelity`).
@@ -174,11 +175,6 @@ class KeepExamples:
 
     def result(self) -> dict[int, _extract.Item]:
         return self.items
-
-
-def head_label(layer: int, head: int) -> str:
-    """Paper notation: 1-indexed ``layer-head``."""
-    return f"{layer + 1}-{head + 1}"
 
 
 def notable_heads(patterns: pd.DataFrame) -> pd.DataFrame:
