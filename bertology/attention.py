@@ -387,3 +387,16 @@ def describe_findings(f: dict) -> str:
             + ", ".join(f"{i + 1}: {v:.2f}" for i, v in enumerate(r)) + "."
         )
     return "\n".join(lines)
+
+
+def key_numbers(f: dict) -> dict[str, float]:
+    """Notebook 01's headline numbers from :func:`pattern_findings`."""
+    return {"max layer-mean attention to [SEP]": f["max_layer_mean_to_sep"],
+            "mean attention to current token": f["mean_to_self"],
+            "mean entropy, last layer (nats)": f["mean_entropy_last_layer"]}
+
+
+def reference_text() -> str:
+    """Clark et al.'s claims (:data:`CLARK_REFERENCE`) as a Markdown block, each with where it was read."""
+    return ("**Clark et al. (2019) on BERT-base, for reference (different model and data):**\n\n"
+            + "\n".join(f"- {ref}: {text} *(source: {source})*" for ref, text, source in CLARK_REFERENCE))

@@ -113,6 +113,10 @@ class Run:
     def value(self, key: str, value) -> None:
         self.values[key] = value
 
+    def record(self, **values) -> None:
+        """Several :meth:`value` entries at once: ``run.record(probe_layer=6, ranges=[99, 999])``."""
+        self.values.update(values)
+
     def key(self, name: str, value: float) -> None:
         """A headline number; ``reports/index.html`` puts these side by side across models."""
         self.values.setdefault("key_numbers", {})[name] = None if value is None else round(float(value), 4)

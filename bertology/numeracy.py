@@ -1100,3 +1100,11 @@ def reference_text() -> str:
     return ("**Wallace et al. (2019) on BERT-base, for reference, not target** (" + WALLACE_SOURCE + "):\n"
             + "\n".join(f"- {s}" for s in WALLACE_REFERENCE)
             + "\n\nTable 4's BERT numbers are not printed here: we could not check them against a copy of the table.")
+
+
+def pair_similarity(loaded, pairs: pd.DataFrame, layer: int, pool: str = "last", batch_size: int = 256) -> pd.DataFrame:
+    """:func:`similar_pairs` with the cosine of the two numbers' frozen representations (each fed
+    alone, :func:`embed_numbers` at hidden state ``layer``, ``pool`` piece) and a ``source`` label."""
+    ea = embed_numbers(loaded, pairs["a"].tolist(), layer, pool, batch_size, progress=False)
+    eb = embed_numbers(loaded, pairs["b"].tolist(), layer, pool, batch_size, progress=False)
+    return pairs.assign(cosine=pair_cosines(ea, eb), source=f"{loaded.info.name} layer {layer} ({pool} piece)")

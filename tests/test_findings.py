@@ -119,3 +119,45 @@ def test_pruning_findings_and_text():
     assert "removes 4 heads, ablation order 6, random order 2 on average (curve steps of 3 heads)" in lines[3]
     assert lines[4] == "With one head kept, 2 of 3 layers stay within 5% of the unpruned metric."
     assert "from 1,000 to 900" in lines[6]
+
+
+def test_attention_key_numbers_and_reference():
+    from bertology import attention as at
+
+    f = {"max_layer_mean_to_sep": 0.5, "mean_to_self": 0.125, "mean_entropy_last_layer": 2.0, "other": 1}
+    assert at.key_numbers(f) == {"max layer-mean attention to [SEP]": 0.5, "mean attention to current token": 0.125,
+                                 "mean entropy, last layer (nats)": 2.0}
+    text = at.reference_text()
+    assert text.count("\n- ") == len(at.CLARK_REFERENCE) and "*(source: paper §3.1 text)*" in text
+
+
+def test_record_and_keys_on_a_run(tmp_path):
+    from bertology.notebook import Run
+
+    run = Run("t", None, tmp_path, 0, True, "cpu", {})
+    run.record(a=1, b=[2])
+    assert run.keys({"x": 0.123456, "y": None}) == {"x": 0.1235, "y": None}
+    assert run.values == {"a": 1, "b": [2], "key_numbers": {"x": 0.1235, "y": None}}
+
+
+def test_majority_scores_by_hand():
+    train = pd.DataFrame({"a": ["x", "y", "z", "x"], "b": ["eat", "eat", "eat", "fly"], "label": [1, 1, 0, 0]})
+    test = pd.DataFrame({"a": ["apple", "apple", "rock"], "b": ["eat", "fly", "eat"], "label": [1, 0, 0]})
+    # majority: eat -> 1, fly -> 0, so yhat = [1, 0, 1]
+    t = kn.majority_scores({"situated-OA": (train, test)})
+    got = dict(zip(t["category"], t["value"]))
+    assert t["task"].unique().tolist() == ["situated-OA"]
+    cats = kn.TASK_CATEGORIES["situated-OA"]
+    assert got[cats[0]] == pytest.approx(1.0)      # apple: p = r = 1; rock has no positive pair
+    assert got[cats[1]] == pytest.approx(2 / 3)    # eat: p = 1/2, r = 1
+    assert got["micro"] == pytest.approx(2 / 3)    # tp 1, fp 1, fn 0
+
+
+def test_pair_similarity_of_a_number_with_itself_is_one():
+    from bertology.models import random_bert
+
+    lm = random_bert(n_layers=1, n_heads=2, hidden_size=8, mlm=False, seed=0, name="tiny")
+    pairs = pd.DataFrame({"a": ["12", "7"], "b": ["12", "8"]})
+    out = nm.pair_similarity(lm, pairs, layer=1, pool="last", batch_size=4)
+    assert out["cosine"].iloc[0] == pytest.approx(1.0, abs=1e-5) and abs(out["cosine"].iloc[1]) <= 1 + 1e-6
+    assert out["source"].tolist() == ["tiny layer 1 (last piece)"] * 2 and list(pairs.columns) == ["a", "b"]
