@@ -853,3 +853,27 @@ def reference_text() -> str:
     """Michel et al.'s findings as a Markdown block, each with where it was read (:data:`MICHEL_REFERENCE`)."""
     return ("**Michel et al. (2019), for reference (BERT-base fine-tuned on MNLI and a WMT Transformer; different model "
             "and task):**\n" + "\n".join(f"- *{r['claim']}*: {r['statement']} (source: {r['source']})" for r in MICHEL_REFERENCE))
+
+
+def orders(importance: dict) -> dict[str, list[tuple[int, int]]]:
+    """The named removal orders of Michel §4.2 from :func:`importance_vs_ablation`'s result:
+    layer-normalised importance (the authors'), raw importance and the oracle's ablation drops."""
+    return {"gradient importance": removal_order(importance["normalised"]),
+            "gradient importance (raw)": removal_order(importance["raw"]),
+            "ablation": removal_order(importance["drops"])}
+
+
+def data_deviation(metric_name: str, n_dev: int, dev_data: str, n_importance: int | None = None) -> str:
+    """The report-header line on what notebook 08 prunes against, next to Michel et al.'s setting."""
+    return (f"Data: {metric_name} on {n_dev} dev sentences of {dev_data}"
+            + ("" if n_importance is None else f", importance on {n_importance} training sentences")
+            + " (Michel et al.: MNLI, importance on its training set, accuracy on its dev set; WMT translation, BLEU).")
+
+
+def check_pruned_equals_masked(speed: dict, tol: float = 1e-3) -> dict:
+    """``speed`` (:func:`measure_pruning`) if the physically pruned copy scores as the masked model
+    does (within ``tol``); else a RuntimeError, since the timing would compare different models."""
+    if not abs(speed["metric_pruned"] - speed["metric_masked"]) < tol:
+        raise RuntimeError(f"physical pruning does not equal masking: metric {speed['metric_pruned']} pruned vs "
+                           f"{speed['metric_masked']} masked")
+    return speed

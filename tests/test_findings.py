@@ -161,3 +161,21 @@ def test_pair_similarity_of_a_number_with_itself_is_one():
     out = nm.pair_similarity(lm, pairs, layer=1, pool="last", batch_size=4)
     assert out["cosine"].iloc[0] == pytest.approx(1.0, abs=1e-5) and abs(out["cosine"].iloc[1]) <= 1 + 1e-6
     assert out["source"].tolist() == ["tiny layer 1 (last piece)"] * 2 and list(pairs.columns) == ["a", "b"]
+
+
+def test_pruning_orders_deviation_and_equality_check():
+    import numpy as np
+
+    imp = {"normalised": np.array([[0.2, 0.1], [0.3, 0.0]]), "raw": np.array([[0.0, 0.1], [0.2, 0.3]]),
+           "drops": np.array([[0.5, 0.5], [0.1, 0.2]])}
+    o = pr.orders(imp)
+    assert list(o) == ["gradient importance", "gradient importance (raw)", "ablation"]
+    assert o["gradient importance"] == [(1, 1), (0, 1), (0, 0), (1, 0)]  # least important first
+    assert o["gradient importance (raw)"] == [(0, 0), (0, 1), (1, 0), (1, 1)]
+    assert o["ablation"] == [(1, 0), (1, 1), (0, 0), (0, 1)]  # ties keep head order
+    assert pr.data_deviation("cosine", 24, "sample (dev)").startswith("Data: cosine on 24 dev sentences of sample (dev) (Michel")
+    assert ", importance on 12 training sentences (" in pr.data_deviation("cosine", 24, "sample (dev)", 12)
+    ok = {"metric_pruned": 0.9, "metric_masked": 0.9004}
+    assert pr.check_pruned_equals_masked(ok) is ok
+    with pytest.raises(RuntimeError, match="does not equal masking"):
+        pr.check_pruned_equals_masked({"metric_pruned": 0.9, "metric_masked": 0.95})
