@@ -65,7 +65,7 @@ def __getattr__(name):
         def scorer(lm, source: str = "auto", layer: int | None = None, seed: int = 0):
             """A cloze scorer: ``source="mlm"`` (the model's own head), ``"readout"`` (fitted on
             frozen states), ``"control"`` (random-init MLM) or ``"auto"`` (mlm if present)."""
-            return get_scorer(lm, head=source, layer=layer, seed=seed)
+            return get_scorer(lm, source=source, layer=layer, seed=seed)
 
         return scorer
     if name == "deviations":

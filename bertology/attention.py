@@ -22,6 +22,7 @@ from . import extract as _extract
 from .align import CLS, SEP, Encoding
 from .extract import forward
 from .fidelity import declare, option_differs
+from .labels import head_label  # noqa: F401  (re-exported; the formatter lives in bertology.labels)
 from .models import LoadedModel
 
 #: The study names this module declares deviations for (see :mod:`bertology.fidelity`).
@@ -189,11 +190,6 @@ class KeepExamples:
 
     def result(self) -> dict[int, _extract.Item]:
         return self.items
-
-
-def head_label(layer: int, head: int) -> str:
-    """Paper notation: 1-indexed ``layer-head``."""
-    return f"{layer + 1}-{head + 1}"
 
 
 def notable_heads(patterns: pd.DataFrame) -> pd.DataFrame:
@@ -404,3 +400,16 @@ def describe_findings(f: dict) -> str:
             + ", ".join(f"{i + 1}: {v:.2f}" for i, v in enumerate(r)) + "."
         )
     return "\n".join(lines)
+
+
+def key_numbers(f: dict) -> dict[str, float]:
+    """Notebook 01's headline numbers from :func:`pattern_findings`."""
+    return {"max layer-mean attention to [SEP]": f["max_layer_mean_to_sep"],
+            "mean attention to current token": f["mean_to_self"],
+            "mean entropy, last layer (nats)": f["mean_entropy_last_layer"]}
+
+
+def reference_text() -> str:
+    """Clark et al.'s claims (:data:`CLARK_REFERENCE`) as a Markdown block, each with where it was read."""
+    return ("**Clark et al. (2019) on BERT-base, for reference (different model and data):**\n\n"
+            + "\n".join(f"- {ref}: {text} *(source: {source})*" for ref, text, source in CLARK_REFERENCE))

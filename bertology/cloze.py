@@ -50,7 +50,7 @@ from .scorers import (  # noqa: F401  (re-exported: the cloze API lives in the s
     word_pieces,
 )
 
-HEADS = ("auto", "mlm", "readout", "control")
+SOURCES = ("auto", "mlm", "readout", "control")
 
 
 # --------------------------------------------------------------------------- choosing a scorer
@@ -67,20 +67,20 @@ def readout_scorer(loaded: LoadedModel, layer: int | None = None, cache_dir=None
     return ReadoutScorer(loaded, layer, head, meta)
 
 
-def get_scorer(loaded: LoadedModel, head: str = "auto", layer: int | None = None, seed: int = 0,
+def get_scorer(loaded: LoadedModel, source: str = "auto", layer: int | None = None, seed: int = 0,
                cache_dir=None) -> Scorer:
     """Choose how cloze questions are answered.
 
-    ``head``: ``"auto"`` (the model's MLM head if present, else a fitted readout on ``layer``, default
+    ``source``: ``"auto"`` (the model's MLM head if present, else a fitted readout on ``layer``, default
     the last layer), ``"mlm"`` (raises :class:`MissingHeadError` if the model has none),
     ``"readout"``, ``"control"`` (random-init MLM, ``seed``).
     """
-    if head not in HEADS:
-        raise ValueError(f"head must be one of {HEADS}, not {head!r}")
-    if head == "auto":
-        head = "mlm" if loaded.info.has_mlm_head else "readout"
-    if head == "mlm":
+    if source not in SOURCES:
+        raise ValueError(f"source must be one of {SOURCES}, not {source!r}")
+    if source == "auto":
+        source = "mlm" if loaded.info.has_mlm_head else "readout"
+    if source == "mlm":
         return mlm_scorer(loaded)
-    if head == "control":
+    if source == "control":
         return control_scorer(loaded, seed)
     return readout_scorer(loaded, layer, cache_dir=cache_dir)

@@ -20,7 +20,7 @@ import pandas as pd
 import torch
 from scipy.special import xlogy
 
-from .attention import head_label
+from .labels import head_label
 from .fidelity import declare, option_differs
 
 #: The study names this module declares deviations for (see :mod:`bertology.fidelity`).

@@ -37,7 +37,7 @@ import numpy as np
 import pandas as pd
 
 from . import align
-from .attention import head_label
+from .labels import head_label
 from .data.conllu_io import Sentence
 from .fidelity import declare, option_differs
 

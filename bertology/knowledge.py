@@ -828,3 +828,124 @@ def subsample_pairs(task_data: dict[str, tuple[pd.DataFrame, pd.DataFrame]], max
         return df.iloc[np.sort(rng.choice(len(df), n, replace=False))].reset_index(drop=True)
 
     return {t: (take(tr, max_train), take(te, max_test)) for t, (tr, te) in task_data.items()}
+
+
+# ----------------------------------------------------------------------------- notebook 07 helpers
+
+
+def load_facts(data: str = "auto", conceptnet_by_predicate: bool = False) -> tuple[pd.DataFrame, str, str, str | None]:
+    """The LAMA facts notebook 07 scores: Kassner & Schütze's release when it can be had
+    (``data="auto"``), else bertology's own fact set. Returns ``(facts, description, lama_data,
+    note)``; ``note`` says why the own set stands in (None when the release was used)."""
+    from .data import DataUnavailableError
+
+    if data not in ("auto", "shipped"):
+        raise ValueError(f"data must be 'auto' or 'shipped', got {data!r}")
+    try:
+        if data == "shipped":
+            raise DataUnavailableError("data='shipped' asked for")
+        facts = load_lama(conceptnet_by_predicate=conceptnet_by_predicate)
+        return facts, "LAMA subset (Kassner & Schütze 2020 release)", KASSNER_RELEASE, None
+    except DataUnavailableError as exc:
+        note = (f"The LAMA data is not available here ({str(exc).splitlines()[0]}); the factual cloze runs on a small "
+                "fact set written for bertology (data/stimuli/facts.jsonl). Numbers are not comparable with LAMA's.")
+        return load_own_facts(), "bertology's own fact set", "bertology's own fact set", note
+
+
+def probe_layers(n_layers: int, n: int) -> list[int]:
+    """``n`` evenly spaced hidden-state layers from 0 (embeddings) to ``n_layers`` (last), both
+    included; ``n = 1``: the last layer only."""
+    if n <= 1:
+        return [n_layers]
+    return sorted({int(round(x)) for x in np.linspace(0, n_layers, n)})
+
+
+def majority_scores(task_data: dict[str, tuple[pd.DataFrame, pd.DataFrame]]) -> pd.DataFrame:
+    """Forbes's majority-by-category baseline scored on each task's test pairs:
+    ``[task, category, value]`` (macro F1 per category, plus ``micro``)."""
+    rows = []
+    for t, (tr, te) in task_data.items():
+        s = forbes_f1(te["a"], te["b"], te["label"], majority_baseline(tr, te), TASK_CATEGORIES[t])
+        rows += [dict(task=t, category=c, value=s[c]) for c in (*TASK_CATEGORIES[t], "micro")]
+    return pd.DataFrame(rows)
+
+
+def system_names(model_name: str) -> dict[str, str]:
+    """The ``system`` names of the Forbes tables for the probe sources ``probe`` and ``control``."""
+    return {"probe": f"probe on {model_name} (frozen)", "control": "probe on random-init control"}
+
+
+def forbes_table(best: pd.DataFrame, majority: pd.DataFrame, humans: pd.DataFrame, model_name: str) -> pd.DataFrame:
+    """One table of Forbes scores by ``system``: the probes' best layers (:func:`best_layer_scores`),
+    the majority baseline (:func:`majority_scores`) and the human experts (:func:`human_scores`);
+    ``layer`` is NaN for the systems that read no layer."""
+    names = system_names(model_name)
+    return pd.concat([best.assign(system=best["source"].map(names)).drop(columns=["source", "n"]),
+                      majority.assign(system="majority", layer=np.nan),
+                      humans.drop(columns="n").assign(system="human", layer=np.nan)], ignore_index=True)
+
+
+def forbes_findings(forbes: pd.DataFrame, model_name: str, margin: float = 0.05) -> dict:
+    """The Forbes verdict of this run (:func:`forbes_verdict` of the probe against the majority
+    baseline, with the random-init control probe as ``control_gains``)."""
+    names = system_names(model_name)
+    return forbes_verdict(forbes_gains(forbes, names["probe"]), margin=margin,
+                          control_gains=forbes_gains(forbes, names["control"]))
+
+
+def forbes_text(v: dict, model_name: str, margin: float = 0.05) -> list[str]:
+    """Markdown bullets for a :func:`forbes_findings` verdict."""
+    out = [f"Physical commonsense, probe on frozen {model_name} (layer chosen on validation): macro F1 above the "
+           f"majority baseline by {v['gain_op_oa']:+.2f} on average for object-property and object-affordance, by "
+           f"{v['gain_ap']:+.2f} for affordance-property; above the same probe on the random-init control by "
+           f"{v['over_control_op_oa']:+.2f} (OP/OA) and {v['over_control_ap']:+.2f} (AP).",
+           f"Distance to the human experts: {v['shortfall_op_oa']:.2f} macro F1 below on OP/OA, "
+           f"{v['shortfall_ap']:.2f} below on AP."]
+    if v["pattern_vs_control"]:
+        out.append("What the pretrained representations add over a random encoder is in properties and affordances, "
+                   "**not in the affordance-property relation** (AP is no better than the control): Forbes et al.'s pattern.")
+    else:
+        out.append("Measured against the random-init control, the relation (AP) is **not** clearly less learnable than "
+                   "properties and affordances in this run"
+                   + (" (both gain little over the control)." if v["over_control_op_oa"] <= margin else "."))
+    return out
+
+
+def key_numbers(macro: pd.DataFrame, source: str, verdict: dict | None = None) -> dict[str, float]:
+    """Notebook 07's headline numbers: T-REx P@1 of ``source`` (when scored) and, with a Forbes
+    ``verdict``, the probe's gain over the control on OP/OA and on AP."""
+    out = {}
+    if verdict is not None:
+        out["Forbes OP/OA: probe minus control (macro F1)"] = verdict["over_control_op_oa"]
+        out["Forbes AP: probe minus control (macro F1)"] = verdict["over_control_ap"]
+    k1 = macro[(macro["k"] == 1) & (macro["source"] == source) & (macro["corpus"] == "T-REx")]
+    if len(k1):
+        out[f"T-REx P@1 ({source})"] = float(k1["value"].iloc[0])
+    return out
+
+
+def forbes_data(max_train_pairs: int | None = None, max_test_pairs: int | None = None, seed: int = 0,
+                root: str | Path | None = None) -> tuple[dict[str, tuple[pd.DataFrame, pd.DataFrame]], dict]:
+    """Forbes et al.'s four tasks as (train, test) pairs, capped by :func:`subsample_pairs`, and the
+    caps that actually cut pairs (``{"max_train_pairs": n or None, "max_test_pairs": ...}``, for the
+    report header). :class:`~bertology.data.DataUnavailableError` when the data cannot be had."""
+    full = {t: load_forbes(t, root) for t in TASKS}
+    task_data = subsample_pairs(full, max_train_pairs, max_test_pairs, seed)
+    capped = [any(len(task_data[t][i]) < len(full[t][i]) for t in TASKS) for i in (0, 1)]
+    return task_data, {"max_train_pairs": max_train_pairs if capped[0] else None,
+                       "max_test_pairs": max_test_pairs if capped[1] else None}
+
+
+def forbes_probes(loaded, task_data: dict[str, tuple[pd.DataFrame, pd.DataFrame]], layers: Sequence[int],
+                  seed: int = 0, batch_size: int = 64) -> pd.DataFrame:
+    """:func:`probe_forbes` on every task, on the frozen model (``source="probe"``) and on its
+    random-init control (``source="control"``, seeded with ``seed``), at ``layers``."""
+    from .models import random_init_control
+
+    texts = forbes_keys(task_data)
+    embeddings = {"probe": forbes_embeddings(loaded, texts, batch_size=batch_size)}
+    control = random_init_control(loaded, seed=seed)
+    embeddings["control"] = forbes_embeddings(control, texts, batch_size=batch_size)
+    del control
+    return pd.concat([probe_forbes(e, t, *task_data[t], layers=layers, source=src, seed=seed)
+                      for src, e in embeddings.items() for t in TASKS], ignore_index=True)

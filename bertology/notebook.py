@@ -28,8 +28,13 @@ class ParameterError(ValueError):
     """A notebook parameter has the wrong type or value; the message names it."""
 
 
-def check_params(model, seed, quick, device, output_dir, **sizes) -> None:
-    """Validate the common notebook parameters plus positive-integer ``sizes``."""
+def check_params(model, seed, quick, device, output_dir, optional=(), **sizes) -> None:
+    """Validate the common notebook parameters plus positive-integer ``sizes``.
+
+    A size named in ``optional`` may also be ``None``, which means "no limit" (all items); in a
+    parameters cell write it as ``max_train_pairs = None  # None: all pairs`` (no ``=`` in the
+    comment: papermill's parameter parser warns on a line with two).
+    """
     if not isinstance(model, str) or not model.strip():
         raise ParameterError(f"parameter 'model' must be a model name or path, got {model!r}")
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
@@ -40,9 +45,22 @@ def check_params(model, seed, quick, device, output_dir, **sizes) -> None:
         raise ParameterError(f"parameter 'device' must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {device!r}")
     if not isinstance(output_dir, (str, Path)):
         raise ParameterError(f"parameter 'output_dir' must be a path, got {output_dir!r}")
+    unknown = set(optional) - set(sizes)
+    if unknown:
+        raise ValueError(f"optional names sizes that were not passed: {sorted(unknown)}")
     for name, value in sizes.items():
+        if value is None and name in optional:
+            continue
         if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-            raise ParameterError(f"parameter {name!r} must be a positive integer, got {value!r}")
+            what = "a positive integer or None (no limit)" if name in optional else "a positive integer"
+            raise ParameterError(f"parameter {name!r} must be {what}, got {value!r}")
+
+
+def check_choice(name: str, value, choices):
+    """``value`` if it is one of ``choices``, else a :class:`ParameterError` naming parameter ``name``."""
+    if isinstance(value, bool) or value not in tuple(choices):
+        raise ParameterError(f"parameter {name!r} must be one of {', '.join(map(repr, choices))}, got {value!r}")
+    return value
 
 
 def seed_everything(seed: int) -> None:
@@ -67,6 +85,9 @@ class Run:
     tables: dict = field(default_factory=dict)
     values: dict = field(default_factory=dict)
     started: float = field(default_factory=time.perf_counter)
+    #: where the run's text came from, as :meth:`treebank` was asked or resolved it
+    #: ("ewt", "gum", "sample" or a path); None until data is loaded
+    data_source: str | None = None
 
     @property
     def info(self):
@@ -92,9 +113,20 @@ class Run:
     def value(self, key: str, value) -> None:
         self.values[key] = value
 
+    def record(self, **values) -> None:
+        """Several :meth:`value` entries at once: ``run.record(probe_layer=6, ranges=[99, 999])``."""
+        self.values.update(values)
+
     def key(self, name: str, value: float) -> None:
         """A headline number; ``reports/index.html`` puts these side by side across models."""
         self.values.setdefault("key_numbers", {})[name] = None if value is None else round(float(value), 4)
+
+    def keys(self, numbers: dict) -> dict:
+        """Several headline numbers at once (``{name: value}``, e.g. a study's ``key_numbers(...)``);
+        returns all key numbers recorded so far."""
+        for name, value in numbers.items():
+            self.key(name, value)
+        return self.values.get("key_numbers", {})
 
     def note(self, text: str) -> None:
         self.meta.setdefault("notes", []).append(text)
@@ -159,6 +191,7 @@ class Run:
         if info.language_code:
             self.meta["language"] = {"code": info.language_code, "name": info.language or info.language_code}
             self.meta["treebank"] = info.title
+        self.data_source = {"en_ewt": "ewt", "en_gum": "gum"}.get(info.code, info.code)
         self.set_data(f"{info.title} ({sents.split or split})" if info.dataset or info.code == "sample"
                       else info.title, sentences=len(sents))
         return sents
@@ -169,6 +202,59 @@ class Run:
 
         pairs = sentence_pairs(self.treebank(data, split))
         return pairs[:n_pairs] if n_pairs else pairs
+
+    def scorer(self, source: str = "auto", layer=-1, *, use: str = "Cloze scores", paper: str | None = None,
+               fit: bool = True):
+        """The cloze scorer of this run (see :mod:`bertology.scorers`), recorded in ``values["sources"]``.
+
+        ``source``: ``"auto"`` (the model's masked-LM head when it has one, else a fitted readout),
+        ``"mlm"``, ``"readout"`` or ``"control"`` (same architecture, random weights, seeded with the
+        run's seed). ``layer``: hidden state the readout reads (0 = embeddings, -1 = last layer).
+        When a readout stands in for the model's own head the report gets the standard note, and,
+        if ``paper`` is given, the deviation "``use`` from a fitted readout (layer k), not the
+        model's own MLM head as in ``paper``". ``fit=False`` (quick runs): a readout that is neither
+        shipped nor cached is not fitted; the run notes it and this returns None.
+        """
+        from .cloze import get_scorer
+        from .labels import hidden_layer
+
+        check_choice("source", source, SOURCES)
+        if source == "auto":
+            source = "mlm" if self.info.has_mlm_head else "readout"
+        if source == "readout":
+            try:
+                layer = hidden_layer(layer, self.info.n_layers)
+            except ValueError as exc:
+                raise ParameterError(f"readout layer: {exc}") from None
+            if not fit and not readout_ready(self.loaded, layer):
+                self.note(f"No readout head for layer {layer} of {self.info.name} is shipped or cached, and this run "
+                          "does not fit one (quick mode); only the other sources were scored.")
+                return None
+        scorer = get_scorer(self.loaded, source=source, layer=layer if source == "readout" else None, seed=self.seed)
+        self.values.setdefault("sources", {})[scorer.source] = scorer.label
+        if scorer.source == "readout":
+            self.meta["readout_layer"] = scorer.layer
+            self.note(readout_note(self.info.name, scorer.label))
+            if paper:
+                self.deviation(f"{use} from a fitted readout (layer {scorer.layer}), not the model's own MLM head "
+                               f"as in {paper}.")
+        return scorer
+
+    def source_lines(self) -> list[str]:
+        """The standard "what this run shows" line on where cloze numbers came from (empty when the
+        model's own head answered or no readout was used)."""
+        if "readout" not in self.values.get("sources", {}) or "mlm" in self.values["sources"]:
+            return []
+        return [f"**The model's own MLM head could not be evaluated** ({self.info.name} has none): `readout` numbers say "
+                f"what a head fitted on layer {self.meta.get('readout_layer', '?')} can decode, and `control` numbers "
+                "what a random network gives."]
+
+    def findings(self, lines) -> None:
+        """Show the "what this run shows" bullets (``lines`` from a study's findings function) plus
+        :meth:`source_lines`, as Markdown."""
+        from IPython.display import Markdown, display
+
+        display(Markdown("\n".join(f"- {line}" for line in [*lines, *self.source_lines()])))
 
     def set_data(self, description: str, **sizes) -> None:
         self.meta["data"] = description
@@ -192,6 +278,28 @@ class Run:
         return atomic_write_json(self.output_dir / "results.json", doc)
 
 
+#: cloze scorer sources :meth:`Run.scorer` accepts
+SOURCES = ("auto", "mlm", "readout", "control")
+
+
+def readout_note(model_name: str, label: str) -> str:
+    """The standard report note when a fitted readout answers cloze questions for a model."""
+    return (f"{model_name} has no masked-LM head, so its own cloze predictions could NOT be evaluated. Numbers "
+            f"labelled 'readout' come from {label}: a head fitted by us, which tests whether the answer is decodable "
+            "from that layer, not what the model itself predicts. A model with an MLM head (e.g. bert-base-uncased, "
+            "online) is scored with source='mlm'; 'control' is the same architecture with random weights.")
+
+
+def readout_ready(loaded: LoadedModel, layer: int) -> bool:
+    """Whether a fitted readout for hidden-state ``layer`` is shipped or cached, so using it fits nothing."""
+    from .readout import FitSettings, cache_path, shipped_readouts
+
+    shipped = shipped_readouts(loaded)
+    if shipped is not None and str(layer) in shipped[1].get("layers", {}):
+        return True
+    return cache_path(loaded, layer, FitSettings()).exists()
+
+
 def _plain(value):
     """An option value as JSON can hold it (numbers, strings, lists; anything else as its repr)."""
     if isinstance(value, (bool, int, float, str)) or value is None:
@@ -208,13 +316,14 @@ def _records(df: pd.DataFrame) -> list[dict]:
 
 
 def start(notebook: str, model: str = "minilm", seed: int = 0, quick: bool = False, device: str = "auto",
-          output_dir: str | Path = ".", paper_model: str = "bert-base-uncased", **sizes) -> Run:
+          output_dir: str | Path = ".", paper_model: str = "bert-base-uncased", optional=(), **sizes) -> Run:
     """Check parameters, seed every generator, load the model and open the run record.
 
+    ``sizes`` are positive integers; those named in ``optional`` may be None ("no limit").
     ``paper_model`` is the model the reproduced paper used; running another one is recorded as
     a deviation in the report header.
     """
-    check_params(model, seed, quick, device, output_dir, **sizes)
+    check_params(model, seed, quick, device, output_dir, optional=optional, **sizes)
     from .plots import set_style
 
     seed_everything(seed)

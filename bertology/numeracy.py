@@ -1014,3 +1014,43 @@ def findings(ints: pd.DataFrame, by_digits: pd.DataFrame, decs: pd.DataFrame, pa
         lines.append(f"- {model_name} has no MLM head, so its own NumerSense answers were **not** evaluated; the "
                      "readout row is a fitted readout, not the model's prediction.")
     return lines
+
+
+# ----------------------------------------------------------------------------- notebook 06 helpers
+
+#: the ``source`` :func:`load_numersense` reports when NumerSense cannot be had
+NUMERSENSE_FALLBACK = "bertology numeric cloze items (shipped fallback)"
+
+
+def tokenization_values(ints: pd.DataFrame) -> dict:
+    """From :func:`integer_pieces`: the share of integers that are one word piece and the first
+    integer that is not (None when every integer is one piece)."""
+    multi = ints["value"][~ints["single"]]
+    return {"share_single_piece_integers": float(ints["single"].mean()),
+            "first_multi_piece_integer": int(multi.min()) if len(multi) else None}
+
+
+def key_numbers(probes: pd.DataFrame, top: int) -> dict[str, float]:
+    """Notebook 06's headline numbers: list-maximum accuracy and decoding RMSE of the probe on the
+    model's embeddings over [0, ``top``] (best epoch, mean over seeds); a cell not probed is left out."""
+    out = {}
+    for task, name in (("list_max", "list max accuracy"), ("decoding", "decoding RMSE")):
+        cell = probe_cell(probes, task, top, "model")
+        if cell is not None:
+            out[f"{name} [0,{top}] (probe on model, best epoch)"] = float(cell["mean"])
+    return out
+
+
+def reference_text() -> str:
+    """Wallace et al.'s findings as a Markdown block with their source (:data:`WALLACE_REFERENCE`)."""
+    return ("**Wallace et al. (2019) on BERT-base, for reference, not target** (" + WALLACE_SOURCE + "):\n"
+            + "\n".join(f"- {s}" for s in WALLACE_REFERENCE)
+            + "\n\nTable 4's BERT numbers are not printed here: we could not check them against a copy of the table.")
+
+
+def pair_similarity(loaded, pairs: pd.DataFrame, layer: int, pool: str = "last", batch_size: int = 256) -> pd.DataFrame:
+    """:func:`similar_pairs` with the cosine of the two numbers' frozen representations (each fed
+    alone, :func:`embed_numbers` at hidden state ``layer``, ``pool`` piece) and a ``source`` label."""
+    ea = embed_numbers(loaded, pairs["a"].tolist(), layer, pool, batch_size, progress=False)
+    eb = embed_numbers(loaded, pairs["b"].tolist(), layer, pool, batch_size, progress=False)
+    return pairs.assign(cosine=pair_cosines(ea, eb), source=f"{loaded.info.name} layer {layer} ({pool} piece)")

@@ -12,7 +12,7 @@ from .plots import PALETTE
 _EMB_ORDER = ("model", "control", "value")
 
 
-def integer_pieces_plot(ints: pd.DataFrame, summary: pd.DataFrame):
+def integer_pieces(ints: pd.DataFrame, summary: pd.DataFrame):
     """Left: pieces per integer over 0..10,000 (log x). Right: share of single-piece numbers and
     mean pieces by number of digits."""
     fig, axes = plt.subplots(1, 2, figsize=(11, 3.6), gridspec_kw={"width_ratios": [1.6, 1]})
@@ -41,7 +41,7 @@ def integer_pieces_plot(ints: pd.DataFrame, summary: pd.DataFrame):
     return fig
 
 
-def decimal_pieces_plot(decs: pd.DataFrame):
+def decimal_pieces(decs: pd.DataFrame):
     """Pieces per decimal over 0.00..9.99 and the count of pieces after the point."""
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.2))
     counts = decs["n_pieces"].value_counts().sort_index()
@@ -57,7 +57,7 @@ def decimal_pieces_plot(decs: pd.DataFrame):
     return fig
 
 
-def probe_results_plot(summary: pd.DataFrame, labels: dict[str, str] | None = None):
+def probe_results(summary: pd.DataFrame, labels: dict[str, str] | None = None):
     """Wallace et al. (2019) Table 4 as a figure: one panel per task, mean ± std over seeds
     against the range's upper end (log x), one line per embedding."""
     tasks = [t for t in ("list_max", "decoding", "addition") if t in set(summary["task"])]
@@ -107,7 +107,7 @@ def decoding_scatter(preds: dict[str, tuple[np.ndarray, np.ndarray]]):
     return fig
 
 
-def numersense_plot(metrics: pd.DataFrame):
+def numersense_hits(metrics: pd.DataFrame):
     """Hit@k of the gold number word per scorer, with the uniform-guess level."""
     d = metrics[metrics["metric"].str.startswith("hit@")]
     fig, ax = plt.subplots(figsize=(6.5, 3.4))

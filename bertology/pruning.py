@@ -31,6 +31,7 @@ from .align import pooling_matrices
 from .extract import base_of, collate, encode_inputs, forward, length_buckets
 from .fidelity import declare, option_differs
 from .interventions import masked_heads, set_head_mask, skipped_layers
+from .labels import head_label
 from .models import LoadedModel, MissingHeadError, self_attention_modules
 
 TASKS = ("mlm", "upos", "embedding")
@@ -452,7 +453,6 @@ def spearman(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def heads_table(importance: np.ndarray, drops: np.ndarray) -> pd.DataFrame:
-    from .attention import head_label
 
     L, H = importance.shape
     return pd.DataFrame([{"layer": l, "head": h, "label": head_label(l, h), "importance": importance[l, h],
@@ -529,7 +529,6 @@ def best_single_head(loaded: LoadedModel, task: Task) -> pd.DataFrame:
 
 def best_single_head_summary(single: pd.DataFrame, base: float) -> pd.DataFrame:
     """Per layer, the head that does best when it is the only one kept (Michel §3.2, Table 3 style)."""
-    from .attention import head_label
 
     best = single.loc[single.groupby("layer")["metric"].idxmax()].reset_index(drop=True)
     best["label"] = [head_label(l, h) for l, h in zip(best["layer"], best["head"])]
@@ -724,3 +723,124 @@ MICHEL_PROCEDURE: list[dict] = [
                                    "importance computed once on the unpruned model (no --exact_pruning)",
      "source": _SCRIPT},
 ]
+
+
+# --------------------------------------------------------------------------- notebook 08: runs and findings
+
+
+def importance_vs_ablation(loaded: LoadedModel, task: Task, base: float, abs_at: str = "token") -> dict:
+    """Michel §4.1: gradient importance (raw and layer-normalised) of every head against the oracle
+    (each head removed alone), timed. Returns ``raw``, ``normalised``, ``drops`` (``(L, H)`` arrays),
+    ``heads`` (:func:`heads_table` plus ``importance_normalised``) and ``summary`` (Spearman
+    correlations, seconds of each method and their ratio ``speedup``)."""
+    t0 = time.perf_counter()
+    raw = head_importance(loaded, task, normalize=False, abs_at=abs_at)
+    t_grad = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    drops = ablation_drops(loaded, task, base)
+    t_abl = time.perf_counter() - t0
+    normalised = normalize_by_layer(raw)
+    heads = heads_table(raw, drops).assign(importance_normalised=normalised.ravel())
+    summary = {"spearman_raw": spearman(raw, drops), "spearman_normalised": spearman(normalised, drops),
+               "seconds_gradient": t_grad, "seconds_ablation": t_abl, "speedup": t_abl / t_grad}
+    return {"raw": raw, "normalised": normalised, "drops": drops, "heads": heads, "summary": summary}
+
+
+def single_removals(heads: pd.DataFrame, base: float, tolerance: float = 0.01) -> dict:
+    """Michel §3.1 from a :func:`heads_table`: how many single-head removals improve the metric
+    (``ablation_drop < 0``), how many cost at most ``tolerance`` of ``|base|``, and the worst one."""
+    worst = heads["ablation_drop"].idxmax()
+    return {"improving": int((heads["ablation_drop"] < 0).sum()),
+            "within_1pct": int((heads["ablation_drop"].abs() <= tolerance * abs(base)).sum()),
+            "largest_drop": float(heads.loc[worst, "ablation_drop"]), "largest_drop_head": heads.loc[worst, "label"]}
+
+
+def curves(loaded: LoadedModel, task: Task, orders: dict[str, Sequence[tuple[int, int]]], steps: Sequence[int],
+           n_random: int = 3, seed: int = 0) -> pd.DataFrame:
+    """:func:`pruning_curve` for each named order (``seed`` -1) and for ``n_random`` random orders
+    (``order="random"``, ``seed`` 0..n_random-1, drawn by :func:`random_orders` with ``seed``)."""
+    out = [pruning_curve(loaded, task, o, steps).assign(order=name, seed=-1) for name, o in orders.items()]
+    L, H = _shape(loaded.model)
+    for i, o in enumerate(random_orders((L, H), n_random, seed)):
+        out.append(pruning_curve(loaded, task, o, steps).assign(order="random", seed=i))
+    return pd.concat(out, ignore_index=True)
+
+
+def removable_table(curves: pd.DataFrame, base: float, levels: Sequence[float] = (0.9, 0.95)) -> pd.DataFrame:
+    """Per (order, seed) of a curves table, :func:`removable` heads at each level:
+    ``[order, seed, removable_90, removable_95]``."""
+    rows = [{"order": name, "seed": s, **{f"removable_{int(round(lv * 100))}": removable(c, base, lv) for lv in levels}}
+            for (name, s), c in curves.groupby(["order", "seed"])]
+    return pd.DataFrame(rows)
+
+
+def findings(base: float, removable: pd.DataFrame, best_single: pd.DataFrame, layers_vs_heads: pd.DataFrame,
+             steps: Sequence[int], n_heads: int, tolerance: float = 0.05) -> dict:
+    """Numbers of notebook 08's "what this run shows": heads removable at 95% of ``base`` by
+    importance, ablation and (mean) random order, the curve step, layers within ``tolerance`` of
+    ``|base|`` with one head kept, and the metric after removing one whole layer vs ``n_heads``
+    heads chosen by importance."""
+    def at_one(strategy):
+        return float(layers_vs_heads[(layers_vs_heads.strategy == strategy) & (layers_vs_heads.k_layers == 1)].metric.iloc[0])
+
+    by = removable.groupby("order")["removable_95"]
+    return {"base": float(base), "removable_95_importance": int(by.first()["gradient importance"]),
+            "removable_95_ablation": int(by.first()["ablation"]), "removable_95_random": float(by.mean()["random"]),
+            "curve_step": int(steps[1]), "n_layers": int(len(best_single)),
+            "layers_near_full_one_head": int((best_single.delta >= -tolerance * abs(base)).sum()),
+            "one_layer_removed": at_one("whole layers"), "same_heads_removed": at_one("heads by importance"),
+            "heads_per_layer": int(n_heads)}
+
+
+def findings_text(f: dict, metric_name: str, n_sentences: int, timing: dict, single: dict, speed: dict,
+                  device: str) -> list[str]:
+    """Markdown bullets from :func:`findings` ``f``, the ``summary`` of :func:`importance_vs_ablation`
+    (``timing``), :func:`single_removals` and :func:`measure_pruning` (``speed``)."""
+    n = f["n_layers"] * f["heads_per_layer"]
+    return [
+        f"Task: **{metric_name}**, unpruned {f['base']:.3f} ({n_sentences} sentences).",
+        f"Gradient importance took {timing['seconds_gradient']:.1f} s for all {n} heads; removing each head in turn took "
+        f"{timing['seconds_ablation']:.1f} s ({timing['speedup']:.0f}x longer). Their rank correlation is "
+        f"{timing['spearman_raw']:.2f} (raw) and {timing['spearman_normalised']:.2f} (layer-normalised).",
+        f"Alone, {single['within_1pct']} of {n} heads cost at most 1% of the metric; {single['improving']} single "
+        "removals improve it.",
+        f"Keeping 95% of the metric, importance order removes {f['removable_95_importance']} heads, ablation order "
+        f"{f['removable_95_ablation']}, random order {f['removable_95_random']:.0f} on average "
+        f"(curve steps of {f['curve_step']} heads).",
+        f"With one head kept, {f['layers_near_full_one_head']} of {f['n_layers']} layers stay within 5% of the unpruned metric.",
+        f"Removing the least harmful whole layer gives {f['one_layer_removed']:.3f}; removing the same number of heads "
+        f"({f['heads_per_layer']}) by importance gives {f['same_heads_removed']:.3f}.",
+        f"Physically removing {speed['heads_removed']} heads cut parameters from {speed['params_unpruned']:,} to "
+        f"{speed['params_pruned']:,} and made the forward pass {speed['speedup']:.2f}x as fast on {device} (same outputs "
+        f"as masking, max difference {speed['max_abs_state_diff']:.1e}).",
+    ]
+
+
+def reference_text() -> str:
+    """Michel et al.'s findings as a Markdown block, each with where it was read (:data:`MICHEL_REFERENCE`)."""
+    return ("**Michel et al. (2019), for reference (BERT-base fine-tuned on MNLI and a WMT Transformer; different model "
+            "and task):**\n" + "\n".join(f"- *{r['claim']}*: {r['statement']} (source: {r['source']})" for r in MICHEL_REFERENCE))
+
+
+def orders(importance: dict) -> dict[str, list[tuple[int, int]]]:
+    """The named removal orders of Michel §4.2 from :func:`importance_vs_ablation`'s result:
+    layer-normalised importance (the authors'), raw importance and the oracle's ablation drops."""
+    return {"gradient importance": removal_order(importance["normalised"]),
+            "gradient importance (raw)": removal_order(importance["raw"]),
+            "ablation": removal_order(importance["drops"])}
+
+
+def data_deviation(metric_name: str, n_dev: int, dev_data: str, n_importance: int | None = None) -> str:
+    """The report-header line on what notebook 08 prunes against, next to Michel et al.'s setting."""
+    return (f"Data: {metric_name} on {n_dev} dev sentences of {dev_data}"
+            + ("" if n_importance is None else f", importance on {n_importance} training sentences")
+            + " (Michel et al.: MNLI, importance on its training set, accuracy on its dev set; WMT translation, BLEU).")
+
+
+def check_pruned_equals_masked(speed: dict, tol: float = 1e-3) -> dict:
+    """``speed`` (:func:`measure_pruning`) if the physically pruned copy scores as the masked model
+    does (within ``tol``); else a RuntimeError, since the timing would compare different models."""
+    if not abs(speed["metric_pruned"] - speed["metric_masked"]) < tol:
+        raise RuntimeError(f"physical pruning does not equal masking: metric {speed['metric_pruned']} pruned vs "
+                           f"{speed['metric_masked']} masked")
+    return speed

@@ -117,7 +117,7 @@ def mlm_scorer(loaded: LoadedModel) -> Scorer:
     if not loaded.info.has_mlm_head:
         raise MissingHeadError(
             f"{loaded.info.name!r} has no masked-LM head, so its own cloze predictions cannot be scored. "
-            "Use head='readout' (a fitted readout on one layer, labelled as such) or 'control', or a "
+            "Use source='readout' (a fitted readout on one layer, labelled as such) or 'control', or a "
             "model with an MLM head such as 'bert-base-uncased'."
         )
     return MLMScorer(loaded, "mlm", f"{loaded.info.name} MLM head")

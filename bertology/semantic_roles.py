@@ -739,3 +739,56 @@ def findings(summary: pd.DataFrame, sens: pd.DataFrame, sp_summary: pd.DataFrame
                        f"{sp[(src, 'typical > atypical')]:.0%}, atypical > implausible in {sp[(src, 'atypical > implausible')]:.0%}, "
                        f"full order in {sp[(src, 'exact order')]:.0%} of verbs (chance 50%, 50%, 17%).")
     return out
+
+
+# ----------------------------------------------------------------------------- notebook 05 helpers
+
+#: headline numbers of notebook 05: name (``{source}`` filled in) -> table, key, column
+KEY_NUMBERS = (
+    ("CPRAG accuracy@5 ({source})", "accuracy", ("CPRAG", "original", 5)),
+    ("ROLE sensitivity ({source})", "sensitivity", ("ROLE", "original", "canonical vs reversed")),
+    ("NEG negated sensitivity ({source})", "sensitivity", ("NEG-SIMP", "original", "negated")),
+)
+
+
+def key_numbers(accuracy: pd.DataFrame, sens: pd.DataFrame, source: str) -> dict[str, float]:
+    """The report's headline numbers for ``source``: CPRAG accuracy@5, ROLE and negated NEG-SIMP
+    sensitivity on the original items; a suite this run did not score is left out."""
+    tables = {"accuracy": accuracy.set_index(["source", "suite", "variant", "k"])["accuracy"],
+              "sensitivity": sens.set_index(["source", "suite", "variant", "comparison"])["sensitivity"]}
+    out = {}
+    for name, table, key in KEY_NUMBERS:
+        if (source, *key) in tables[table].index:
+            out[name.format(source=source)] = float(tables[table][(source, *key)])
+    return out
+
+
+def suite_sizes(suites: dict[str, pd.DataFrame]) -> dict[str, int]:
+    """Items per suite; ROLE counts role-reversal pairs (two contexts each), as Ettinger's ROLE-88 is 44 pairs."""
+    return {k: int(v["pair"].nunique()) if k == "ROLE" else len(v) for k, v in suites.items()}
+
+
+def example_predictions(queries: pd.DataFrame, top: pd.DataFrame, source: str, per_suite: int = 2,
+                        width: int = 70) -> pd.DataFrame:
+    """A few original contexts per suite (accuracy rows and negated NEG contexts) with the expected
+    word and ``source``'s top predictions in rank order: ``[context, expected, top (source)]``."""
+    show = queries[queries["accuracy_row"] | (queries["condition"] == "TN")].drop_duplicates("context")
+    show = show[show["variant"] == "original"].groupby("suite").head(per_suite)
+    t = top[top["source"] == source]
+    k = int(t["rank"].max()) if len(t) else 0
+    return pd.DataFrame({"context": show["context"].str[-width:].to_numpy(), "expected": show["expected"].to_numpy(),
+                         f"top {k} ({source})": [" ".join(t[t["context"] == c].sort_values("rank")["token"])
+                                                 for c in show["context"]]})
+
+
+#: the metrics notebook 05 shows per perturbation variant
+PERTURBATION_METRICS = {"CPRAG": ("accuracy@5", "sensitivity: expected vs both"),
+                        "ROLE": ("accuracy@5", "sensitivity: canonical vs reversed")}
+
+
+def perturbation_table(summary: pd.DataFrame, suite: str) -> pd.DataFrame:
+    """``suite``'s accuracy@5 and sensitivity per variant (rows) and source (columns), with the
+    spread over shuffle draws (``sd``) where the summary has it."""
+    rows = summary[(summary["suite"] == suite) & summary["metric"].isin(PERTURBATION_METRICS[suite])]
+    values = ["value", "sd"] if "sd" in rows and rows["sd"].notna().any() else "value"
+    return rows.pivot_table(index=["metric", "variant"], columns="source", values=values)

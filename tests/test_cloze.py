@@ -133,11 +133,11 @@ def test_bad_contexts_and_targets(bias_only):
 
 def test_heads_and_controls(minilm, bias_only):
     with pytest.raises(MissingHeadError, match="'minilm' has no masked-LM head"):
-        C.get_scorer(minilm, head="mlm")
-    with pytest.raises(ValueError, match="head must be one of"):
-        C.get_scorer(minilm, head="best")
+        C.get_scorer(minilm, source="mlm")
+    with pytest.raises(ValueError, match="source must be one of"):
+        C.get_scorer(minilm, source="best")
     assert C.get_scorer(bias_only).source == "mlm"
-    ctrl = C.get_scorer(bias_only, head="control", seed=4)
+    ctrl = C.get_scorer(bias_only, source="control", seed=4)
     assert ctrl.source == "control" and ctrl.label == "random-init control (seed 4)"
     a = C.pll(ctrl, ["the cat sat ."])["pll"].iloc[0]
     b = C.pll(C.control_scorer(bias_only, seed=4), ["the cat sat ."])["pll"].iloc[0]
