@@ -37,10 +37,7 @@ def test_check_choice_names_parameter_and_choices():
 
 def param_cells():
     for nb in sorted((ROOT / "notebooks").glob("*.ipynb")):
-        marks = ()
-        if nb.name.startswith("04_"):  # "probe_rank = None  # ...; None = the hidden size": two '=' on the line
-            marks = pytest.mark.xfail(strict=True, reason="notebook 04's parameter comment has '=' (fixed at merge)")
-        yield pytest.param(nb, marks=marks, id=nb.stem[:2])
+        yield pytest.param(nb, id=nb.stem[:2])
 
 
 @pytest.mark.parametrize("nb", param_cells())
