@@ -166,6 +166,20 @@ def _hub_reachable(timeout: float = 3.0) -> bool:
         return False
 
 
+def reads_words_as_text(tokenizer) -> bool:
+    """Whether ``tokenizer`` reads pre-split words as they read in running text.
+
+    Our inputs are word lists (``is_split_into_words=True``). A byte-level BPE tokenizer
+    (RoBERTa, GPT-2 style) saved with ``add_prefix_space=False`` -- as ``roberta-base`` is --
+    tokenizes each word as if it began the text, without the leading-space marker ``Ġ`` that
+    every non-initial word carries in running text (" dog" is one piece, "dog" may be three).
+    :func:`load_model` reloads such tokenizers with ``add_prefix_space=True``.
+    """
+    words = tokenizer(["the", "dog"], is_split_into_words=True, add_special_tokens=False)["input_ids"]
+    text = tokenizer("the dog", add_special_tokens=False)["input_ids"]
+    return words == text
+
+
 def _is_uncased(tokenizer) -> bool:
     return tokenizer.tokenize("Paris") == tokenizer.tokenize("paris")
 
@@ -216,7 +230,10 @@ def load_model(
         kwargs["device_map"] = device_map
     if not is_local:
         kwargs["revision"] = revision
-    tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=False, **({} if is_local else {"revision": revision}))
+    tok_kwargs = dict(trust_remote_code=False, **({} if is_local else {"revision": revision}))
+    tokenizer = AutoTokenizer.from_pretrained(source, **tok_kwargs)
+    if not reads_words_as_text(tokenizer):
+        tokenizer = AutoTokenizer.from_pretrained(source, add_prefix_space=True, **tok_kwargs)
     if not getattr(tokenizer, "is_fast", False) and not hasattr(tokenizer("a"), "word_ids"):
         raise ModelLoadError(f"{name_or_path!r} has no fast tokenizer; word alignment needs one")
 

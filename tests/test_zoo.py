@@ -1,0 +1,94 @@
+"""Model zoo: small random checkpoints of each common architecture, built here and saved with
+``save_pretrained``, go through alignment, loading and every notebook in quick mode.
+
+The weights are noise; these tests check that each architecture's tokenizer conventions
+(``##`` / ``Ġ`` / ``▁`` piece markers, ``<s></s></s>`` pairs, missing token-type ids, no MLM
+head) reach every study without a crash, never what the models know.
+"""
+import json
+from pathlib import Path
+
+import pytest
+
+from bertology import zoo
+from bertology.align import encode_words
+from bertology.models import load_model, reads_words_as_text
+
+from conftest import run_quick
+
+ROOT = Path(__file__).resolve().parents[1]
+NOTEBOOKS = sorted(p.name.split("_")[0] for p in (ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
+
+# the piece marker of each architecture's tokenizer and where it sits
+MARKERS = {"bert": ("##", "cont"), "bert-cased": ("##", "cont"), "distilbert": ("##", "cont"),
+           "electra": ("##", "cont"), "roberta": ("Ġ", "start"), "albert": ("▁", "start")}
+
+
+@pytest.fixture(scope="session")
+def zoo_dir(tmp_path_factory):
+    """Every architecture (with its MLM head) plus an ELECTRA discriminator without one."""
+    root = tmp_path_factory.mktemp("zoo")
+    texts = zoo.texts_from_treebank("sample", "dev", limit=None)
+    for arch in zoo.ARCHITECTURES:
+        zoo.build_checkpoint(arch, root / arch, texts, vocab_size=800)
+    zoo.build_checkpoint("electra", root / "electra-nohead", texts, vocab_size=800, mlm=False)
+    return root
+
+
+def _strip(piece: str, arch: str) -> str:
+    marker, _ = MARKERS[arch]
+    return piece.replace(marker, "")
+
+
+@pytest.mark.parametrize("arch", zoo.ARCHITECTURES)
+def test_pieces_join_back_to_their_words(zoo_dir, arch):
+    lm = load_model(str(zoo_dir / arch))
+    assert reads_words_as_text(lm.tokenizer)
+    words = ["The", "Zebras", "quietly", "outran", "Barcelona", "."]
+    enc = encode_words(lm.tokenizer, words)
+    word_of_unit = enc.unit_word[enc.unit_of_token]  # word index of each piece, -1 for specials
+    assert enc.unit_kind[0] == "cls" and enc.unit_kind[-1] == "sep"
+    # every word's pieces, markers removed, spell the word (lower-cased by an uncased tokenizer)
+    for w, word in enumerate(words):
+        pieces = [p for p, pw in zip(enc.tokens, word_of_unit) if pw == w]
+        joined = "".join(_strip(p, arch) for p in pieces)
+        assert joined == (word.lower() if lm.info.uncased else word), (arch, word, pieces)
+        if MARKERS[arch][1] == "cont":  # WordPiece: the marker on every piece but the first
+            assert all(p.startswith("##") for p in pieces[1:]) and not pieces[0].startswith("##")
+        else:  # byte-level BPE / SentencePiece: the marker on the first piece only
+            assert pieces[0].startswith(MARKERS[arch][0]) or pieces[0] == MARKERS[arch][0]
+    assert lm.info.uncased == (arch not in ("bert-cased", "roberta"))
+
+
+def test_cased_tokenizer_keeps_case(zoo_dir):
+    from bertology.cloze import word_pieces
+
+    cased = load_model(str(zoo_dir / "bert-cased"))
+    uncased = load_model(str(zoo_dir / "bert"))
+    assert word_pieces(cased.tokenizer, "The") != word_pieces(cased.tokenizer, "the")
+    assert word_pieces(uncased.tokenizer, "The") == word_pieces(uncased.tokenizer, "the")
+    enc = encode_words(cased.tokenizer, ["The", "dog"])
+    assert enc.unit_labels()[1] == "The"
+
+
+def test_roberta_pairs_and_no_token_types(zoo_dir):
+    lm = load_model(str(zoo_dir / "roberta"))
+    enc = encode_words(lm.tokenizer, ["a", "dog"], ["it", "ran"])
+    # RoBERTa separates the two segments with two </s>: both are separator units
+    assert enc.tokens[0] == "<s>" and enc.tokens.count("</s>") == 3
+    assert enc.unit_labels().count("[SEP]") == 3 and enc.unit_labels()[0] == "[CLS]"
+
+
+def test_electra_without_head_is_reported_as_headless(zoo_dir):
+    lm = load_model(str(zoo_dir / "electra-nohead"))
+    assert not lm.info.has_mlm_head
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("arch", [*zoo.ARCHITECTURES, "electra-nohead"])
+def test_every_notebook_runs_on_each_architecture(zoo_dir, tmp_path, arch):
+    code = run_quick(tmp_path, *NOTEBOOKS, extra=["--model", str(zoo_dir / arch)])
+    assert code == 0
+    runs = json.loads((tmp_path / "runs.json").read_text())
+    done = {r["notebook"] for r in (runs if isinstance(runs, list) else runs.get("runs", []))}
+    assert len(done) == len(NOTEBOOKS), done
