@@ -30,9 +30,9 @@ import torch.nn.functional as F
 from .align import pooling_matrices
 from .extract import base_of, collate, encode_inputs, forward, length_buckets
 from .fidelity import declare, option_differs
-from .interventions import masked_heads, set_head_mask, skipped_layers
+from .interventions import captured_heads, layer_stack, masked_heads, set_head_mask, skipped_layers
 from .labels import head_label
-from .models import LoadedModel, MissingHeadError, self_attention_modules
+from .models import LoadedModel, MissingHeadError, UnsupportedModelError
 
 TASKS = ("mlm", "upos", "embedding")
 
@@ -329,26 +329,13 @@ def gate_gradients(loaded: LoadedModel, task: Task, batch: dict, mask: torch.Ten
     xi = (torch.ones((L, H), dtype=dtype, device=loaded.device) if mask is None
           else torch.as_tensor(mask, dtype=dtype, device=loaded.device).clone())
     xi.requires_grad_(True)  # so every head output is part of the graph, even with frozen weights
-    ctxs: list = [None] * L
-
-    def keep(layer):
-        def hook(_module, _args, output):
-            ctxs[layer] = output[0]  # (B, T, H * d): the heads' outputs before the output projection
-        return hook
-
-    mods = self_attention_modules(model)
-    handles = [m.register_forward_hook(keep(i)) for i, m in enumerate(mods)]
-    try:
-        with masked_heads(model, xi):
-            loss = task.loss_fn(model, batch)
-            grads = torch.autograd.grad(loss, ctxs)
-    finally:
-        for h in handles:
-            h.remove()
+    with captured_heads(model) as heads, masked_heads(model, xi):
+        loss = task.loss_fn(model, batch)
+        ctxs = [heads[layer] for layer in range(L)]  # (B, T, H, d): the heads' outputs before the projection
+        grads = torch.autograd.grad(loss, ctxs)
     out = []
     for c, g in zip(ctxs, grads):
-        B, T, _ = c.shape
-        out.append((c * g).view(B, T, H, -1).sum(-1).detach())
+        out.append((c * g).sum(-1).detach())
     return torch.stack(out)
 
 
@@ -549,7 +536,7 @@ def head_params(model) -> int:
 
 
 def layer_params(model) -> int:
-    return sum(p.numel() for p in base_of(model).encoder.layer[0].parameters())
+    return sum(p.numel() for p in layer_stack(model).layer[0].parameters())
 
 
 def layers_vs_heads(loaded: LoadedModel, task: Task, importance: np.ndarray) -> pd.DataFrame:
@@ -592,34 +579,67 @@ class _NoHeads(torch.nn.Module):
         return hidden_states.new_zeros(*hidden_states.shape[:-1], 0), None
 
 
+def _projections(layer):
+    """Where one layer keeps its head projections: ``(owner of the attention, its attribute name,
+    the attention module, query/key/value names, owner of the output projection, its name)``."""
+    att = getattr(layer, "attention", None)
+    if att is not None and hasattr(att, "self") and hasattr(getattr(att, "output", None), "dense"):
+        return att, "self", att.self, ("query", "key", "value"), att.output, "dense"  # BERT, RoBERTa, ELECTRA
+    if att is not None and all(hasattr(att, n) for n in ("q_lin", "k_lin", "v_lin", "out_lin")):
+        return layer, "attention", att, ("q_lin", "k_lin", "v_lin"), att, "out_lin"  # DistilBERT
+    raise UnsupportedModelError(f"physical head pruning does not know the layout of {type(layer).__name__}")
+
+
+class _BiasOnly(torch.nn.Module):
+    """Attention (with its output projection) of a DistilBERT layer whose heads were all pruned:
+    the projection's bias, as a fully masked layer gives."""
+
+    n_heads, _bertology_kept = 0, []
+
+    def __init__(self, out: torch.nn.Linear):
+        super().__init__()
+        self.bias = out.bias
+
+    def forward(self, hidden_states, *args, **kwargs):
+        return self.bias.expand(*hidden_states.shape[:-1], -1), None
+
+
 def prune_heads(model, heads: dict[int, Sequence[int]]) -> dict[int, list[int]]:
     """Remove heads ``{layer: [head, ...]}`` (original indices) from ``model`` in place.
 
     Slices each layer's query/key/value output rows and the output projection's input columns.
-    BertSelfAttention (transformers 5.x) reshapes with ``view(..., -1, attention_head_size)``, so
-    the head count follows from the new matrix sizes; ``num_attention_heads``/``all_head_size``
-    are still updated for anything that reads them. Returns the heads kept per layer.
+    The attention modules of transformers 5.x (BERT, RoBERTa, ELECTRA, DistilBERT) reshape with
+    ``view(..., -1, attention_head_size)``, so the head count follows from the new matrix sizes;
+    the head-count attributes are still updated for anything that reads them. ALBERT (one layer
+    shared across depth) raises :class:`UnsupportedModelError`. Returns the heads kept per layer.
     """
     kept = {}
-    for l, layer in enumerate(base_of(model).encoder.layer):
-        att = layer.attention
-        sa = att.self
-        d = model.config.hidden_size // model.config.num_attention_heads
-        orig = getattr(sa, "_bertology_kept", list(range(sa.num_attention_heads)))
+    d = model.config.hidden_size // model.config.num_attention_heads
+    for l, layer in enumerate(layer_stack(model).layer):
+        owner, name, sa, qkv, out_owner, out_name = _projections(layer)
+        n_attr = "num_attention_heads" if hasattr(sa, "num_attention_heads") else "n_heads"
+        orig = getattr(sa, "_bertology_kept", list(range(getattr(sa, n_attr))))
         drop = set(heads.get(l, ())) & set(orig)
         keep = [h for h in orig if h not in drop]
         kept[l] = keep
         if not drop:
             continue
+        out = getattr(out_owner, out_name)
+        if not keep:
+            setattr(owner, name, _NoHeads() if out_owner is not sa else _BiasOnly(out))
+            if out_owner is sa:  # DistilBERT: the projection went with the attention module
+                continue
         pos = [orig.index(h) for h in keep]  # positions within the current (possibly pruned) matrices
         idx = torch.cat([torch.arange(p * d, (p + 1) * d) for p in pos]) if pos else torch.zeros(0, dtype=torch.long)
-        idx = idx.to(att.output.dense.weight.device)
-        for name in ("query", "key", "value"):
-            setattr(sa, name, _slice_linear(getattr(sa, name), idx, dim=0))
-        att.output.dense = _slice_linear(att.output.dense, idx, dim=1)
-        sa.num_attention_heads, sa.all_head_size, sa._bertology_kept = len(keep), len(keep) * d, keep
-        if not keep:
-            att.self = _NoHeads()
+        idx = idx.to(out.weight.device)
+        if keep:
+            for q in qkv:
+                setattr(sa, q, _slice_linear(getattr(sa, q), idx, dim=0))
+            setattr(sa, n_attr, len(keep))
+            if hasattr(sa, "all_head_size"):
+                sa.all_head_size = len(keep) * d
+            sa._bertology_kept = keep
+        setattr(out_owner, out_name, _slice_linear(out, idx, dim=1))
     return kept
 
 

@@ -6,6 +6,8 @@ The weights are noise; these tests check that each architecture's tokenizer conv
 head) reach every study without a crash, never what the models know.
 """
 import json
+
+import numpy as np
 from pathlib import Path
 
 import pytest
@@ -92,3 +94,32 @@ def test_every_notebook_runs_on_each_architecture(zoo_dir, tmp_path, arch):
     runs = json.loads((tmp_path / "runs.json").read_text())
     done = {r["notebook"] for r in (runs if isinstance(runs, list) else runs.get("runs", []))}
     assert len(done) == len(NOTEBOOKS), done
+
+
+@pytest.mark.parametrize("arch", ["distilbert", "albert", "roberta"])
+def test_head_gates_work_on_each_architecture(zoo_dir, arch):
+    """Michel's gate gradients on DistilBERT (no layer_idx, ``n_heads``) and ALBERT (one attention
+    module shared by every layer): summed over tokens they equal central finite differences of the
+    loss in each gate, so each layer's gates reach that layer only."""
+    import torch
+
+    from bertology import pruning as pr
+    from bertology.interventions import masked_heads
+
+    lm = load_model(str(zoo_dir / arch))
+    lm.model.double()
+    task = pr.build_task(lm, "mlm", [["the", "dog", "ran", "."], ["a", "cat", "sat", "on", "it"]], batch_size=8, seed=1)
+    L, H = lm.info.n_layers, lm.info.n_heads
+    g = pr.gate_gradients(lm, task, task.batches[0]).sum((1, 2)).numpy()
+    eps, fd = 1e-5, np.zeros((L, H))
+    for layer in range(L):
+        for head in range(H):
+            loss = []
+            for s in (1, -1):
+                m = torch.ones(L, H, dtype=torch.float64)
+                m[layer, head] += s * eps
+                with masked_heads(lm, m), torch.no_grad():
+                    loss.append(task.loss_fn(lm.model, task.batches[0]).item())
+            fd[layer, head] = (loss[0] - loss[1]) / (2 * eps)
+    np.testing.assert_allclose(g, fd, rtol=1e-5, atol=1e-9)
+    assert np.abs(fd).min() > 0  # every gate matters: no layer silently ignores its mask
