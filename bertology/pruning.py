@@ -33,6 +33,7 @@ from .fidelity import declare, option_differs
 from .interventions import captured_heads, layer_stack, masked_heads, set_head_mask, skipped_layers
 from .labels import head_label
 from .models import LoadedModel, MissingHeadError, UnsupportedModelError
+from .profiling import timed
 
 TASKS = ("mlm", "upos", "embedding")
 
@@ -268,6 +269,7 @@ def build_task(loaded: LoadedModel, task: str, sentences: Sequence, train_senten
     return Task(task, "cosine to unpruned embedding", ev, metric, loss, importance_batches=imp)
 
 
+@timed("train")
 def _train_probe(X, y, n_classes, seed, epochs):
     """Multinomial logistic regression, full batch (small data: seconds on CPU)."""
     with torch.random.fork_rng(devices=[]):
@@ -799,8 +801,10 @@ def findings(base: float, removable: pd.DataFrame, best_single: pd.DataFrame, la
     """Numbers of notebook 08's "what this run shows": heads removable at 95% of ``base`` by
     importance, ablation and (mean) random order, the curve step, layers within ``tolerance`` of
     ``|base|`` with one head kept, and the metric after removing one whole layer vs ``n_heads``
-    heads chosen by importance."""
+    heads chosen by importance (None when ``layers_vs_heads`` is None: not run)."""
     def at_one(strategy):
+        if layers_vs_heads is None:  # not run for this architecture (see unsupported())
+            return None
         return float(layers_vs_heads[(layers_vs_heads.strategy == strategy) & (layers_vs_heads.k_layers == 1)].metric.iloc[0])
 
     by = removable.groupby("order")["removable_95"]
@@ -828,12 +832,24 @@ def findings_text(f: dict, metric_name: str, n_sentences: int, timing: dict, sin
         f"{f['removable_95_ablation']}, random order {f['removable_95_random']:.0f} on average "
         f"(curve steps of {f['curve_step']} heads).",
         f"With one head kept, {f['layers_near_full_one_head']} of {f['n_layers']} layers stay within 5% of the unpruned metric.",
+    ] + ([] if f["one_layer_removed"] is None else [
         f"Removing the least harmful whole layer gives {f['one_layer_removed']:.3f}; removing the same number of heads "
-        f"({f['heads_per_layer']}) by importance gives {f['same_heads_removed']:.3f}.",
+        f"({f['heads_per_layer']}) by importance gives {f['same_heads_removed']:.3f}."]) + ([] if speed is None else [
         f"Physically removing {speed['heads_removed']} heads cut parameters from {speed['params_unpruned']:,} to "
         f"{speed['params_pruned']:,} and made the forward pass {speed['speedup']:.2f}x as fast on {device} (same outputs "
-        f"as masking, max difference {speed['max_abs_state_diff']:.1e}).",
-    ]
+        f"as masking, max difference {speed['max_abs_state_diff']:.1e})."])
+
+
+def unsupported(loaded: LoadedModel) -> str | None:
+    """Why whole-layer removal and physical head pruning cannot run on ``loaded`` (None: they can).
+    ALBERT applies one shared layer at every depth, so neither a layer nor a head of one depth
+    can be cut out alone; head masks still work (the attention knows its depth per call)."""
+    try:
+        for layer in layer_stack(loaded.model).layer:
+            _projections(layer)
+    except UnsupportedModelError as exc:
+        return str(exc)
+    return None
 
 
 def reference_text() -> str:

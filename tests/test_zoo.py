@@ -86,14 +86,25 @@ def test_electra_without_head_is_reported_as_headless(zoo_dir):
     assert not lm.info.has_mlm_head
 
 
+# Every notebook on the three architectures whose code paths differ most (byte-level BPE without
+# token types, one attention shared across depth, DistilBERT's own layout); on the others the
+# notebooks where they differ (case in cloze vocabularies and agreement; no MLM head). CI time
+# stays in budget this way; BERTOLOGY_ZOO=full runs every notebook on every architecture.
+ZOO_RUNS = {"roberta": NOTEBOOKS, "albert": NOTEBOOKS, "distilbert": NOTEBOOKS,
+            "bert-cased": ["04", "05", "07"], "electra": ["01", "08"], "electra-nohead": ["05", "07", "08"]}
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("arch", [*zoo.ARCHITECTURES, "electra-nohead"])
-def test_every_notebook_runs_on_each_architecture(zoo_dir, tmp_path, arch):
-    code = run_quick(tmp_path, *NOTEBOOKS, extra=["--model", str(zoo_dir / arch)])
+@pytest.mark.parametrize("arch", list(ZOO_RUNS))
+def test_notebooks_run_on_each_architecture(zoo_dir, tmp_path, arch):
+    import os
+
+    wanted = NOTEBOOKS if os.environ.get("BERTOLOGY_ZOO") == "full" else ZOO_RUNS[arch]
+    code = run_quick(tmp_path, *wanted, extra=["--model", str(zoo_dir / arch)])
     assert code == 0
     runs = json.loads((tmp_path / "runs.json").read_text())
-    done = {r["notebook"] for r in (runs if isinstance(runs, list) else runs.get("runs", []))}
-    assert len(done) == len(NOTEBOOKS), done
+    ok = {v["latest"]["notebook"][:2] for v in runs.values() if v["latest"]["status"] == "ok"}
+    assert ok == set(wanted), ok
 
 
 @pytest.mark.parametrize("arch", ["distilbert", "albert", "roberta"])
