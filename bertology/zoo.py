@@ -108,7 +108,7 @@ def train_tokenizer(arch: str, texts: Iterable[str], vocab_size: int = 3000):
                pad_token="[PAD]", cls_token="[CLS]", mask_token="[MASK]", do_lower_case=lowercase)
 
 
-def model_config(arch: str, tokenizer, shape: str = "tiny", max_length: int = 128):
+def model_config(arch: str, tokenizer, shape: str = "tiny", max_length: int = 512):
     """The ``transformers`` config of a ``shape``-sized ``arch`` model for ``tokenizer``."""
     from transformers import AlbertConfig, BertConfig, DistilBertConfig, ElectraConfig, RobertaConfig
 
@@ -133,7 +133,7 @@ def model_config(arch: str, tokenizer, shape: str = "tiny", max_length: int = 12
 
 
 def build_checkpoint(arch: str, out: str | Path, texts: Iterable[str], shape: str = "tiny", mlm: bool = True,
-                     vocab_size: int = 3000, seed: int = 0, max_length: int = 128) -> Path:
+                     vocab_size: int = 3000, seed: int = 0, max_length: int = 512) -> Path:
     """Train a tokenizer on ``texts``, build a random ``arch`` model (with its masked-LM head when
     ``mlm``), save both into ``out`` and return it. ``load_model(out)`` then loads it like a
     downloaded checkpoint."""
