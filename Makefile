@@ -16,7 +16,7 @@ export BERTOLOGY_DATA ?= $(if $(wildcard $(SHARED_DATA)/MANIFEST.tsv),$(SHARED_D
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.bertology-installed
 
-.PHONY: venv reports reports-quick test bench clean-reports
+.PHONY: venv reports reports-quick test bench bench-reports clean-reports
 venv: $(STAMP)
 
 $(STAMP): pyproject.toml Makefile
@@ -39,3 +39,6 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_extract.py
 	$(BIN)/python benchmarks/bench_importance.py
+
+bench-reports: $(STAMP)
+	$(BIN)/python benchmarks/bench_reports.py $(if $(QUICK),--quick,)

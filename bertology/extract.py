@@ -30,6 +30,7 @@ from . import align
 from .align import Encoding
 from .io import atomic_write_json
 from .models import LoadedModel
+from .profiling import timed
 
 log = logging.getLogger(__name__)
 
@@ -152,7 +153,7 @@ def forward(loaded: LoadedModel | torch.nn.Module, batch: dict, *, attention: bo
         model = base_of(model)
     device = next(model.parameters()).device
     inputs = {k: v.to(device) for k, v in batch.items() if k in MODEL_INPUTS and v is not None}
-    with torch.enable_grad() if grad else torch.inference_mode():
+    with torch.enable_grad() if grad else torch.inference_mode(), timed("forward"):
         out = model(**inputs, output_attentions=attention, output_hidden_states=hidden_states)
     if attention and (out.attentions is None or out.attentions[0] is None):
         raise RuntimeError(

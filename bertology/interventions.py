@@ -20,9 +20,10 @@ import numpy as np
 import torch
 
 from .extract import base_of
-from .models import LoadedModel, plant_attention, self_attention_modules, set_head_mask
+from .models import (LoadedModel, UnsupportedModelError, layer_head_masks, plant_attention, self_attention_modules,
+                     set_head_mask, set_layer_head_masks, use_bertology_attention)
 
-__all__ = ["masked_heads", "skipped_layers", "plant_attention", "set_head_mask", "head_mask_of"]
+__all__ = ["masked_heads", "skipped_layers", "captured_heads", "layer_stack", "plant_attention", "set_head_mask", "head_mask_of"]
 
 
 def _module_of(loaded_or_model) -> torch.nn.Module:
@@ -31,7 +32,7 @@ def _module_of(loaded_or_model) -> torch.nn.Module:
 
 def head_mask_of(loaded_or_model) -> list:
     """The mask each layer's self-attention carries now (``None`` entries: no mask)."""
-    return [getattr(m, "_bertology_head_mask", None) for m in self_attention_modules(_module_of(loaded_or_model))]
+    return layer_head_masks(_module_of(loaded_or_model))
 
 
 @contextmanager
@@ -49,15 +50,43 @@ def masked_heads(loaded_or_model, mask: torch.Tensor | np.ndarray | None) -> Ite
     try:
         yield mask
     finally:
-        for m, old in zip(self_attention_modules(model), previous):
-            m._bertology_head_mask = old
+        set_layer_head_masks(model, previous)
+
+
+@contextmanager
+def captured_heads(loaded_or_model) -> Iterator[dict]:
+    """Within the block, every forward pass records each layer's head outputs before the output
+    projection, ``(batch, tokens, heads, head size)``, in the yielded dict keyed by layer (the last
+    pass wins). Works for shared attention modules (ALBERT) too, since the layer is known per call."""
+    model = _module_of(loaded_or_model)
+    use_bertology_attention(model)
+    mods = set(self_attention_modules(model))
+    store: dict[int, torch.Tensor] = {}
+    for m in mods:
+        m._bertology_capture = store
+    try:
+        yield store
+    finally:
+        for m in mods:
+            m._bertology_capture = None
+
+
+def layer_stack(model: torch.nn.Module):
+    """The module whose ``layer`` attribute holds the stack of transformer blocks (BERT-style
+    ``encoder``, DistilBERT's ``transformer``); ALBERT has none."""
+    base = base_of(model)
+    for owner in (getattr(base, "encoder", None), getattr(base, "transformer", None)):
+        if owner is not None and isinstance(getattr(owner, "layer", None), torch.nn.ModuleList):
+            return owner
+    raise UnsupportedModelError(f"{type(model).__name__} keeps no list of transformer layers that can be skipped "
+                                "(ALBERT shares one layer group across depth)")
 
 
 @contextmanager
 def skipped_layers(loaded_or_model, layers: Sequence[int]) -> Iterator[torch.nn.Module]:
     """Within the block the encoder runs without the transformer layers ``layers`` (0-indexed);
     the full stack is put back on exit, also on an exception."""
-    encoder = base_of(_module_of(loaded_or_model)).encoder
+    encoder = layer_stack(_module_of(loaded_or_model))
     full = encoder.layer
     drop = {int(x) for x in layers}
     bad = sorted(x for x in drop if not 0 <= x < len(full))

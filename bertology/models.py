@@ -166,6 +166,20 @@ def _hub_reachable(timeout: float = 3.0) -> bool:
         return False
 
 
+def reads_words_as_text(tokenizer) -> bool:
+    """Whether ``tokenizer`` reads pre-split words as they read in running text.
+
+    Our inputs are word lists (``is_split_into_words=True``). A byte-level BPE tokenizer
+    (RoBERTa, GPT-2 style) saved with ``add_prefix_space=False`` -- as ``roberta-base`` is --
+    tokenizes each word as if it began the text, without the leading-space marker ``Ġ`` that
+    every non-initial word carries in running text (" dog" is one piece, "dog" may be three).
+    :func:`load_model` reloads such tokenizers with ``add_prefix_space=True``.
+    """
+    words = tokenizer(["the", "dog"], is_split_into_words=True, add_special_tokens=False)["input_ids"]
+    text = tokenizer("the dog", add_special_tokens=False)["input_ids"]
+    return words == text
+
+
 def _is_uncased(tokenizer) -> bool:
     return tokenizer.tokenize("Paris") == tokenizer.tokenize("paris")
 
@@ -216,7 +230,10 @@ def load_model(
         kwargs["device_map"] = device_map
     if not is_local:
         kwargs["revision"] = revision
-    tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=False, **({} if is_local else {"revision": revision}))
+    tok_kwargs = dict(trust_remote_code=False, **({} if is_local else {"revision": revision}))
+    tokenizer = AutoTokenizer.from_pretrained(source, **tok_kwargs)
+    if not reads_words_as_text(tokenizer):
+        tokenizer = AutoTokenizer.from_pretrained(source, add_prefix_space=True, **tok_kwargs)
     if not getattr(tokenizer, "is_fast", False) and not hasattr(tokenizer("a"), "word_ids"):
         raise ModelLoadError(f"{name_or_path!r} has no fast tokenizer; word alignment needs one")
 
@@ -341,19 +358,38 @@ PatternFn = Callable[[int, torch.Tensor, torch.Tensor], torch.Tensor]
 def _bertology_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
     from transformers.models.bert.modeling_bert import eager_attention_forward
 
+    layer = _current_layer(module)
     planted = getattr(module, "_bertology_planted", None)
     if planted is None:
         _, weights = eager_attention_forward(module, query, key, value, attention_mask, scaling, dropout, **kwargs)
     else:
         ids, mask = module._bertology_inputs
-        weights = planted(module.layer_idx, ids, mask).to(value.dtype)
+        weights = planted(layer, ids, mask).to(value.dtype)
         # a leaf in the graph, so gradients with respect to planted attention exist too
         weights = weights.detach().requires_grad_(torch.is_grad_enabled())
-    head_mask = getattr(module, "_bertology_head_mask", None)
+    head_mask = getattr(module, "_bertology_head_masks", {}).get(layer)
     if head_mask is not None:  # ξ_h multiplies the head's attention, hence its output
         weights = weights * head_mask.view(1, -1, 1, 1)
     out = torch.matmul(weights, value).transpose(1, 2).contiguous()
+    capture = getattr(module, "_bertology_capture", None)
+    if capture is not None:  # the heads' outputs (B, T, H, d) before the output projection
+        capture[layer] = out
     return out, weights
+
+
+def _current_layer(module) -> int:
+    """The layer this call of ``module`` computes. A module shared by several layers (ALBERT) is
+    called once per layer in order; the counter is reset before each forward pass."""
+    layers = getattr(module, "_bertology_layers", None)
+    if not layers:
+        return getattr(module, "layer_idx", 0)
+    k = getattr(module, "_bertology_calls", 0)
+    module._bertology_calls = k + 1
+    return layers[k % len(layers)]
+
+
+class UnsupportedModelError(ValueError):
+    """The model's architecture does not allow an intervention (e.g. per-layer head masks)."""
 
 
 def use_bertology_attention(model: torch.nn.Module) -> torch.nn.Module:
@@ -364,13 +400,66 @@ def use_bertology_attention(model: torch.nn.Module) -> torch.nn.Module:
     AttentionInterface.register(ATTN_IMPL, _bertology_attention)
     AttentionMaskInterface.register(ATTN_IMPL, eager_mask)  # without it the padding mask is dropped
     model.set_attn_implementation(ATTN_IMPL)
+    _index_layers(model)
     return model
 
 
+def _index_layers(model: torch.nn.Module) -> None:
+    """Tell each attention module which layers it computes, and reset its call counter before
+    every forward pass of the base model (registered once)."""
+    mods = self_attention_modules(model)
+    for m in set(mods):
+        m._bertology_layers = [layer for layer, x in enumerate(mods) if x is m]
+        m._bertology_calls = 0
+    base = getattr(model, model.base_model_prefix, model)
+    if not getattr(base, "_bertology_counting", False):
+        def reset(_module, _args):
+            for m in set(mods):
+                m._bertology_calls = 0
+        base.register_forward_pre_hook(reset)
+        base._bertology_counting = True
+
+
+def n_heads_of(module: torch.nn.Module) -> int:
+    """Heads of one self-attention module (``num_attention_heads``, or DistilBERT's ``n_heads``)."""
+    return int(getattr(module, "num_attention_heads", None) or getattr(module, "n_heads"))
+
+
 def self_attention_modules(model: torch.nn.Module) -> list[torch.nn.Module]:
-    """The self-attention module of each layer, in layer order."""
+    """The self-attention module that computes each layer, in layer order (one entry per layer).
+
+    BERT, RoBERTa, ELECTRA: the modules carry ``layer_idx``. DistilBERT: one module per block, in
+    order. ALBERT shares its modules across layers: layer ``i`` runs the attention of group
+    ``i * groups // layers``, so the list repeats a module (one inner layer per group only).
+    """
     mods = [m for m in model.modules() if hasattr(m, "layer_idx") and hasattr(m, "num_attention_heads")]
-    return sorted(mods, key=lambda m: m.layer_idx)
+    if mods:
+        return sorted(mods, key=lambda m: m.layer_idx)
+    known = model.__dict__.get("_bertology_layer_map")
+    if known is not None:  # found once, kept while layers are skipped (the map is by depth, not by position)
+        return list(known)
+    found = _attention_by_depth(model)
+    model.__dict__["_bertology_layer_map"] = tuple(found)
+    return found
+
+
+def _attention_by_depth(model: torch.nn.Module) -> list[torch.nn.Module]:
+    heads = [m for m in model.modules() if hasattr(m, "num_attention_heads") or hasattr(m, "n_heads")]
+    # innermost only: the attention module itself, not a block or model that also records a head count
+    inner = [m for m in heads if not any(c is not m and c in heads for c in m.modules() if c is not m)]
+    inner = [m for m in inner if isinstance(getattr(m, "num_attention_heads", None) or getattr(m, "n_heads", None), int)]
+    config = getattr(model, "config", None)
+    n_layers = getattr(config, "num_hidden_layers", None) or getattr(config, "n_layers", None) or len(inner)
+    groups = getattr(config, "num_hidden_groups", None)
+    if groups and len(inner) == groups and len(inner) != n_layers:
+        if getattr(config, "inner_group_num", 1) != 1:
+            raise UnsupportedModelError("per-layer attention switches need one layer per ALBERT group "
+                                        f"(inner_group_num is {config.inner_group_num})")
+        return [inner[i * groups // n_layers] for i in range(n_layers)]
+    if len(inner) != n_layers:
+        raise UnsupportedModelError(f"found {len(inner)} self-attention modules for {n_layers} layers in "
+                                    f"{type(model).__name__}; per-head interventions are not supported for it")
+    return inner
 
 
 def plant_attention(loaded: LoadedModel, pattern: PatternFn) -> LoadedModel:
@@ -400,11 +489,29 @@ def plant_attention(loaded: LoadedModel, pattern: PatternFn) -> LoadedModel:
 
 
 def set_head_mask(model: torch.nn.Module, head_mask: torch.Tensor | None) -> None:
-    """Multiply head ``h`` of layer ``l`` by ``head_mask[l, h]`` (None removes the mask)."""
+    """Multiply head ``h`` of layer ``l`` by ``head_mask[l, h]`` (None removes the mask).
+    Prefer :func:`bertology.interventions.masked_heads`, which puts the previous mask back."""
     mods = self_attention_modules(model)
-    if head_mask is not None and tuple(head_mask.shape) != (len(mods), mods[0].num_attention_heads):
-        raise ValueError(f"head_mask must have shape (layers, heads) = ({len(mods)}, {mods[0].num_attention_heads})")
-    if head_mask is not None and model.config._attn_implementation != ATTN_IMPL:
+    shape = (len(mods), n_heads_of(mods[0]))
+    if head_mask is not None and tuple(head_mask.shape) != shape:
+        raise ValueError(f"head_mask must have shape (layers, heads) = {shape}")
+    set_layer_head_masks(model, [None] * len(mods) if head_mask is None else list(head_mask))
+
+
+def layer_head_masks(model: torch.nn.Module) -> list:
+    """The mask each layer carries now (``None``: no mask), one entry per layer."""
+    return [getattr(m, "_bertology_head_masks", {}).get(layer) for layer, m in enumerate(self_attention_modules(model))]
+
+
+def set_layer_head_masks(model: torch.nn.Module, masks: list) -> None:
+    """Set layer ``l``'s head mask to ``masks[l]`` (a vector of heads, or ``None``)."""
+    mods = self_attention_modules(model)
+    if any(x is not None for x in masks) and model.config._attn_implementation != ATTN_IMPL:
         use_bertology_attention(model)
-    for layer, m in enumerate(mods):
-        m._bertology_head_mask = None if head_mask is None else head_mask[layer]
+    for layer, (m, mask) in enumerate(zip(mods, masks)):
+        if not hasattr(m, "_bertology_head_masks"):
+            m._bertology_head_masks = {}
+        if mask is None:
+            m._bertology_head_masks.pop(layer, None)
+        else:
+            m._bertology_head_masks[layer] = mask

@@ -275,6 +275,9 @@ class Run:
             "tables": {k: _records(v) for k, v in self.tables.items()},
             "values": self.values,
         }
+        from .profiling import flush
+
+        flush()  # where the time went, for benchmarks/bench_reports.py (only when BERTOLOGY_TIMINGS is set)
         return atomic_write_json(self.output_dir / "results.json", doc)
 
 

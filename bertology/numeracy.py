@@ -40,6 +40,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .fidelity import declare, option_differs
+from .profiling import timed
 
 log = logging.getLogger(__name__)
 
@@ -542,6 +543,7 @@ class _MaxPointer(torch.nn.Module):
         return self.out(h).squeeze(-1)
 
 
+@timed("train")
 def _train(probe, x: torch.Tensor, y: torch.Tensor, loss_fn, cfg: ProbeConfig, gen: torch.Generator,
            steps: int, evaluate: Callable[[], float] | None = None) -> list[tuple[int, float]]:
     """``steps`` Adam updates over shuffled passes (epochs) through ``(x, y)``; ``evaluate()``

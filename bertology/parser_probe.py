@@ -64,6 +64,7 @@ from .extract import Item, extract
 from .models import LoadedModel, random_init_control, resolve_device
 from .fidelity import declare
 from .syntax import relation_of
+from .profiling import timed
 
 STUDIES = ("clark.probe",)
 RECIPES = ("ours", "clark")
@@ -456,6 +457,7 @@ def _mst(logp: np.ndarray) -> np.ndarray:
     return heads
 
 
+@timed("train")
 def train_probe(
     data: ProbeData,
     kind: str = "attn",
@@ -525,6 +527,7 @@ def train_probe(
     return TrainedProbe(kind, data.model, probe, losses, time.perf_counter() - t0, n_words)
 
 
+@timed("train")
 def _train_clark(data: ProbeData, kind: str, seed: int = 0, device="auto") -> TrainedProbe:
     if data.sep is None:
         raise ValueError("the authors' recipe needs the [SEP] features: collect() with this version")

@@ -138,10 +138,17 @@ def agreement_by_attractors(table: pd.DataFrame):
     for ax, name in zip(axes[0], sets):
         d = table[table.dataset == name].copy()
         d["n_attractors"] = d["n_attractors"].astype(str)
-        sns.barplot(data=d, x="n_attractors", y="accuracy", hue="scorer", ax=ax, palette=PALETTE)
-        for cont, (_, g) in zip(ax.containers, d.groupby("scorer", sort=False)):
-            if len(cont) == len(g) and all(b is not None for b in cont):  # a scorer without every bar: no counts
-                ax.bar_label(cont, labels=[f"{int(n)}" for n in g["n"]], fontsize=7, padding=1)
+        order = list(dict.fromkeys(d["n_attractors"]))
+        hues = list(dict.fromkeys(d["scorer"]))
+        sns.barplot(data=d, x="n_attractors", y="accuracy", hue="scorer", order=order, hue_order=hues, ax=ax,
+                    palette=PALETTE)
+        # a scorer may lack a level (every item of it out of vocabulary): label only the bars drawn
+        counts = d.set_index(["scorer", "n_attractors"])["n"]
+        for cont, scorer in zip(ax.containers, hues):
+            for bar, x in zip(cont.patches, order):
+                if bar is not None and (scorer, x) in counts.index:
+                    ax.annotate(f"{int(counts[(scorer, x)])}", (bar.get_x() + bar.get_width() / 2, bar.get_height()),
+                                xytext=(0, 1), textcoords="offset points", ha="center", va="bottom", fontsize=7)
         ax.axhline(0.5, ls="--", color="0.4", lw=1)
         ax.set_title(name, fontsize=10)
         ax.set_xlabel("attractors")

@@ -30,9 +30,10 @@ import torch.nn.functional as F
 from .align import pooling_matrices
 from .extract import base_of, collate, encode_inputs, forward, length_buckets
 from .fidelity import declare, option_differs
-from .interventions import masked_heads, set_head_mask, skipped_layers
+from .interventions import captured_heads, layer_stack, masked_heads, set_head_mask, skipped_layers
 from .labels import head_label
-from .models import LoadedModel, MissingHeadError, self_attention_modules
+from .models import LoadedModel, MissingHeadError, UnsupportedModelError
+from .profiling import timed
 
 TASKS = ("mlm", "upos", "embedding")
 
@@ -268,6 +269,7 @@ def build_task(loaded: LoadedModel, task: str, sentences: Sequence, train_senten
     return Task(task, "cosine to unpruned embedding", ev, metric, loss, importance_batches=imp)
 
 
+@timed("train")
 def _train_probe(X, y, n_classes, seed, epochs):
     """Multinomial logistic regression, full batch (small data: seconds on CPU)."""
     with torch.random.fork_rng(devices=[]):
@@ -329,26 +331,13 @@ def gate_gradients(loaded: LoadedModel, task: Task, batch: dict, mask: torch.Ten
     xi = (torch.ones((L, H), dtype=dtype, device=loaded.device) if mask is None
           else torch.as_tensor(mask, dtype=dtype, device=loaded.device).clone())
     xi.requires_grad_(True)  # so every head output is part of the graph, even with frozen weights
-    ctxs: list = [None] * L
-
-    def keep(layer):
-        def hook(_module, _args, output):
-            ctxs[layer] = output[0]  # (B, T, H * d): the heads' outputs before the output projection
-        return hook
-
-    mods = self_attention_modules(model)
-    handles = [m.register_forward_hook(keep(i)) for i, m in enumerate(mods)]
-    try:
-        with masked_heads(model, xi):
-            loss = task.loss_fn(model, batch)
-            grads = torch.autograd.grad(loss, ctxs)
-    finally:
-        for h in handles:
-            h.remove()
+    with captured_heads(model) as heads, masked_heads(model, xi):
+        loss = task.loss_fn(model, batch)
+        ctxs = [heads[layer] for layer in range(L)]  # (B, T, H, d): the heads' outputs before the projection
+        grads = torch.autograd.grad(loss, ctxs)
     out = []
     for c, g in zip(ctxs, grads):
-        B, T, _ = c.shape
-        out.append((c * g).view(B, T, H, -1).sum(-1).detach())
+        out.append((c * g).sum(-1).detach())
     return torch.stack(out)
 
 
@@ -549,7 +538,7 @@ def head_params(model) -> int:
 
 
 def layer_params(model) -> int:
-    return sum(p.numel() for p in base_of(model).encoder.layer[0].parameters())
+    return sum(p.numel() for p in layer_stack(model).layer[0].parameters())
 
 
 def layers_vs_heads(loaded: LoadedModel, task: Task, importance: np.ndarray) -> pd.DataFrame:
@@ -592,34 +581,67 @@ class _NoHeads(torch.nn.Module):
         return hidden_states.new_zeros(*hidden_states.shape[:-1], 0), None
 
 
+def _projections(layer):
+    """Where one layer keeps its head projections: ``(owner of the attention, its attribute name,
+    the attention module, query/key/value names, owner of the output projection, its name)``."""
+    att = getattr(layer, "attention", None)
+    if att is not None and hasattr(att, "self") and hasattr(getattr(att, "output", None), "dense"):
+        return att, "self", att.self, ("query", "key", "value"), att.output, "dense"  # BERT, RoBERTa, ELECTRA
+    if att is not None and all(hasattr(att, n) for n in ("q_lin", "k_lin", "v_lin", "out_lin")):
+        return layer, "attention", att, ("q_lin", "k_lin", "v_lin"), att, "out_lin"  # DistilBERT
+    raise UnsupportedModelError(f"physical head pruning does not know the layout of {type(layer).__name__}")
+
+
+class _BiasOnly(torch.nn.Module):
+    """Attention (with its output projection) of a DistilBERT layer whose heads were all pruned:
+    the projection's bias, as a fully masked layer gives."""
+
+    n_heads, _bertology_kept = 0, []
+
+    def __init__(self, out: torch.nn.Linear):
+        super().__init__()
+        self.bias = out.bias
+
+    def forward(self, hidden_states, *args, **kwargs):
+        return self.bias.expand(*hidden_states.shape[:-1], -1), None
+
+
 def prune_heads(model, heads: dict[int, Sequence[int]]) -> dict[int, list[int]]:
     """Remove heads ``{layer: [head, ...]}`` (original indices) from ``model`` in place.
 
     Slices each layer's query/key/value output rows and the output projection's input columns.
-    BertSelfAttention (transformers 5.x) reshapes with ``view(..., -1, attention_head_size)``, so
-    the head count follows from the new matrix sizes; ``num_attention_heads``/``all_head_size``
-    are still updated for anything that reads them. Returns the heads kept per layer.
+    The attention modules of transformers 5.x (BERT, RoBERTa, ELECTRA, DistilBERT) reshape with
+    ``view(..., -1, attention_head_size)``, so the head count follows from the new matrix sizes;
+    the head-count attributes are still updated for anything that reads them. ALBERT (one layer
+    shared across depth) raises :class:`UnsupportedModelError`. Returns the heads kept per layer.
     """
     kept = {}
-    for l, layer in enumerate(base_of(model).encoder.layer):
-        att = layer.attention
-        sa = att.self
-        d = model.config.hidden_size // model.config.num_attention_heads
-        orig = getattr(sa, "_bertology_kept", list(range(sa.num_attention_heads)))
+    d = model.config.hidden_size // model.config.num_attention_heads
+    for l, layer in enumerate(layer_stack(model).layer):
+        owner, name, sa, qkv, out_owner, out_name = _projections(layer)
+        n_attr = "num_attention_heads" if hasattr(sa, "num_attention_heads") else "n_heads"
+        orig = getattr(sa, "_bertology_kept", list(range(getattr(sa, n_attr))))
         drop = set(heads.get(l, ())) & set(orig)
         keep = [h for h in orig if h not in drop]
         kept[l] = keep
         if not drop:
             continue
+        out = getattr(out_owner, out_name)
+        if not keep:
+            setattr(owner, name, _NoHeads() if out_owner is not sa else _BiasOnly(out))
+            if out_owner is sa:  # DistilBERT: the projection went with the attention module
+                continue
         pos = [orig.index(h) for h in keep]  # positions within the current (possibly pruned) matrices
         idx = torch.cat([torch.arange(p * d, (p + 1) * d) for p in pos]) if pos else torch.zeros(0, dtype=torch.long)
-        idx = idx.to(att.output.dense.weight.device)
-        for name in ("query", "key", "value"):
-            setattr(sa, name, _slice_linear(getattr(sa, name), idx, dim=0))
-        att.output.dense = _slice_linear(att.output.dense, idx, dim=1)
-        sa.num_attention_heads, sa.all_head_size, sa._bertology_kept = len(keep), len(keep) * d, keep
-        if not keep:
-            att.self = _NoHeads()
+        idx = idx.to(out.weight.device)
+        if keep:
+            for q in qkv:
+                setattr(sa, q, _slice_linear(getattr(sa, q), idx, dim=0))
+            setattr(sa, n_attr, len(keep))
+            if hasattr(sa, "all_head_size"):
+                sa.all_head_size = len(keep) * d
+            sa._bertology_kept = keep
+        setattr(out_owner, out_name, _slice_linear(out, idx, dim=1))
     return kept
 
 
@@ -779,8 +801,10 @@ def findings(base: float, removable: pd.DataFrame, best_single: pd.DataFrame, la
     """Numbers of notebook 08's "what this run shows": heads removable at 95% of ``base`` by
     importance, ablation and (mean) random order, the curve step, layers within ``tolerance`` of
     ``|base|`` with one head kept, and the metric after removing one whole layer vs ``n_heads``
-    heads chosen by importance."""
+    heads chosen by importance (None when ``layers_vs_heads`` is None: not run)."""
     def at_one(strategy):
+        if layers_vs_heads is None:  # not run for this architecture (see unsupported())
+            return None
         return float(layers_vs_heads[(layers_vs_heads.strategy == strategy) & (layers_vs_heads.k_layers == 1)].metric.iloc[0])
 
     by = removable.groupby("order")["removable_95"]
@@ -808,12 +832,24 @@ def findings_text(f: dict, metric_name: str, n_sentences: int, timing: dict, sin
         f"{f['removable_95_ablation']}, random order {f['removable_95_random']:.0f} on average "
         f"(curve steps of {f['curve_step']} heads).",
         f"With one head kept, {f['layers_near_full_one_head']} of {f['n_layers']} layers stay within 5% of the unpruned metric.",
+    ] + ([] if f["one_layer_removed"] is None else [
         f"Removing the least harmful whole layer gives {f['one_layer_removed']:.3f}; removing the same number of heads "
-        f"({f['heads_per_layer']}) by importance gives {f['same_heads_removed']:.3f}.",
+        f"({f['heads_per_layer']}) by importance gives {f['same_heads_removed']:.3f}."]) + ([] if speed is None else [
         f"Physically removing {speed['heads_removed']} heads cut parameters from {speed['params_unpruned']:,} to "
         f"{speed['params_pruned']:,} and made the forward pass {speed['speedup']:.2f}x as fast on {device} (same outputs "
-        f"as masking, max difference {speed['max_abs_state_diff']:.1e}).",
-    ]
+        f"as masking, max difference {speed['max_abs_state_diff']:.1e})."])
+
+
+def unsupported(loaded: LoadedModel) -> str | None:
+    """Why whole-layer removal and physical head pruning cannot run on ``loaded`` (None: they can).
+    ALBERT applies one shared layer at every depth, so neither a layer nor a head of one depth
+    can be cut out alone; head masks still work (the attention knows its depth per call)."""
+    try:
+        for layer in layer_stack(loaded.model).layer:
+            _projections(layer)
+    except UnsupportedModelError as exc:
+        return str(exc)
+    return None
 
 
 def reference_text() -> str:

@@ -43,6 +43,7 @@ from .extract import forward, padded_batches
 from .scorers import Scorer
 from .io import atomic_write_json
 from .models import LoadedModel
+from .profiling import timed
 
 log = logging.getLogger(__name__)
 
@@ -105,6 +106,7 @@ def word_embeddings(loaded: LoadedModel) -> torch.Tensor:
 # --------------------------------------------------------------------------- training
 
 
+@timed("train")
 def train_readout(states: torch.Tensor, targets: torch.Tensor, embeddings: torch.Tensor, *, epochs: int = 2,
                   batch_size: int = 512, lr: float = 3e-4, weight_decay: float = 0.01, seed: int = 0,
                   restrict_vocab: bool = True, ridge: float | None = 1.0,

@@ -59,6 +59,7 @@ from .data import Sentence
 from .extract import encode_inputs, states
 from .fidelity import declare, option_differs
 from .models import LoadedModel
+from .profiling import timed
 
 STUDIES = ("hewitt_manning.probe",)
 _HM = "john-hewitt/structural-probes"
@@ -522,6 +523,7 @@ class DevSchedule:
         return {"save": save, "cut": cut, "stop": self.stale >= self.patience, "lr": self.lr}
 
 
+@timed("train")
 def fit_probe(train: WordStates, dev: WordStates, kind: str = "distance", rank: int | None = None, *,
               layers: Sequence[int] | None = None, max_epochs: int = 40, patience: int = 5, lr: float = 1e-3,
               batch_size: int = 20, batching: str = "shuffled", seed: int = 0, device: str | torch.device = "cpu",

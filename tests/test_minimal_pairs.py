@@ -182,3 +182,17 @@ def test_goldberg_reference_numbers_carry_their_source():
     assert base.loc["all", "accuracy"] == 0.833 and base.loc["all", "n"] == 383
     assert [base.loc[k, "accuracy"] for k in (0, 1, 2)] == [0.836, 0.81, 0.889]
     assert ref["source"].str.contains("yoavg/bert-syntax results/gulordava_results_").all()
+
+
+def test_agreement_plot_labels_only_the_bars_drawn():
+    """A scorer can lack a level (all its items out of vocabulary): the figure still draws and
+    prints each drawn bar's item count once."""
+    import matplotlib.pyplot as plt
+
+    from bertology import plots_probes
+
+    t = pd.DataFrame(dict(dataset=["a"] * 3, n_attractors=[0, 1, 0], scorer=["x", "x", "y"],
+                          accuracy=[0.5, 0.6, 0.7], n=[10, 5, 8]))
+    fig = plots_probes.agreement_by_attractors(t)
+    assert sorted(txt.get_text() for txt in fig.axes[0].texts) == ["10", "5", "8"]
+    plt.close(fig)

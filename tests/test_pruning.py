@@ -5,7 +5,7 @@ import pandas as pd
 import pytest
 import torch
 
-from bertology import pruning as pr
+from bertology import models, pruning as pr
 from bertology.models import MissingHeadError, random_bert, set_head_mask
 
 SENTS = [["the", "cat", "sat", "on", "the", "mat", "."], ["dogs", "bark", "."], ["a", "b", "c", "d"]]
@@ -63,7 +63,7 @@ def test_token_gate_gradient_equals_finite_difference_at_that_position(tiny):
     task = pr.build_task(tiny, "mlm", SENTS, batch_size=8, seed=1)
     b = task.batches[0]
     g = pr.gate_gradients(tiny, task, b)  # (L, B, T, H)
-    mod = pr.self_attention_modules(tiny.model)[0]
+    mod = models.self_attention_modules(tiny.model)[0]
     eps = 1e-5
     for x, t, h in [(0, 2, 1), (1, 1, 3), (2, 0, 0)]:
         loss = []
