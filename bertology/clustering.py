@@ -72,7 +72,7 @@ def pairwise_js(attention: np.ndarray, *, smoothing: float = JS_SMOOTHING, chunk
     costs one log per (query, key) and the per-head terms are computed once. Pairs are done in
     blocks of at most max(``chunk_elements``, N) values (heads x heads x (query, key) cells), only
     for j >= the block's first head, so memory is bounded for any N and T. Only the upper triangle
-    (i < j) of the return value is meaningful.
+    (i < j) of the return value is meaningful. Rounding below 0 is clipped to 0.
 
     On CPU (``device`` None or "cpu") this runs in numpy: torch's thread pool stalls on many small
     ops when the cores are busy (measured 10-100x slower on a loaded 2-core machine). Any other
@@ -116,7 +116,10 @@ def pairwise_js(attention: np.ndarray, *, smoothing: float = JS_SMOOTHING, chunk
             i0 = i1
     if backend == "torch":
         out = out.cpu().numpy()
-    return t * math.log(2) + 0.5 * (self_term[:, None] + self_term[None, :]) - 0.5 * out
+    js = t * math.log(2) + 0.5 * (self_term[:, None] + self_term[None, :]) - 0.5 * out
+    # JS >= 0; two nearly equal heads (e.g. ALBERT's shared layer at two depths) can come out a few
+    # 1e-6 below 0 from float32 cancellation, which MDS would turn into NaN
+    return np.maximum(js, 0.0)
 
 
 def _symmetric(upper: np.ndarray) -> np.ndarray:
@@ -215,13 +218,21 @@ def mds_embedding(distance: np.ndarray, seed: int = 0, n_components: int = 2) ->
     from sklearn.manifold import MDS
 
     params = inspect.signature(MDS).parameters
+    d = np.asarray(distance, dtype=np.float64)
     if "metric_mds" in params:  # scikit-learn >= 1.8 renamed the options
         mds = MDS(n_components, metric="precomputed", metric_mds=True, init="classical_mds",
                   random_state=seed, n_init=1, normalized_stress="auto")
     else:
         mds = MDS(n_components, dissimilarity="precomputed", metric=True, n_init=4, random_state=seed,
                   normalized_stress="auto")
-    return mds.fit_transform(np.asarray(distance, dtype=np.float64))
+    try:
+        xy = mds.fit_transform(d)
+    except ValueError:  # a degenerate matrix (all heads nearly alike) can make the classical start NaN
+        xy = None
+    if xy is None or not np.isfinite(xy).all():
+        mds.set_params(init="random") if "metric_mds" in params else None
+        xy = mds.fit_transform(d)
+    return xy
 
 
 def head_linkage(distance: np.ndarray, labels: list[str], method: str = "average"):

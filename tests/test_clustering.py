@@ -302,3 +302,17 @@ def test_figures_build():
         assert isinstance(fig, matplotlib.figure.Figure)
         plt.close(fig)
 
+
+
+def test_mds_of_heads_that_are_all_alike_is_finite():
+    """ALBERT's shared layer gives near-identical heads; the classical start degenerates (NaN) and the
+    embedding falls back to a random start instead of failing."""
+    import numpy as np
+
+    from bertology.clustering import mds_embedding, pairwise_js
+
+    xy = mds_embedding(np.zeros((4, 4)), seed=0)
+    assert xy.shape == (4, 2) and np.isfinite(xy).all()
+    p = np.full((3, 2, 5), 0.2)  # three identical heads: JS exactly 0, never below
+    js = pairwise_js(p)
+    assert (np.triu(js, 1) >= 0).all() and np.allclose(np.triu(js, 1), 0, atol=1e-6)
