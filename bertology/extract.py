@@ -81,6 +81,13 @@ def encode_inputs(tokenizer, inputs: Iterable[Input], max_length: int) -> list[E
     return encodings
 
 
+def as_encodings(loaded: LoadedModel, inputs) -> list[Encoding]:
+    """``inputs`` as encodings: already-encoded inputs are kept, word lists / pairs are encoded."""
+    if inputs and isinstance(inputs[0], Encoding):
+        return list(inputs)
+    return encode_inputs(loaded.tokenizer, inputs, loaded.info.max_length)
+
+
 def length_buckets(encodings: Sequence[Encoding], batch_size: int = 32, max_tokens: int = 8192) -> list[list[int]]:
     """Group inputs of similar length: sort by length, cut when ``batch_size`` or the padded
     token budget ``max_tokens`` (batch x longest) would be exceeded. Padding stays minimal."""
@@ -205,11 +212,7 @@ def extract(
     if not attention and not hidden_states:
         raise ValueError("nothing to extract: ask for attention and/or hidden_states")
     reducers = [reducers] if hasattr(reducers, "update") else list(reducers)
-    encodings = (
-        list(inputs)
-        if inputs and isinstance(inputs[0], Encoding)
-        else encode_inputs(loaded.tokenizer, inputs, loaded.info.max_length)
-    )
+    encodings = as_encodings(loaded, inputs)
     if not encodings:
         raise ValueError("no inputs to extract from")
     n_trunc = align.warn_truncated(encodings)
@@ -362,11 +365,7 @@ def states(
     if cache_dtype not in ("float32", "float16"):
         raise ValueError(f"cache_dtype must be 'float32' or 'float16', not {cache_dtype!r}")
     which = resolve_layers(loaded, layers)
-    encodings = (
-        list(inputs)
-        if inputs and isinstance(inputs[0], Encoding)
-        else encode_inputs(loaded.tokenizer, inputs, loaded.info.max_length)
-    )
+    encodings = as_encodings(loaded, inputs)
     if not encodings:
         raise ValueError("no inputs to take states of")
     level = "word" if unit == "word" else "token"
