@@ -861,20 +861,6 @@ def majority_baseline(items: pd.DataFrame, train_answers: Sequence[str] | None =
             "in_sample": train_answers is None}
 
 
-def readout_ready(loaded, layer: int) -> bool:
-    """Whether a fitted readout for ``layer`` is already shipped or cached (so using it costs no
-    fitting). False when that cannot be told."""
-    try:
-        from .readout import FitSettings, cache_path, shipped_readouts
-
-        shipped = shipped_readouts(loaded)
-        if shipped is not None and str(layer) in shipped[1].get("layers", {}):
-            return True
-        return cache_path(loaded, layer, FitSettings()).exists()
-    except Exception:  # noqa: BLE001 - the readout module's internals are not ours to rely on
-        return False
-
-
 def score_numersense(scorer, items: pd.DataFrame, candidates: Sequence[str] = NUMERSENSE_CANDIDATES,
                      batch_size: int = 32) -> pd.DataFrame:
     """Score every candidate at each probe's ``[MASK]`` with the shared cloze engine
