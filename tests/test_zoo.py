@@ -134,3 +134,19 @@ def test_head_gates_work_on_each_architecture(zoo_dir, arch):
             fd[layer, head] = (loss[0] - loss[1]) / (2 * eps)
     np.testing.assert_allclose(g, fd, rtol=1e-5, atol=1e-9)
     assert np.abs(fd).min() > 0  # every gate matters: no layer silently ignores its mask
+
+
+def test_byte_level_tokenizer_saved_without_prefix_space_is_reloaded_with_it(zoo_dir, tmp_path):
+    """roberta-base ships add_prefix_space=False: pre-split words would lose their 'Ġ' marker."""
+    import shutil
+
+    from transformers import AutoTokenizer
+
+    shutil.copytree(zoo_dir / "roberta", tmp_path / "rb")
+    bare = AutoTokenizer.from_pretrained(tmp_path / "rb", add_prefix_space=False)
+    bare.save_pretrained(tmp_path / "rb")
+    assert not reads_words_as_text(AutoTokenizer.from_pretrained(tmp_path / "rb"))
+    lm = load_model(str(tmp_path / "rb"))
+    assert reads_words_as_text(lm.tokenizer)
+    enc = encode_words(lm.tokenizer, ["the", "dog"])
+    assert enc.tokens[2].startswith("Ġ")  # "dog" after a space, as in running text
