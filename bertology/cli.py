@@ -50,6 +50,10 @@ def build_parser() -> argparse.ArgumentParser:
     p_run.add_argument("--out", default="reports", help="reports folder (default: reports)")
     p_run.add_argument("--seed", type=int, default=0)
     p_run.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps ...")
+    p_run.add_argument("--precision", choices=("float32", "bfloat16", "float16"), default=None,
+                       help="compute precision of the forward passes (default float32, as the authors); "
+                            "bfloat16 is about 3x faster on CPUs with AMX, float16 is CUDA only; "
+                            "a deviation in the report header")
     p_run.add_argument("-p", "--param", dest="params", action="append", type=parse_param, default=[],
                        metavar="KEY=VALUE", help="extra notebook parameter; VALUE parsed as JSON if possible")
     p_run.add_argument("--notebook-dir", type=Path, default=None,
@@ -154,6 +158,8 @@ def main(argv: list[str] | None = None) -> int:
 
     # run
     params = dict(args.params)
+    if args.precision is not None:
+        params["precision"] = args.precision
     clash = sorted(set(params) & set(report.RESERVED_PARAMS))
     if clash:
         parser.error(f"-p {clash[0]}=...: use the --{clash[0].replace('_', '-')} option instead"

