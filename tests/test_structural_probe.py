@@ -336,3 +336,11 @@ def test_notebook_helpers_for_splits(planted):
     assert table.equals(sweep[sweep["rank"] == 2].reset_index(drop=True))  # same seed, same fit
     rec = sp.fit_record(probes)
     assert rec["probe_best_epoch"] == {"distance": {1: 1}, "depth": {1: 1}} and set(rec["probe_seconds"]) == {"distance", "depth"}
+    import matplotlib.pyplot as plt
+
+    from bertology import plots_probes
+
+    fig = plots_probes.rank_sweep(sweep, reference=sp.REFERENCE)  # one line per model and layer, plus the reference
+    labels = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
+    assert labels == ["tiny, layer 1", "BERT-base (H&M layer 7), PTB (reference)"]
+    plt.close(fig)
