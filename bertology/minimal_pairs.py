@@ -461,3 +461,118 @@ def blimp_accuracy(scored: pd.DataFrame, by: str = "paradigm") -> pd.DataFrame:
     out = out[["group", *keys, "accuracy", "n"]]
     out.insert(0, "level", by)
     return out
+
+
+# --------------------------------------------------------------------------- notebook 04: tables, findings, text
+
+
+def language_note(language: str) -> str:
+    """The report note when the treebank of the run is not English: agreement and BLiMP stay English."""
+    return (f"Agreement and BLiMP (section 2) are English test sets: for this {language} run they measure the model "
+            f"on English, not on {language}.")
+
+
+def agreement_tables(scored: pd.DataFrame, source: str) -> dict[str, pd.DataFrame]:
+    """The agreement tables of a report from :func:`score_agreement` rows of every scorer:
+    ``accuracy`` (by data set and number of attractors), ``by_condition`` (by data set and condition)
+    and ``skipped`` (:func:`skip_summary` of ``source``'s rows; every scorer skips the same items
+    when they share a tokenizer)."""
+    return {"accuracy": agreement_accuracy(scored, by=("dataset", "n_attractors")),
+            "by_condition": agreement_accuracy(scored, by=("dataset", "condition")),
+            "skipped": skip_summary(scored[scored["source"] == source])}
+
+
+def agreement_under_shuffling(scorer: Scorer, scored: pd.DataFrame, seed: int = 0, batch_size: int = 32,
+                              progress: bool = True) -> pd.DataFrame:
+    """Agreement of ``scorer`` on its scored items (``scored``: :func:`score_agreement` rows) with the
+    context words shuffled and the mask kept in place (:func:`bertology.perturb.shuffle_context`,
+    seeded): accuracy by ``dataset, perturbation`` (``intact`` / ``shuffled``) on the same items."""
+    from .perturb import shuffle_context
+
+    rng = np.random.default_rng(seed)
+    kept = scored[(scored["source"] == scorer.source) & (scored["skipped"] == "")]
+    shuffled = kept.assign(context=[shuffle_context(c, rng) for c in kept["context"]], condition="shuffled")
+    res = score_agreement(scorer, shuffled, batch_size=batch_size, progress=progress)
+    return pd.concat([agreement_accuracy(kept.assign(perturbation="intact"), by=("dataset", "perturbation")),
+                      agreement_accuracy(res.assign(perturbation="shuffled"), by=("dataset", "perturbation"))],
+                     ignore_index=True)
+
+
+def blimp_tables(scored: pd.DataFrame, grouping: str = "mlm-scoring") -> dict[str, pd.DataFrame]:
+    """:func:`blimp_accuracy` per ``paradigm``, per phenomenon group (``phenomenon``: Salazar et al.'s
+    12 groups for ``grouping="mlm-scoring"``, BLiMP's own ``linguistics_term`` for
+    ``"linguistics_term"``) and ``overall``."""
+    if grouping not in BLIMP_GROUPINGS:
+        raise ValueError(f"grouping must be one of {BLIMP_GROUPINGS}, not {grouping!r}")
+    return {"paradigm": blimp_accuracy(scored, "paradigm"),
+            "phenomenon": blimp_accuracy(scored, "group" if grouping == "mlm-scoring" else "phenomenon"),
+            "overall": blimp_accuracy(scored, "overall")}
+
+
+def blimp_sizes(pairs: pd.DataFrame, per_paradigm: int) -> dict[str, int]:
+    """How many BLiMP pairs and paradigms a run scored, and the cap per paradigm it asked for."""
+    return {"n_pairs": len(pairs), "n_paradigms": int(pairs["paradigm"].nunique()), "n_per_paradigm": per_paradigm}
+
+
+def reference_table(name: str) -> pd.DataFrame:
+    """One list of :data:`REFERENCE` (``"agreement"`` or ``"blimp_overall"``) as a table marked
+    "reference, not target"."""
+    if name not in REFERENCE:
+        raise ValueError(f"no reference {name!r}; there are {sorted(REFERENCE)}")
+    return pd.DataFrame(REFERENCE[name]).assign(note="reference, not target")
+
+
+def pooled_accuracy(table: pd.DataFrame, source: str) -> float:
+    """Accuracy of ``source`` pooled over the rows of an accuracy table (rows weighted by ``n``); NaN without items."""
+    t = table[table["source"] == source]
+    return float((t["accuracy"] * t["n"]).sum() / t["n"].sum()) if len(t) and t["n"].sum() else float("nan")
+
+
+def findings(agreement: pd.DataFrame, blimp_overall: pd.DataFrame, shuffled: pd.DataFrame | None = None) -> dict:
+    """The agreement and BLiMP numbers of the "what this run shows" cell, per scorer source (the
+    random-init control last): its label, agreement accuracy pooled over the rows of ``agreement``
+    (:func:`agreement_tables` ``accuracy``) and the number of items, BLiMP overall accuracy and pairs;
+    with ``shuffled`` (:func:`agreement_under_shuffling`), intact and shuffled accuracy per data set."""
+    out = {"sources": {}}
+    overall = blimp_overall.set_index("source")
+    pairs = sorted(dict.fromkeys(zip(agreement["source"], agreement["scorer"])), key=lambda p: p[0] == "control")
+    for source, label in pairs:  # the control last
+        out["sources"][source] = {
+            "label": label, "agreement": pooled_accuracy(agreement, source),
+            "n_agreement": int(agreement.loc[agreement["source"] == source, "n"].sum()),
+            "blimp": float(overall.loc[source, "accuracy"]) if source in overall.index else float("nan"),
+            "n_blimp": int(overall.loc[source, "n"]) if source in overall.index else 0}
+    if shuffled is not None and len(shuffled):
+        by = shuffled.set_index(["dataset", "perturbation"])["accuracy"]
+        out["shuffled"] = {d: {"intact": float(by[(d, "intact")]), "shuffled": float(by[(d, "shuffled")])}
+                           for d in dict.fromkeys(shuffled["dataset"])}
+    return out
+
+
+def key_numbers(f: dict) -> dict[str, float]:
+    """Headline numbers from :func:`findings`, only for the model's own MLM head (never a readout or
+    the control: those are not findings about the model)."""
+    mlm = f["sources"].get("mlm")
+    if mlm is None:
+        return {}
+    return {"agreement accuracy (MLM head)": mlm["agreement"], "BLiMP accuracy (MLM head)": mlm["blimp"]}
+
+
+def findings_text(f: dict, model: str) -> list[str]:
+    """Markdown lines of :func:`findings`; a model without its own MLM head gets a first line saying
+    that none of these numbers is about the model itself."""
+    lines = []
+    if "mlm" not in f["sources"]:
+        lines.append(f"**{model} has no masked-LM head**: agreement and BLiMP could not be measured on the model "
+                     "itself; the numbers below are a fitted readout and a random-init control, not findings about "
+                     "the model." if "readout" in f["sources"] else
+                     f"**{model} has no masked-LM head**: agreement and BLiMP could not be measured on the model "
+                     "itself; only the random-init control was scored.")
+    for source, s in f["sources"].items():
+        what = "the model's MLM head" if source == "mlm" else source
+        lines.append(f"**Agreement / BLiMP, {s['label']}** ({what}): agreement accuracy {s['agreement']:.3f} over "
+                     f"{s['n_agreement']} items, BLiMP {s['blimp']:.3f} over {s['n_blimp']} pairs.")
+    if f.get("shuffled"):
+        lines.append("**Agreement with shuffled context words** (mask in place, model MLM head): " + ", ".join(
+            f"{d}: {v['intact']:.3f} → {v['shuffled']:.3f}" for d, v in f["shuffled"].items()))
+    return lines

@@ -257,7 +257,8 @@ def perturbation_study(loaded, intact, probes: Sequence, kinds: Sequence[str] = 
     ``similarity`` (``perturbation, layer, metric, value, n``: CKA, cosine, chance cosine),
     ``probe`` (``perturbation, condition, layer, kind, rank, metric, value, n``: each fitted probe in
     ``probes`` on the intact and on the perturbed version of the *same* sentences, gold trees as in
-    the module doc) and ``counts`` (``perturbation, sentences, skipped, words_kept``).
+    the module doc) and ``counts`` (``perturbation, n_sentences, n_skipped, n_words``: sentences
+    perturbed, sentences skipped, surviving words compared).
     """
     from .structural_probe import evaluate, word_states
 
@@ -286,7 +287,7 @@ def perturbation_study(loaded, intact, probes: Sequence, kinds: Sequence[str] = 
     return {
         "similarity": pd.concat(sims, ignore_index=True) if sims else pd.DataFrame(),
         "probe": pd.concat(scores, ignore_index=True) if scores else pd.DataFrame(),
-        "counts": pd.DataFrame(counts, columns=["perturbation", "sentences", "skipped", "words_kept"]),
+        "counts": pd.DataFrame(counts, columns=["perturbation", "n_sentences", "n_skipped", "n_words"]),
     }
 
 
@@ -305,3 +306,70 @@ def shuffle_context(context: str, rng: np.random.Generator, mask: str = "[MASK]"
             order = rng.permutation(len(rest))
         rest = [rest[k] for k in order]
     return " ".join(rest[:at] + [mask] + rest[at:])
+
+
+# ----------------------------------------------------------------------------- notebook 04: findings
+
+
+def _last(layer: int, layers) -> int:
+    """``layer`` among the table's ``layers``; negative counts from the top (``-1`` = last)."""
+    layers = sorted(int(x) for x in set(layers))
+    return layers[layer] if layer < 0 else layer
+
+
+def similarity_table(similarity: pd.DataFrame, layer: int = -1) -> pd.DataFrame:
+    """CKA, cosine and chance cosine of one layer (``-1`` = last), one row per perturbation."""
+    at = _last(layer, similarity["layer"])
+    return similarity[similarity["layer"] == at].pivot_table(index="perturbation", columns="metric", values="value")
+
+
+def probe_table(probe: pd.DataFrame, layer: int) -> pd.DataFrame:
+    """The probes' metrics at ``layer`` on intact and perturbed input, one row per perturbation,
+    columns ``(metric, condition)``."""
+    return probe[probe["layer"] == layer].pivot_table(index="perturbation", columns=["metric", "condition"],
+                                                      values="value")
+
+
+#: last-layer CKA below which the Primer's "not altered" reading is called an overstatement
+CHANGED_CKA = 0.9
+
+
+def findings(similarity: pd.DataFrame, probe: pd.DataFrame, probe_layer: int) -> dict:
+    """Per perturbation (from :func:`perturbation_study`'s tables): last-layer CKA, cosine and chance
+    cosine, layer-1 CKA, and the UUAS of the ``probe_layer`` distance probe on the intact and the
+    perturbed sentences (absent when not scored); plus the perturbation with the lowest last-layer
+    CKA (``most_disruptive``). Empty when nothing was perturbed."""
+    if similarity.empty:
+        return {}
+    last = _last(-1, similarity["layer"])
+    sim = similarity.set_index(["perturbation", "layer", "metric"])["value"]
+    uuas = (probe[(probe["layer"] == probe_layer) & (probe["metric"] == "uuas")]
+            .set_index(["perturbation", "condition"])["value"] if len(probe) else pd.Series(dtype=float))
+    kinds = {}
+    for kind in dict.fromkeys(similarity["perturbation"]):
+        k = {"cka_last": float(sim[(kind, last, "cka")]), "cosine_last": float(sim[(kind, last, "cosine")]),
+             "cosine_chance_last": float(sim[(kind, last, "cosine_chance")]), "cka_layer1": float(sim[(kind, 1, "cka")])}
+        if (kind, "intact") in uuas.index and (kind, "perturbed") in uuas.index:
+            k.update(uuas_intact=float(uuas[(kind, "intact")]), uuas_perturbed=float(uuas[(kind, "perturbed")]))
+        kinds[kind] = k
+    worst = min(kinds, key=lambda kind: kinds[kind]["cka_last"])
+    return {"last_layer": last, "probe_layer": probe_layer, "perturbations": kinds, "most_disruptive": worst}
+
+
+def findings_text(f: dict) -> list[str]:
+    """Markdown lines of :func:`findings`: one per perturbation and the check of the Primer's summary."""
+    if not f:
+        return []
+    lines = []
+    for kind, k in f["perturbations"].items():
+        probe_txt = (f"; the layer-{f['probe_layer']} probe's UUAS goes from {k['uuas_intact']:.3f} (intact) to "
+                     f"{k['uuas_perturbed']:.3f}" if "uuas_intact" in k else "")
+        lines.append(f"**{kind}**: last-layer CKA {k['cka_last']:.3f}, cosine {k['cosine_last']:.3f} "
+                     f"(chance {k['cosine_chance_last']:.3f}); layer-1 CKA {k['cka_layer1']:.3f}{probe_txt}.")
+    worst = f["most_disruptive"]
+    cka = f["perturbations"][worst]["cka_last"]
+    lines.append(f"**The Primer's “not altered” summary, checked on states**: the most disruptive perturbation here is "
+                 f"*{worst}* (last-layer CKA {cka:.3f}); "
+                 + ("so the representations do change measurably — “not altered” overstates it for this model."
+                    if cka < CHANGED_CKA else "yet the representations stay close to the intact ones."))
+    return lines

@@ -34,14 +34,16 @@ def probe_by_layer(table: pd.DataFrame, metrics=("uuas", "dspr", "root_acc", "ns
 
 
 def rank_sweep(table: pd.DataFrame, reference: pd.DataFrame | None = None):
-    """Metric against the probe's maximum rank (log scale), one panel per metric; ``reference``
-    rows (``model, metric, rank, value``) are drawn dashed and labelled as references."""
+    """Metric against the probe's maximum rank (log scale), one panel per metric, one line per model
+    and layer (``table``: ``model, layer, metric, rank, value`` from
+    :func:`bertology.structural_probe.rank_sweep`); ``reference`` rows (``model, metric, rank, value``)
+    are drawn dashed and labelled as references."""
     metrics = list(dict.fromkeys(table.metric))
     fig, axes = plt.subplots(1, len(metrics), figsize=(3.6 * len(metrics), 3.2), squeeze=False)
     for ax, metric in zip(axes[0], metrics):
-        for label, d in table[table.metric == metric].groupby("label", sort=False):
+        for (model, layer), d in table[table.metric == metric].groupby(["model", "layer"], sort=False):
             d = d.sort_values("rank")
-            ax.plot(d["rank"], d.value, marker="o", ms=4, label=label)
+            ax.plot(d["rank"], d.value, marker="o", ms=4, label=f"{model}, layer {layer}")
         if reference is not None:
             ref = reference[(reference.metric == metric) & reference["rank"].notna()]
             for model, d in ref.groupby("model"):

@@ -688,3 +688,125 @@ def probe_layers(train: WordStates, dev: WordStates, test: WordStates, rank: int
     table = pd.concat(tables, ignore_index=True)
     table.insert(0, "model", label)
     return table, probes
+
+
+# ----------------------------------------------------------------------------- notebook 04: runs, findings, text
+
+
+def split_states(loaded: LoadedModel, splits: dict[str, Sequence[Sentence]], *, batch_size: int = 32,
+                 desc: str = "states") -> dict[str, WordStates]:
+    """:func:`word_states` of every named split (``{"train": [...], "dev": [...], "test": [...]}``),
+    in that order, each in one batched pass (progress bar ``"<desc> <name>"``)."""
+    return {name: word_states(loaded, sents, batch_size=batch_size, desc=f"{desc} {name}")
+            for name, sents in splits.items()}
+
+
+def dropped_notes(states: dict[str, WordStates]) -> list[str]:
+    """The report note naming, per split, how many sentences were too long for the model (none: ``[]``)."""
+    dropped = {name: ws.dropped for name, ws in states.items() if ws.dropped}
+    return [f"Sentences longer than the model's maximum length were left out: {dropped}."] if dropped else []
+
+
+def fit_splits(states: dict[str, WordStates], rank: int | None = None, *, label: str = "",
+               **kwargs) -> tuple[pd.DataFrame, dict[str, FittedProbe]]:
+    """:func:`probe_layers` fitted on ``states["train"]``, early-stopped on ``"dev"``, scored on ``"test"``."""
+    return probe_layers(states["train"], states["dev"], states["test"], rank, label=label, **kwargs)
+
+
+def fit_record(probes: dict[str, FittedProbe]) -> dict:
+    """What the run keeps about the fits: seconds per probe kind and the best epoch of every layer."""
+    return {"probe_seconds": {k: round(p.seconds, 1) for k, p in probes.items()},
+            "probe_best_epoch": {k: p.best_epoch for k, p in probes.items()}}
+
+
+def rank_sweep(states: dict[str, WordStates], ranks: Sequence[int], layer: int, *, label: str = "",
+               **kwargs) -> pd.DataFrame:
+    """Distance and depth probes of ``layer`` refitted at every maximum rank in ``ranks`` (Hewitt &
+    Manning's rank figure): one table ``model, layer, kind, rank, metric, value, n`` (``model`` = ``label``)."""
+    return pd.concat([fit_splits(states, r, layers=[layer], label=label, **kwargs)[0] for r in ranks],
+                     ignore_index=True)
+
+
+def example_sentence(ws: WordStates, min_words: int = 10, max_words: int = 16) -> int:
+    """Index of the first sentence of ``min_words``–``max_words`` words (readable as an arc
+    diagram); 0 when there is none."""
+    return next((k for k, s in enumerate(ws.sentences) if min_words <= s.n <= max_words), 0)
+
+
+def data_deviation(title: str, n_train: int, n_dev: int, n_test: int) -> str:
+    """The report's data deviation: which treebank and how many sentences, against Hewitt & Manning's WSJ."""
+    return (f"Data: {title}, {n_train} train / {n_dev} dev / {n_test} test sentences "
+            "(Hewitt & Manning: 39,832 WSJ train sentences).")
+
+
+def findings(model_table: pd.DataFrame, control_table: pd.DataFrame) -> dict:
+    """The probe numbers of the "what this run shows" cell (``values["probe_summary"]``), from the
+    :func:`probe_layers` tables of the model and of the random-init control: the best distance-probe
+    layer by UUAS with its UUAS and DSpr., the best depth-probe layer by NSpr. with its NSpr. and
+    root%, the same at layer 0 (embeddings), and the control's best UUAS over all layers."""
+    by = model_table.set_index(["layer", "metric"])["value"]
+    best, best_depth = best_layer(model_table, "uuas"), best_layer(model_table, "nspr")
+    control = control_table.loc[control_table["metric"] == "uuas", "value"]
+    return {
+        "best_layer_uuas": best, "uuas_best": float(by[(best, "uuas")]), "dspr_best": float(by[(best, "dspr")]),
+        "uuas_layer0": float(by[(0, "uuas")]), "uuas_control_best": float(control.max()) if len(control) else math.nan,
+        "best_layer_nspr": best_depth, "nspr_best": float(by[(best_depth, "nspr")]),
+        "root_acc_best": float(by[(best_depth, "root_acc")]),
+        "nspr_layer0": float(by[(0, "nspr")]), "root_acc_layer0": float(by[(0, "root_acc")]),
+    }
+
+
+def key_numbers(f: dict) -> dict[str, float]:
+    """Headline numbers of notebook 04 for the index (from :func:`findings`)."""
+    return {f"UUAS, best layer ({f['best_layer_uuas']})": f["uuas_best"],
+            "UUAS, layer 0 (embeddings)": f["uuas_layer0"],
+            "UUAS, random-init control (best layer)": f["uuas_control_best"]}
+
+
+#: UUAS gain of the best layer over the better baseline (layer 0, control) above which the
+#: "what this run shows" cell says the contextual layers add structure
+ADDS_STRUCTURE = 0.05
+
+
+def findings_text(f: dict, sweep: pd.DataFrame, model: str, n_train: int, rank: int) -> list[str]:
+    """Markdown lines on the probes: best layers against the baselines (:func:`findings`) and the rank
+    sweep (``sweep`` from :func:`rank_sweep`: UUAS at its smallest and largest rank)."""
+    gain = f["uuas_best"] - max(f["uuas_layer0"], f["uuas_control_best"])
+    lines = [
+        f"**Structural probe ({model}, {n_train} train sentences, rank {rank})**: the best layer for the distance "
+        f"probe is **{f['best_layer_uuas']}** with UUAS **{f['uuas_best']:.3f}** and DSpr. {f['dspr_best']:.3f}; "
+        f"layer 0 (embeddings) reaches UUAS {f['uuas_layer0']:.3f} and the random-init control at most "
+        f"{f['uuas_control_best']:.3f}. " + ("The contextual layers add structure beyond the embeddings."
+                                             if gain > ADDS_STRUCTURE else "The contextual layers add little beyond the baselines."),
+        f"**Depth probe**: best layer {f['best_layer_nspr']}, NSpr. {f['nspr_best']:.3f} and root% "
+        f"{f['root_acc_best']:.3f} (layer 0: {f['nspr_layer0']:.3f} / {f['root_acc_layer0']:.3f}).",
+    ]
+    u = sweep[sweep["metric"] == "uuas"].sort_values("rank", kind="stable")
+    if len(u):
+        lines.append(f"**Rank**: at layer {int(u['layer'].iloc[0])}, UUAS goes from {u['value'].iloc[0]:.3f} "
+                     f"(rank {int(u['rank'].iloc[0])}) to {u['value'].iloc[-1]:.3f} (rank {int(u['rank'].iloc[-1])}).")
+    return lines
+
+
+def reference_rows(min_rank: int = 64) -> pd.DataFrame:
+    """:data:`REFERENCE` rows without a rank (Clark et al.'s table) or at rank ``min_rank`` and above."""
+    return REFERENCE[REFERENCE["rank"].isna() | (REFERENCE["rank"] >= min_rank)]
+
+
+def reference_text(min_rank: int = 64) -> str:
+    """The paragraph of the report on the papers' structural-probe numbers and where they come from;
+    the ranges are read from :data:`REFERENCE` (ranks ``min_rank`` and above)."""
+    ref = reference_rows(min_rank)
+    plot = ref[ref["rank"].notna()]
+    clark = ref.loc[ref["rank"].isna() & (ref["metric"] == "uuas"), "value"]
+
+    def span(metric):
+        v = plot.loc[plot["metric"] == metric, "value"]
+        return f"{v.min():g}" if v.min() == v.max() else f"{v.min():g}–{v.max():g}"
+
+    return ("**References from the papers (PTB WSJ, Stanford Dependencies — reference, not target):** "
+            f"Clark et al. (2019, Table 3) list the structural probe on BERT-base at **{100 * clark.iloc[0]:.0f} UUAS**; "
+            f"the authors' rank-plot data for BERT-base layer 7 reach UUAS {span('uuas')} and DSpr. {span('dspr')} "
+            f"at ranks ≥ {min_rank} (github.com/john-hewitt/control-tasks, `scripts/codalab/make_emnlp19_pos_graph.py`, "
+            "commented out). We could not find Hewitt & Manning's Table 1 values for BERT-large, root% or NSpr. in a "
+            "source we could check, so none are printed.")

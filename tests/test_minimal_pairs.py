@@ -196,3 +196,75 @@ def test_agreement_plot_labels_only_the_bars_drawn():
     fig = plots_probes.agreement_by_attractors(t)
     assert sorted(txt.get_text() for txt in fig.axes[0].texts) == ["10", "5", "8"]
     plt.close(fig)
+
+
+# --------------------------------------------------------------------------- notebook 04 tables and findings
+
+
+def test_agreement_tables_and_shuffling_with_a_context_blind_scorer(scorer):
+    s = mp.score_agreement(scorer, items())
+    t = mp.agreement_tables(s, "mlm")
+    assert list(t) == ["accuracy", "by_condition", "skipped"]
+    assert t["by_condition"][["dataset", "condition", "accuracy", "n", "n_skipped"]].values.tolist() == [
+        ["a", "x", 0.5, 2, 1], ["b", "x", 0.0, 2, 0]]
+    assert t["skipped"]["n"].tolist() == [1]
+    # the scorer ignores the context (bias only), so shuffling the context words changes nothing: a 1/2, b 0/2
+    sh = mp.agreement_under_shuffling(scorer, s, seed=0)
+    assert sh[["dataset", "perturbation", "accuracy", "n"]].values.tolist() == [
+        ["a", "intact", 0.5, 2], ["b", "intact", 0.0, 2], ["a", "shuffled", 0.5, 2], ["b", "shuffled", 0.0, 2]]
+
+
+def test_blimp_tables_sizes_and_reference():
+    scored = pd.DataFrame({"paradigm": ["anaphor_gender_agreement", "anaphor_gender_agreement", "causative"],
+                           "phenomenon": ["anaphor_agreement", "anaphor_agreement", "argument_structure"],
+                           "field": ["morphology"] * 3, "right": [1.0, 0.0, 1.0], "source": "mlm", "scorer": "m"})
+    t = mp.blimp_tables(scored, "mlm-scoring")
+    assert list(t) == ["paradigm", "phenomenon", "overall"]
+    assert t["phenomenon"]["level"].iloc[0] == "group" and t["overall"]["accuracy"].iloc[0] == 0.75  # (0.5 + 1) / 2
+    assert mp.blimp_tables(scored, "linguistics_term")["phenomenon"]["level"].iloc[0] == "phenomenon"
+    with pytest.raises(ValueError, match="grouping"):
+        mp.blimp_tables(scored, "field")
+    assert mp.blimp_sizes(scored, 2) == {"n_pairs": 3, "n_paradigms": 2, "n_per_paradigm": 2}
+    ref = mp.reference_table("blimp_overall")
+    assert set(ref["note"]) == {"reference, not target"} and len(ref) == len(mp.REFERENCE["blimp_overall"])
+    with pytest.raises(ValueError, match="no reference"):
+        mp.reference_table("lama")
+    assert mp.language_note("Korean") == ("Agreement and BLiMP (section 2) are English test sets: for this Korean "
+                                          "run they measure the model on English, not on Korean.")
+
+
+def _accuracy_tables():
+    agree = pd.DataFrame([("g", 0, "readout", "fitted readout", 0.5, 4, 0), ("g", 1, "readout", "fitted readout", 1.0, 1, 2),
+                          ("g", 2, "readout", "fitted readout", float("nan"), 0, 1),
+                          ("g", 0, "control", "random control", 0.25, 4, 0), ("g", 1, "control", "random control", 0.0, 1, 2)],
+                         columns=["dataset", "n_attractors", "source", "scorer", "accuracy", "n", "n_skipped"])
+    overall = pd.DataFrame([("overall", "all", "control", "random control", 0.5, 6),
+                            ("overall", "all", "readout", "fitted readout", 0.75, 6)],
+                           columns=["level", "group", "source", "scorer", "accuracy", "n"])
+    return agree, overall
+
+
+def test_agreement_blimp_findings_by_hand():
+    agree, overall = _accuracy_tables()
+    assert mp.pooled_accuracy(agree, "readout") == pytest.approx(0.6)  # (0.5 * 4 + 1.0 * 1) / 5; the empty row adds 0
+    assert np.isnan(mp.pooled_accuracy(agree, "mlm"))
+    f = mp.findings(agree, overall)
+    assert list(f["sources"]) == ["readout", "control"]  # the control last
+    assert f["sources"]["control"] == {"label": "random control", "agreement": 0.2, "n_agreement": 5,
+                                       "blimp": 0.5, "n_blimp": 6}
+    assert mp.key_numbers(f) == {}  # no MLM head: no headline numbers
+    lines = mp.findings_text(f, "tiny")
+    assert lines[0].startswith("**tiny has no masked-LM head**") and "fitted readout and a random-init control" in lines[0]
+    assert lines[1] == ("**Agreement / BLiMP, fitted readout** (readout): agreement accuracy 0.600 over 5 items, "
+                        "BLiMP 0.750 over 6 pairs.")
+    assert len(lines) == 3
+    only_control = mp.findings(agree[agree.source == "control"], overall)
+    assert "only the random-init control was scored" in mp.findings_text(only_control, "tiny")[0]
+    # the model's own head: headline numbers, no warning line, and the shuffled-context line
+    mlm_agree, mlm_overall = agree.replace({"readout": "mlm"}), overall.replace({"readout": "mlm"})
+    shuffled = pd.DataFrame({"dataset": ["g", "g"], "perturbation": ["intact", "shuffled"], "accuracy": [0.6, 0.4]})
+    f = mp.findings(mlm_agree, mlm_overall, shuffled)
+    assert mp.key_numbers(f) == {"agreement accuracy (MLM head)": pytest.approx(0.6), "BLiMP accuracy (MLM head)": 0.75}
+    lines = mp.findings_text(f, "tiny")
+    assert lines[0].startswith("**Agreement / BLiMP, fitted readout** (the model's MLM head)")
+    assert lines[-1] == "**Agreement with shuffled context words** (mask in place, model MLM head): g: 0.600 → 0.400"

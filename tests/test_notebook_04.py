@@ -32,15 +32,19 @@ def test_notebook_04_quick_report(tmp_path):
     # rank sweep: one fit per rank, on the best layer only
     sweep = tables["rank_sweep"]
     assert {r["rank"] for r in sweep} == set(values["ranks"])
-    assert {r["layer"] for r in sweep} == {summary["best_layer_uuas"]}
+    assert {r["layer"] for r in sweep} == {summary["best_layer_uuas"]} and {r["model"] for r in sweep} == {"minilm"}
+    assert all(r["n"] == values["blimp_pairs"]["n_pairs"] for r in tables["blimp_overall"])  # every scorer, every pair
+    # the findings cell prints the recorded numbers (structural_probe.findings_text on probe_summary)
+    html = (tmp_path / "minilm" / "04_syntax_probes.html").read_text()
+    assert f"with UUAS <strong>{summary['uuas_best']:.3f}</strong>" in html
     # example tree: a spanning tree over the non-punctuation words
     tree = values["example_tree"]
     assert len(tree["predicted"]) == len(tree["gold"]) and 0 <= tree["correct"] <= tree["total"]
     # perturbations: counts add up; truncation leaves layer-0 states of surviving words unchanged
     counts = {r["perturbation"]: r for r in tables["perturbation_counts"]}
     assert set(counts) == {"shuffle", "truncate", "drop_subject", "drop_object"}
-    n_intact = counts["shuffle"]["sentences"] + counts["shuffle"]["skipped"]
-    assert all(c["sentences"] + c["skipped"] == n_intact for c in counts.values())
+    n_intact = counts["shuffle"]["n_sentences"] + counts["shuffle"]["n_skipped"]
+    assert all(c["n_sentences"] + c["n_skipped"] == n_intact for c in counts.values())
     sim = {(r["perturbation"], r["layer"], r["metric"]): r["value"] for r in tables["perturbation_similarity"]}
     assert sim[("truncate", 0, "cka")] == pytest.approx(1.0, abs=1e-4)
     assert sim[("truncate", 0, "cosine")] == pytest.approx(1.0, abs=1e-4)
@@ -56,5 +60,4 @@ def test_notebook_04_quick_report(tmp_path):
     assert meta["methods"]["hewitt_manning.probe"]["hidden_size"] == meta["model_info"]["hidden_size"]
     assert {"goldberg.agreement", "blimp.pll"} <= set(meta["methods"])
     assert {r["rank"] for r in probe} == {meta["model_info"]["hidden_size"]}
-    html = (tmp_path / "minilm" / "04_syntax_probes.html").read_text()
     assert "What this run shows" in html and "Where this run deviates from the paper" in html

@@ -107,3 +107,44 @@ def test_shuffle_context_keeps_the_mask_in_place():
     assert pt.shuffle_context("it [MASK]", rng) == "it [MASK]"
     with pytest.raises(ValueError, match="exactly once"):
         pt.shuffle_context("no mask here", rng)
+
+
+def _study_tables():
+    import pandas as pd
+
+    sim = pd.DataFrame([(kind, layer, metric, v, 5) for kind, vals in
+                        [("shuffle", {"cka": [1.0, 0.9, 0.5], "cosine": [1.0, 0.95, 0.6], "cosine_chance": [0.1, 0.2, 0.3]}),
+                         ("truncate", {"cka": [1.0, 0.99, 0.95], "cosine": [1.0, 0.98, 0.97], "cosine_chance": [0.1, 0.1, 0.1]})]
+                        for metric, vs in vals.items() for layer, v in enumerate(vs)],
+                       columns=["perturbation", "layer", "metric", "value", "n"])
+    probe = pd.DataFrame([(kind, cond, layer, "distance", 8, "uuas", v, 4) for kind, cond, vals in
+                          [("shuffle", "intact", [0.2, 0.6, 0.5]), ("shuffle", "perturbed", [0.2, 0.25, 0.3])]
+                          for layer, v in enumerate(vals)],
+                         columns=["perturbation", "condition", "layer", "kind", "rank", "metric", "value", "n"])
+    return sim, probe
+
+
+def test_perturbation_findings_and_text_by_hand():
+    sim, probe = _study_tables()
+    f = pt.findings(sim, probe, probe_layer=1)
+    assert f["last_layer"] == 2 and f["most_disruptive"] == "shuffle"  # last-layer CKA 0.5 < 0.95
+    assert f["perturbations"]["shuffle"] == {"cka_last": 0.5, "cosine_last": 0.6, "cosine_chance_last": 0.3,
+                                             "cka_layer1": 0.9, "uuas_intact": 0.6, "uuas_perturbed": 0.25}
+    assert "uuas_intact" not in f["perturbations"]["truncate"]  # no probe rows for truncation
+    lines = pt.findings_text(f)
+    assert lines[0] == ("**shuffle**: last-layer CKA 0.500, cosine 0.600 (chance 0.300); layer-1 CKA 0.900; "
+                        "the layer-1 probe's UUAS goes from 0.600 (intact) to 0.250.")
+    assert lines[1] == "**truncate**: last-layer CKA 0.950, cosine 0.970 (chance 0.100); layer-1 CKA 0.990."
+    assert "*shuffle* (last-layer CKA 0.500); so the representations do change measurably" in lines[2]
+    calm = pt.findings(sim[sim.perturbation == "truncate"], probe.iloc[:0], 1)
+    assert pt.findings_text(calm)[-1].endswith("yet the representations stay close to the intact ones.")  # 0.95 >= 0.9
+    assert pt.findings(sim.iloc[:0], probe, 1) == {} and pt.findings_text({}) == []
+
+
+def test_perturbation_display_tables():
+    sim, probe = _study_tables()
+    last = pt.similarity_table(sim, -1)  # -1 = last layer
+    assert last.loc["shuffle"].to_dict() == {"cka": 0.5, "cosine": 0.6, "cosine_chance": 0.3}
+    assert pt.similarity_table(sim, 1).loc["truncate", "cka"] == 0.99
+    at = pt.probe_table(probe, 1)
+    assert at.loc["shuffle", ("uuas", "intact")] == 0.6 and at.loc["shuffle", ("uuas", "perturbed")] == 0.25

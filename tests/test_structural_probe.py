@@ -1,6 +1,7 @@
 """Structural probe metrics on hand-made trees, and a probe that must recover a planted tree metric."""
 import numpy as np
 import pytest
+import pandas as pd
 
 from bertology import structural_probe as sp
 from bertology.data import Sentence
@@ -269,3 +270,77 @@ def test_declared_deviations_follow_the_options():
         "rank", "max_epochs", "batching", "uuas_gold"}
     # rank equal to the hidden size is the authors' setting
     assert "rank" not in {d.key for d in fidelity.deviations("hewitt_manning.probe", **{**authors, "probe_rank": 768})}
+
+
+# ----------------------------------------------------------------------------- notebook 04 findings
+
+
+def _probe_table(uuas, dspr, root_acc, nspr, model="m"):
+    """A probe_layers-shaped table with the given value per layer (index = layer)."""
+    rows = [(model, layer, kind, 8, metric, v, 10)
+            for metric, kind, vals in [("uuas", "distance", uuas), ("dspr", "distance", dspr),
+                                       ("root_acc", "depth", root_acc), ("nspr", "depth", nspr)]
+            for layer, v in enumerate(vals)]
+    return pd.DataFrame(rows, columns=["model", "layer", "kind", "rank", "metric", "value", "n"])
+
+
+def test_findings_key_numbers_and_text_by_hand():
+    model = _probe_table(uuas=[0.2, 0.5, 0.5], dspr=[0.1, 0.6, 0.7], root_acc=[0.25, 0.4, 0.9], nspr=[0.3, 0.8, 0.6])
+    control = _probe_table(uuas=[0.1, 0.3, 0.15], dspr=[0] * 3, root_acc=[0] * 3, nspr=[0] * 3, model="c")
+    f = sp.findings(model, control)
+    # UUAS ties at layers 1 and 2 -> the lower layer; the depth probe's best layer is by NSpr. (layer 1), not root%
+    assert f == {"best_layer_uuas": 1, "uuas_best": 0.5, "dspr_best": 0.6, "uuas_layer0": 0.2, "uuas_control_best": 0.3,
+                 "best_layer_nspr": 1, "nspr_best": 0.8, "root_acc_best": 0.4, "nspr_layer0": 0.3, "root_acc_layer0": 0.25}
+    assert sp.key_numbers(f) == {"UUAS, best layer (1)": 0.5, "UUAS, layer 0 (embeddings)": 0.2,
+                                 "UUAS, random-init control (best layer)": 0.3}
+    sweep = _probe_table(uuas=[0.1], dspr=[0.2], root_acc=[0.3], nspr=[0.4]).assign(layer=1)
+    sweep = pd.concat([sweep.assign(rank=16, value=sweep.value + 0.5), sweep.assign(rank=4)], ignore_index=True)
+    lines = sp.findings_text(f, sweep, "tiny", 12, 32)
+    assert lines[0].startswith("**Structural probe (tiny, 12 train sentences, rank 32)**: the best layer for the "
+                               "distance probe is **1** with UUAS **0.500** and DSpr. 0.600; layer 0 (embeddings) "
+                               "reaches UUAS 0.200 and the random-init control at most 0.300.")
+    assert lines[0].endswith("add structure beyond the embeddings.")  # 0.5 - max(0.2, 0.3) = 0.2 > 0.05
+    assert lines[1] == "**Depth probe**: best layer 1, NSpr. 0.800 and root% 0.400 (layer 0: 0.300 / 0.250)."
+    assert lines[2] == "**Rank**: at layer 1, UUAS goes from 0.100 (rank 4) to 0.600 (rank 16)."
+    close = {**f, "uuas_control_best": 0.48}  # gain 0.02 over the control
+    assert sp.findings_text(close, sweep.iloc[:0], "tiny", 12, 32)[0].endswith("add little beyond the baselines.")
+    assert len(sp.findings_text(close, sweep.iloc[:0], "tiny", 12, 32)) == 2  # no sweep, no rank line
+
+
+def test_reference_text_reads_its_ranges_from_the_table():
+    rows = sp.reference_rows(64)
+    assert rows["rank"].isna().sum() == 1 and sorted(rows["rank"].dropna().unique()) == [64, 128, 256, 512]
+    text = sp.reference_text()
+    assert "at **80 UUAS**" in text and "UUAS 0.795–0.799 and DSpr. 0.84–0.85 at ranks ≥ 64" in text
+    assert "UUAS 0.797 and DSpr. 0.85 at ranks ≥ 256" in sp.reference_text(256)
+
+
+def test_notebook_helpers_for_splits(planted):
+    train, dev, test = planted
+    states = {"train": train, "dev": dev, "test": test}
+    assert sp.dropped_notes(states) == []
+    long = sp.WordStates(test.states, test.offsets, test.sentences, dropped=2)
+    assert sp.dropped_notes({"train": train, "test": long}) == [
+        "Sentences longer than the model's maximum length were left out: {'test': 2}."]
+    # the first test sentence of 10-16 words; the planted sentences have 4-9, so 4-5 words here
+    k = sp.example_sentence(test, 4, 5)
+    assert test.sentences[k].n in (4, 5) and all(s.n > 5 for s in test.sentences[:k])
+    assert sp.example_sentence(test) == 0  # none of 10-16 words
+    assert sp.data_deviation("UD X", 3, 2, 1) == ("Data: UD X, 3 train / 2 dev / 1 test sentences "
+                                                  "(Hewitt & Manning: 39,832 WSJ train sentences).")
+    fit = dict(max_epochs=1, batch_size=40, progress=False)
+    sweep = sp.rank_sweep(states, [2, 3], 1, label="tiny", **fit)
+    assert sweep.columns.tolist() == ["model", "layer", "kind", "rank", "metric", "value", "n"]
+    assert set(sweep.model) == {"tiny"} and set(sweep.layer) == {1} and sweep["rank"].tolist() == [2] * 4 + [3] * 4
+    table, probes = sp.fit_splits(states, 2, label="tiny", layers=[1], **fit)
+    assert table.equals(sweep[sweep["rank"] == 2].reset_index(drop=True))  # same seed, same fit
+    rec = sp.fit_record(probes)
+    assert rec["probe_best_epoch"] == {"distance": {1: 1}, "depth": {1: 1}} and set(rec["probe_seconds"]) == {"distance", "depth"}
+    import matplotlib.pyplot as plt
+
+    from bertology import plots_probes
+
+    fig = plots_probes.rank_sweep(sweep, reference=sp.REFERENCE)  # one line per model and layer, plus the reference
+    labels = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
+    assert labels == ["tiny, layer 1", "BERT-base (H&M layer 7), PTB (reference)"]
+    plt.close(fig)
