@@ -2,6 +2,7 @@
 
     python benchmarks/bench_reports.py                       # MiniLM and a bert-base-shaped model, full size
     python benchmarks/bench_reports.py --quick --models bert-base --notebooks 01 08
+    python benchmarks/bench_reports.py --models bert-base --precision bfloat16 --limit 1800
 
 ``bert-base`` is built here, not downloaded: ``BertForMaskedLM(BertConfig())`` (12 layers x 12
 heads x 768, random weights) with the uncased WordPiece vocabulary that MiniLM ships (BERT's
@@ -53,27 +54,40 @@ def notebooks() -> list[str]:
     return sorted(p.stem for p in (ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
 
 
-def run_one(model: str, nb: str, out: Path, quick: bool, timings: Path, extra: list[str]) -> dict:
+def run_one(model: str, nb: str, out: Path, quick: bool, timings: Path, extra: list[str],
+            limit: float | None = None) -> dict:
     env = {**os.environ, "BERTOLOGY_TIMINGS": str(timings), "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "")}
     if not env["OMP_NUM_THREADS"]:
         env.pop("OMP_NUM_THREADS")
     cmd = [sys.executable, "-m", "bertology.cli", "run", "--model", model, "--notebooks", nb[:2], "--out", str(out),
            *(["--quick"] if quick else []), *extra]
     t0 = time.perf_counter()
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    timer = None
+    if limit:  # a notebook over the limit is stopped (with its kernel) and reported as "timeout"
+        import signal
+        import threading
+
+        timer = threading.Timer(limit, lambda: os.killpg(proc.pid, signal.SIGTERM))
+        timer.start()
     _, status, usage = os.wait4(proc.pid, 0)
     wall = time.perf_counter() - t0
+    timed_out = bool(timer and not timer.is_alive() and wall >= limit)
+    if timer:
+        timer.cancel()
     err = proc.stderr.read() if proc.stderr else ""
     proc.returncode = os.waitstatus_to_exitcode(status)
     split = json.loads(timings.read_text()) if timings.exists() else {}
     fwd = split.get("forward", {}).get("seconds", 0.0)
     train = split.get("train", {}).get("seconds", 0.0)
-    return {"notebook": nb, "status": "ok" if proc.returncode == 0 else "failed", "seconds": round(wall, 1),
+    status = "ok" if proc.returncode == 0 else "timeout" if timed_out else "failed"
+    return {"notebook": nb, "status": status, "seconds": round(wall, 1),
             # ru_maxrss is in KiB on Linux; it covers the child and the kernel it waited for
             "peak_rss_gb": round(usage.ru_maxrss / 2**20, 2),
             "forward_share": round(fwd / wall, 3), "train_share": round(train / wall, 3),
             "rest_share": round(max(0.0, 1 - (fwd + train) / wall), 3),
-            "error": "" if proc.returncode == 0 else err.strip().splitlines()[-1][:200]}
+            "error": "" if proc.returncode == 0 else (err.strip().splitlines() or [""])[-1][:200]}
 
 
 def main(argv=None) -> int:
@@ -84,6 +98,8 @@ def main(argv=None) -> int:
     ap.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "bertology-bench")
     ap.add_argument("--cold", action="store_true", help="empty feature cache for each model")
     ap.add_argument("--device", default="auto")
+    ap.add_argument("--precision", default="float32", choices=("float32", "bfloat16", "float16"))
+    ap.add_argument("--limit", type=float, default=None, help="seconds per notebook before it is stopped")
     args = ap.parse_args(argv)
 
     import pandas as pd
@@ -100,8 +116,9 @@ def main(argv=None) -> int:
         for nb in wanted:
             timings = args.work / f"timings-{name}-{nb[:2]}.json"
             timings.unlink(missing_ok=True)
-            row = {"model": name, **run_one(model, nb, args.work / "reports", args.quick, timings,
-                                            ["--device", args.device])}
+            row = {"model": name, "precision": args.precision,
+                   **run_one(model, nb, args.work / "reports", args.quick, timings,
+                             ["--device", args.device, "--precision", args.precision], args.limit)}
             rows.append(row)
             print(f"{name:10s} {nb:28s} {row['status']:6s} {row['seconds']:8.1f} s  {row['peak_rss_gb']:5.2f} GB  "
                   f"forward {row['forward_share']:5.1%}  train {row['train_share']:5.1%}", flush=True)

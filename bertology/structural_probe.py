@@ -48,6 +48,7 @@ from __future__ import annotations
 
 import math
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Sequence
 
@@ -58,7 +59,7 @@ import torch
 from .data import Sentence
 from .extract import encode_inputs, states
 from .fidelity import declare, option_differs
-from .models import LoadedModel
+from .models import LoadedModel, check_precision
 from .profiling import timed
 
 STUDIES = ("hewitt_manning.probe",)
@@ -437,13 +438,20 @@ def _gather(states: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
 
 
 def _predict(B: torch.Tensor, x: torch.Tensor, kind: str) -> torch.Tensor:
-    """B (layers, rank, D), x (layers, batch, n, D) → squared distances (layers, batch, n, n) or norms."""
+    """B (layers, rank, D), x (layers, batch, n, D) → squared distances (layers, batch, n, n) or norms.
+
+    Under an enclosing ``torch.autocast`` only the projection ``Bx`` (the costly product) runs in
+    low precision; norms and distances are formed in float32, where ``|a|² + |b|² − 2ab`` does
+    not cancel away the small distances.
+    """
     z = torch.einsum("lrd,lbnd->lbnr", B, x)
-    sq = (z * z).sum(-1)
-    if kind == "depth":
-        return sq
-    gram = z @ z.transpose(-1, -2)
-    return (sq[..., :, None] + sq[..., None, :] - 2 * gram).clamp_min(0.0)
+    with torch.autocast(z.device.type, enabled=False):
+        z = z.float()
+        sq = (z * z).sum(-1)
+        if kind == "depth":
+            return sq
+        gram = z @ z.transpose(-1, -2)
+        return (sq[..., :, None] + sq[..., None, :] - 2 * gram).clamp_min(0.0)
 
 
 def _loss(pred: torch.Tensor, batch: _Batch, kind: str) -> torch.Tensor:
@@ -527,7 +535,7 @@ class DevSchedule:
 def fit_probe(train: WordStates, dev: WordStates, kind: str = "distance", rank: int | None = None, *,
               layers: Sequence[int] | None = None, max_epochs: int = 40, patience: int = 5, lr: float = 1e-3,
               batch_size: int = 20, batching: str = "shuffled", seed: int = 0, device: str | torch.device = "cpu",
-              progress: bool = True) -> FittedProbe:
+              precision: str = "float32", progress: bool = True) -> FittedProbe:
     """Fit a distance or depth probe of maximum rank ``rank`` on every layer in ``layers`` (default all).
 
     Defaults are Hewitt & Manning's (``regimen.py``, ``example/config/naacl19/*.yaml``; see the
@@ -537,7 +545,9 @@ def fit_probe(train: WordStates, dev: WordStates, kind: str = "distance", rank: 
     floor 1e-8), parameters kept at the last dev improvement of more than 1e-4 and a stop after
     ``patience`` (5) epochs without one. ``batching="length"`` (ours) fills batches with sentences
     of similar length (less padding) and shuffles the batch order. Each layer has its own
-    schedule and early stop. Deterministic for a ``seed`` on one device.
+    schedule and early stop. Deterministic for a ``seed`` on one device. ``precision="bfloat16"``
+    (the run's compute precision, :func:`bertology.models.check_precision`) computes the probe's
+    products under ``torch.autocast`` (the parameters and Adam stay float32); default float32.
     """
     from tqdm.auto import tqdm
 
@@ -557,6 +567,12 @@ def fit_probe(train: WordStates, dev: WordStates, kind: str = "distance", rank: 
     if bad:
         raise ValueError(f"layers {bad} out of range 0..{train.n_layers - 1}")
     device = torch.device(device)
+    check_precision(precision, device)
+
+    def autocast():
+        return (torch.autocast(device.type, dtype=getattr(torch, precision)) if precision != "float32"
+                else nullcontext())
+
     t0 = time.perf_counter()
     gen = torch.Generator().manual_seed(seed)
     B = torch.nn.Parameter(((torch.rand(len(layers), rank, D, generator=gen) * 2 - 1) * 0.05).to(device))
@@ -584,7 +600,8 @@ def fit_probe(train: WordStates, dev: WordStates, kind: str = "distance", rank: 
         tr_loss = torch.zeros(len(layers))
         for b in epoch_batches:
             b = _to(b, device)
-            loss = _loss(_predict(B, _gather(tr_states, b.index), kind), b, kind)
+            with autocast():
+                loss = _loss(_predict(B, _gather(tr_states, b.index), kind), b, kind)
             opt.zero_grad()
             loss.sum().backward()
             before = B.detach().clone()
@@ -594,7 +611,7 @@ def fit_probe(train: WordStates, dev: WordStates, kind: str = "distance", rank: 
                 B.copy_(before + (B - before) * m)
             tr_loss += loss.detach().cpu() * len(b.lengths)
         tr_loss /= len(train)
-        with torch.inference_mode():
+        with torch.inference_mode(), autocast():
             dv_loss = torch.zeros(len(layers))
             for b in dv_batches:
                 b = _to(b, device)

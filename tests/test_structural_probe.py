@@ -1,5 +1,6 @@
 """Structural probe metrics on hand-made trees, and a probe that must recover a planted tree metric."""
 import numpy as np
+import torch
 import pytest
 import pandas as pd
 
@@ -344,3 +345,30 @@ def test_notebook_helpers_for_splits(planted):
     labels = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
     assert labels == ["tiny, layer 1", "BERT-base (H&M layer 7), PTB (reference)"]
     plt.close(fig)
+
+
+def test_predict_under_autocast_keeps_small_distances():
+    """Only the projection runs in bfloat16: distances come from float32 norms, so two nearby words
+    keep a small positive distance (in bfloat16, |a|² + |b|² − 2ab of norms ~100 rounds to 0 or ~1)."""
+    B = torch.eye(4)[None]  # identity probe: distances are plain squared distances
+    x = torch.tensor([[[[10.0, 0, 0, 0], [10.0, 0.25, 0, 0], [0, 10.0, 0, 0]]]])  # (layers, batch, n, D)
+    exact = sp._predict(B, x, "distance")
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        low = sp._predict(B, x, "distance")
+    assert low.dtype == torch.float32
+    assert exact[0, 0, 0, 1].item() == pytest.approx(0.0625)
+    assert low[0, 0, 0, 1].item() == pytest.approx(0.0625, rel=0.02)  # 10 and 0.25 are exact in bfloat16
+    torch.testing.assert_close(low, exact, rtol=1e-2, atol=1e-3)
+
+
+def test_bfloat16_fit_matches_float32_on_the_planted_tree(planted):
+    train, dev, test = planted
+    fit = dict(rank=15, lr=0.05, max_epochs=8, batch_size=40, layers=[1], progress=False)
+    p32 = sp.fit_probe(train, dev, "distance", **fit)
+    pbf = sp.fit_probe(train, dev, "distance", precision="bfloat16", **fit)
+    assert not np.array_equal(p32.B, pbf.B)  # autocast really ran
+    r32 = sp.evaluate(p32, test).set_index("metric").value
+    rbf = sp.evaluate(pbf, test).set_index("metric").value
+    assert abs(r32["uuas"] - rbf["uuas"]) < 0.02 and abs(r32["dspr"] - rbf["dspr"]) < 0.02
+    with pytest.raises(ValueError, match="precision must be one of"):
+        sp.fit_probe(train, dev, "distance", precision="half", **fit)
