@@ -9,6 +9,8 @@ TORCH  ?= torch==2.13.0
 MODEL  ?= minilm
 NOTEBOOKS ?=
 OUT    ?= reports
+# Compute precision: empty = float32 (the authors'); bfloat16 is ~1.7-3x faster on CPUs with AMX (a declared deviation)
+PRECISION ?=
 # Tests and CI read the data mirror next to the checkout when it exists.
 SHARED_DATA := $(abspath ../shared/data)
 export BERTOLOGY_DATA ?= $(if $(wildcard $(SHARED_DATA)/MANIFEST.tsv),$(SHARED_DATA),)
@@ -28,10 +30,10 @@ $(STAMP): pyproject.toml Makefile
 	touch $@
 
 reports: $(STAMP)
-	$(BIN)/bertology run --model $(MODEL) --out $(OUT) $(if $(NOTEBOOKS),--notebooks $(NOTEBOOKS),)
+	$(BIN)/bertology run --model $(MODEL) --out $(OUT) $(if $(NOTEBOOKS),--notebooks $(NOTEBOOKS),) $(if $(PRECISION),--precision $(PRECISION),)
 
 reports-quick: $(STAMP)
-	$(BIN)/bertology run --model $(MODEL) --out $(OUT) --quick $(if $(NOTEBOOKS),--notebooks $(NOTEBOOKS),)
+	$(BIN)/bertology run --model $(MODEL) --out $(OUT) --quick $(if $(NOTEBOOKS),--notebooks $(NOTEBOOKS),) $(if $(PRECISION),--precision $(PRECISION),)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
@@ -41,4 +43,4 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_importance.py
 
 bench-reports: $(STAMP)
-	$(BIN)/python benchmarks/bench_reports.py $(if $(QUICK),--quick,)
+	$(BIN)/python benchmarks/bench_reports.py $(if $(QUICK),--quick,) $(if $(PRECISION),--precision $(PRECISION),)
