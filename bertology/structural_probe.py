@@ -393,24 +393,31 @@ def _targets(s: Sentence, kind: str) -> np.ndarray:
 
 @dataclass
 class _Batch:
-    index: torch.Tensor  # (B, n) word rows into the flat states, -1 = padding
+    rows: torch.Tensor  # (W,) the batch's words as rows of the flat states, sentence after sentence
+    slots: torch.Tensor  # (W,) where each of those words sits in the padded (B * n) grid
     target: torch.Tensor  # (B, n, n) or (B, n), -1 = padding
     lengths: torch.Tensor  # (B,)
 
 
-def _assemble(ws: WordStates, targets: Sequence[np.ndarray], ks: Sequence[int], kind: str) -> _Batch:
+def _layout(ws: WordStates, ks: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """Rows in the flat states and slots in the padded (len(ks) * n) grid of sentences ``ks``'s words."""
     n = max(ws.sentences[k].n for k in ks)
-    idx = torch.full((len(ks), n), -1, dtype=torch.long)
+    rows = [np.arange(ws.offsets[k], ws.offsets[k] + ws.sentences[k].n) for k in ks]
+    slots = [np.arange(b * n, b * n + ws.sentences[k].n) for b, k in enumerate(ks)]
+    return torch.as_tensor(np.concatenate(rows)), torch.as_tensor(np.concatenate(slots)), n
+
+
+def _assemble(ws: WordStates, targets: Sequence[np.ndarray], ks: Sequence[int], kind: str) -> _Batch:
+    rows, slots, n = _layout(ws, ks)
     tgt = torch.full((len(ks), n, n) if kind == "distance" else (len(ks), n), -1.0)
     for b, k in enumerate(ks):
         m = ws.sentences[k].n
-        idx[b, :m] = torch.arange(ws.offsets[k], ws.offsets[k] + m)
         t = torch.as_tensor(targets[k], dtype=torch.float32)
         if kind == "distance":
             tgt[b, :m, :m] = t
         else:
             tgt[b, :m] = t
-    return _Batch(idx, tgt, torch.tensor([ws.sentences[k].n for k in ks], dtype=torch.float32))
+    return _Batch(rows, slots, tgt, torch.tensor([ws.sentences[k].n for k in ks], dtype=torch.float32))
 
 
 def _make_batches(ws: WordStates, kind: str, batch_size: int, order: Sequence[int] | None = None,
@@ -431,20 +438,31 @@ def shuffled_batches(n: int, batch_size: int, rng: np.random.Generator) -> list[
     return [order[a:a + batch_size] for a in range(0, n, batch_size)]
 
 
-def _gather(states: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
-    """(layers, W, D) states, (B, n) rows → (layers, B, n, D), zeros at padding."""
-    x = states[:, idx.clamp_min(0)]
-    return x * (idx >= 0)[None, :, :, None].to(x.dtype)
+def _project(B: torch.Tensor, x: torch.Tensor, slots: torch.Tensor, n_batch: int, n: int) -> torch.Tensor:
+    """B (layers, rank, D) applied to a batch's words x (layers, W, D), placed at ``slots`` of the
+    padded grid → (layers, n_batch, n, rank), zeros at padding. Padding never enters the product:
+    the same numbers as projecting the zero-padded batch, at a fraction of the cost when the
+    sentences' lengths differ."""
+    z = torch.bmm(x, B.transpose(1, 2))
+    grid = z.new_zeros(z.shape[0], n_batch * n, z.shape[-1]).index_copy(1, slots, z)
+    return grid.view(z.shape[0], n_batch, n, z.shape[-1])
 
 
-def _predict(B: torch.Tensor, x: torch.Tensor, kind: str) -> torch.Tensor:
-    """B (layers, rank, D), x (layers, batch, n, D) → squared distances (layers, batch, n, n) or norms.
+def _batch_predict(B: torch.Tensor, states: torch.Tensor, b: _Batch, kind: str,
+                   layer_rows: torch.Tensor | None = None) -> torch.Tensor:
+    """Predictions (layers, B, n[, n]) for batch ``b`` from flat ``states`` (all layers, W, D);
+    ``layer_rows`` picks the layers of ``states`` that ``B``'s rows belong to (default: all)."""
+    x = states[:, b.rows] if layer_rows is None else states[layer_rows[:, None], b.rows[None, :]]
+    return _predict(_project(B, x, b.slots, *b.target.shape[:2]), kind)
 
-    Under an enclosing ``torch.autocast`` only the projection ``Bx`` (the costly product) runs in
-    low precision; norms and distances are formed in float32, where ``|a|² + |b|² − 2ab`` does
-    not cancel away the small distances.
+
+def _predict(z: torch.Tensor, kind: str) -> torch.Tensor:
+    """Projected words z (layers, batch, n, rank) → squared distances (layers, batch, n, n) or norms.
+
+    Under an enclosing ``torch.autocast`` only the projection ``Bx`` (the costly product, in
+    :func:`_project`) runs in low precision; norms and distances are formed here in float32, where
+    ``|a|² + |b|² − 2ab`` does not cancel away the small distances.
     """
-    z = torch.einsum("lrd,lbnd->lbnr", B, x)
     with torch.autocast(z.device.type, enabled=False):
         z = z.float()
         sq = (z * z).sum(-1)
@@ -471,7 +489,7 @@ class FittedProbe:
     rank: int
     layers: list[int]
     B: np.ndarray
-    history: pd.DataFrame = field(default_factory=pd.DataFrame)  # epoch, layer, train_loss, dev_loss
+    history: pd.DataFrame = field(default_factory=pd.DataFrame)  # epoch, layer, train_loss, dev_loss, lr (while the layer trains)
     best_epoch: dict = field(default_factory=dict)
     seconds: float = 0.0
     n_train_sentences: int = 0
@@ -485,11 +503,8 @@ class FittedProbe:
         with torch.inference_mode():
             for a in range(0, len(order), batch_size):
                 ks = order[a:a + batch_size]
-                n = max(ws.sentences[k].n for k in ks)
-                idx = torch.full((len(ks), n), -1, dtype=torch.long)
-                for b, k in enumerate(ks):
-                    idx[b, :ws.sentences[k].n] = torch.arange(ws.offsets[k], ws.offsets[k + 1])
-                pred = _predict(B, _gather(states, idx), self.kind).numpy()
+                rows, slots, n = _layout(ws, ks)
+                pred = _predict(_project(B, states[:, rows], slots, len(ks), n), self.kind).numpy()
                 for li, layer in enumerate(self.layers):
                     for b, k in enumerate(ks):
                         m = ws.sentences[k].n
@@ -575,21 +590,21 @@ def fit_probe(train: WordStates, dev: WordStates, kind: str = "distance", rank: 
 
     t0 = time.perf_counter()
     gen = torch.Generator().manual_seed(seed)
-    B = torch.nn.Parameter(((torch.rand(len(layers), rank, D, generator=gen) * 2 - 1) * 0.05).to(device))
-    opt = torch.optim.Adam([B], lr=lr)
-    # Per-layer learning rates: Adam's step is elementwise and its moments do not depend on the
-    # learning rate, so scaling a layer's step after opt.step() is exactly a per-layer learning rate.
-    scale = torch.ones(len(layers), device=device)
+    init = (torch.rand(len(layers), rank, D, generator=gen) * 2 - 1) * 0.05
+    # One parameter and one Adam group per layer: each layer has its own learning rate (its own
+    # schedule), and a layer that has stopped leaves the computation (no gradient, no Adam step).
+    params = [torch.nn.Parameter(init[li].to(device)) for li in range(len(layers))]
+    opt = torch.optim.Adam([{"params": [p], "lr": lr} for p in params], lr=lr)
     tr_states = torch.as_tensor(train.states[layers]).to(device)
     dv_states = torch.as_tensor(dev.states[layers]).to(device)
     tr_targets = [_targets(s, kind) for s in train.sentences]
     tr_fixed = _make_batches(train, kind, batch_size, targets=tr_targets) if batching == "length" else None
-    dv_batches = _make_batches(dev, kind, batch_size)
+    dv_batches = [_to(b, device) for b in _make_batches(dev, kind, batch_size)]
     rng = np.random.default_rng(seed)
     sched = [DevSchedule(lr, patience) for _ in layers]
-    best_B = B.detach().clone()
+    best_B = init.clone()
     best_epoch = {layer: 0 for layer in layers}
-    active = torch.ones(len(layers), dtype=torch.bool)
+    active = list(range(len(layers)))
     rows = []
     for epoch in tqdm(range(1, max_epochs + 1), desc=f"{kind} probe rank {rank}", disable=not progress):
         if tr_fixed is not None:
@@ -597,48 +612,44 @@ def fit_probe(train: WordStates, dev: WordStates, kind: str = "distance", rank: 
         else:
             epoch_batches = (_assemble(train, tr_targets, ks, kind)
                              for ks in shuffled_batches(len(train), batch_size, rng))
-        tr_loss = torch.zeros(len(layers))
+        which = torch.tensor(active, device=device)
+        tr_loss = torch.zeros(len(active))
         for b in epoch_batches:
             b = _to(b, device)
             with autocast():
-                loss = _loss(_predict(B, _gather(tr_states, b.index), kind), b, kind)
-            opt.zero_grad()
+                loss = _loss(_batch_predict(torch.stack([params[li] for li in active]), tr_states, b, kind, which),
+                             b, kind)
+            opt.zero_grad(set_to_none=True)
             loss.sum().backward()
-            before = B.detach().clone()
-            opt.step()
-            with torch.no_grad():  # per-layer learning-rate multiplier; finished layers stay put
-                m = (scale * active.to(device)).view(-1, 1, 1)
-                B.copy_(before + (B - before) * m)
+            opt.step()  # parameters of stopped layers have no gradient: Adam leaves them alone
             tr_loss += loss.detach().cpu() * len(b.lengths)
         tr_loss /= len(train)
         with torch.inference_mode(), autocast():
-            dv_loss = torch.zeros(len(layers))
+            B_now = torch.stack([params[li].detach() for li in active])
+            dv_loss = torch.zeros(len(active))
             for b in dv_batches:
-                b = _to(b, device)
-                dv_loss += _loss(_predict(B, _gather(dv_states, b.index), kind), b, kind).cpu() * len(b.lengths)
+                dv_loss += _loss(_batch_predict(B_now, dv_states, b, kind, which), b, kind).cpu() * len(b.lengths)
             dv_loss /= len(dev)
-        for li, layer in enumerate(layers):
-            rows.append((epoch, layer, float(tr_loss[li]), float(dv_loss[li]), bool(active[li]), sched[li].lr))
-            if not active[li]:
-                continue
-            step = sched[li].step(float(dv_loss[li]))
-            scale[li] = sched[li].lr / lr
+        for j, li in enumerate(list(active)):
+            rows.append((epoch, layers[li], float(tr_loss[j]), float(dv_loss[j]), sched[li].lr))
+            step = sched[li].step(float(dv_loss[j]))
+            opt.param_groups[li]["lr"] = sched[li].lr
             if step["save"]:
-                best_B[li] = B.detach()[li]
-                best_epoch[layer] = epoch
+                best_B[li] = params[li].detach().cpu()
+                best_epoch[layers[li]] = epoch
             if step["stop"]:
-                active[li] = False
-        if not active.any():
+                active.remove(li)
+        if not active:
             break
-    history = pd.DataFrame(rows, columns=["epoch", "layer", "train_loss", "dev_loss", "active", "lr"])
-    return FittedProbe(kind, rank, layers, best_B.cpu().numpy(), history, best_epoch,
+    history = pd.DataFrame(rows, columns=["epoch", "layer", "train_loss", "dev_loss", "lr"])
+    return FittedProbe(kind, rank, layers, best_B.numpy(), history, best_epoch,
                        time.perf_counter() - t0, len(train))
 
 
 def _to(b: _Batch, device) -> _Batch:
     if device.type == "cpu":
         return b
-    return _Batch(b.index.to(device), b.target.to(device), b.lengths.to(device))
+    return _Batch(b.rows.to(device), b.slots.to(device), b.target.to(device), b.lengths.to(device))
 
 
 # ----------------------------------------------------------------------------- evaluation

@@ -351,14 +351,43 @@ def test_predict_under_autocast_keeps_small_distances():
     """Only the projection runs in bfloat16: distances come from float32 norms, so two nearby words
     keep a small positive distance (in bfloat16, |a|² + |b|² − 2ab of norms ~100 rounds to 0 or ~1)."""
     B = torch.eye(4)[None]  # identity probe: distances are plain squared distances
-    x = torch.tensor([[[[10.0, 0, 0, 0], [10.0, 0.25, 0, 0], [0, 10.0, 0, 0]]]])  # (layers, batch, n, D)
-    exact = sp._predict(B, x, "distance")
+    x = torch.tensor([[[10.0, 0, 0, 0], [10.0, 0.25, 0, 0], [0, 10.0, 0, 0]]])  # (layers, words, D)
+    slots = torch.arange(3)  # one sentence of three words
+    exact = sp._predict(sp._project(B, x, slots, 1, 3), "distance")
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        low = sp._predict(B, x, "distance")
+        low = sp._predict(sp._project(B, x, slots, 1, 3), "distance")
     assert low.dtype == torch.float32
     assert exact[0, 0, 0, 1].item() == pytest.approx(0.0625)
     assert low[0, 0, 0, 1].item() == pytest.approx(0.0625, rel=0.02)  # 10 and 0.25 are exact in bfloat16
     torch.testing.assert_close(low, exact, rtol=1e-2, atol=1e-3)
+
+
+def test_projection_places_words_and_leaves_padding_zero():
+    """Two sentences of 2 and 3 words, padded to 3: the packed product puts each word's Bx at its
+    slot, exactly as projecting the zero-padded grid would, and the padding row stays zero."""
+    B = torch.tensor([[[1.0, 2.0], [0.0, 1.0]]])  # (1 layer, rank 2, D 2)
+    x = torch.tensor([[[1.0, 0], [0, 1.0], [1.0, 1.0], [2.0, 0], [0, 0.5]]])  # 5 words
+    slots = torch.tensor([0, 1, 3, 4, 5])  # sentence 0 → grid rows 0-1, sentence 1 → rows 3-5
+    z = sp._project(B, x, slots, 2, 3)
+    expected = torch.zeros(1, 2, 3, 2)
+    expected[0, 0, :2] = torch.tensor([[1.0, 0], [2.0, 1.0]])  # B @ (1,0) and B @ (0,1)
+    expected[0, 1] = torch.tensor([[3.0, 1.0], [2.0, 0], [1.0, 0.5]])
+    torch.testing.assert_close(z, expected)
+    grid = torch.zeros(1, 6, 2).index_copy(1, slots, x).view(1, 2, 3, 2)
+    torch.testing.assert_close(z, torch.einsum("lrd,lbnd->lbnr", B, grid))
+
+
+def test_stopped_layers_leave_the_fit_and_keep_their_best_parameters(planted):
+    """Layer 0 holds noise and stops early; its history ends there and its parameters are the ones
+    saved at its best epoch, while layer 1 trains on to the end."""
+    train, dev, _ = planted
+    probe = sp.fit_probe(train, dev, "distance", rank=15, lr=0.05, max_epochs=12, patience=2, batch_size=40,
+                         progress=False)
+    last = probe.history.groupby("layer").epoch.max()
+    assert last[0] == probe.best_epoch[0] + 2 < 12 and last[1] == 12
+    alone = sp.fit_probe(train, dev, "distance", rank=15, lr=0.05, max_epochs=probe.best_epoch[0], batch_size=40,
+                         layers=[0], progress=False)  # the same start and batches, stopped at layer 0's best epoch
+    np.testing.assert_allclose(probe.B[0], alone.B[0], rtol=1e-5, atol=1e-6)
 
 
 def test_bfloat16_fit_matches_float32_on_the_planted_tree(planted):
