@@ -28,7 +28,7 @@ Everything returns tidy long-format pandas tables; nothing here plots.
 """
 from __future__ import annotations
 
-import functools
+import contextlib
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -498,20 +498,17 @@ def number_embedder(emb, lo: int = 0):
 # ----------------------------------------------------------------------------- probes
 
 
-def _one_thread(fn):
-    """Run a probe on one CPU thread: the probes are tiny, and with several threads (worse on a
-    busy machine) thread synchronisation costs many times the arithmetic. Results do not change."""
-
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        n = torch.get_num_threads()
-        torch.set_num_threads(1)
-        try:
-            return fn(*args, **kwargs)
-        finally:
-            torch.set_num_threads(n)
-
-    return wrapper
+@contextlib.contextmanager
+def _one_thread():
+    """Train a probe on one CPU thread: the probes are tiny, and with several threads (worse on a
+    busy machine) thread synchronisation costs many times the arithmetic. Results do not change.
+    Only the training runs inside: the model's forward passes that embed the inputs keep every thread."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(n)
 
 
 def _standardizer(x_train: np.ndarray):
@@ -613,7 +610,6 @@ def _result(metric: str, hist, higher: bool, **extra) -> dict:
             "n_evals": bf["n_evals"], **extra}
 
 
-@_one_thread
 def probe_decoding(emb, lo: int, hi: int, seed: int = 0, cfg: ProbeConfig | None = None) -> dict:
     """Wallace et al. (2019, §3.1, Table 4 "Decoding"; authors' ``decoding.py``): an MLP (two
     hidden ReLU layers of ``cfg.hidden``) regresses a number's value from its embedding, each
@@ -630,7 +626,7 @@ def probe_decoding(emb, lo: int, hi: int, seed: int = 0, cfg: ProbeConfig | None
     std = _standardizer(xtr)
     center, scale = (lo + hi) / 2, max((hi - lo) / 2, 1.0)
     best = {"rmse": np.inf, "pred": None}
-    with torch.random.fork_rng(devices=[]):
+    with _one_thread(), torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         gen = torch.Generator().manual_seed(seed)
         probe = _mlp(xtr.shape[1], cfg.hidden)
@@ -649,7 +645,6 @@ def probe_decoding(emb, lo: int, hi: int, seed: int = 0, cfg: ProbeConfig | None
     return _result("rmse", hist, False, n_train=len(train), n_test=len(test), test=test, pred=best["pred"])
 
 
-@_one_thread
 def probe_addition(emb, lo: int, hi: int, seed: int = 0, cfg: ProbeConfig | None = None) -> dict:
     """Wallace et al. (2019, §3.1, Table 4 "Addition"; authors' ``addition.py``): an MLP on the
     concatenated embeddings of two numbers regresses their sum; pairs drawn from the training
@@ -671,7 +666,7 @@ def probe_addition(emb, lo: int, hi: int, seed: int = 0, cfg: ProbeConfig | None
 
     center, scale = float(lo + hi), max(float(hi - lo), 1.0)
     target = ptest.sum(1)
-    with torch.random.fork_rng(devices=[]):
+    with _one_thread(), torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         gen = torch.Generator().manual_seed(seed)
         probe = _mlp(2 * ftr.shape[2], cfg.hidden)
@@ -687,7 +682,6 @@ def probe_addition(emb, lo: int, hi: int, seed: int = 0, cfg: ProbeConfig | None
     return _result("rmse", hist, False, n_train=len(ptrain), n_test=len(ptest))
 
 
-@_one_thread
 def probe_list_max(emb, lo: int, hi: int, seed: int = 0, cfg: ProbeConfig | None = None) -> dict:
     """Wallace et al. (2019, §3.1, Table 4 "List Maximum"; authors' ``max.py``): a BiLSTM reads
     the embeddings of a list of five numbers and a softmax over positions points at the largest;
@@ -703,7 +697,7 @@ def probe_list_max(emb, lo: int, hi: int, seed: int = 0, cfg: ProbeConfig | None
     ltest, ytest = make_max_lists(test, cfg.n_test_lists, cfg.list_length, seed + 1)
     ftr, fte = _features(embed, ltrain), _features(embed, ltest)
     std = _standardizer(ftr)
-    with torch.random.fork_rng(devices=[]):
+    with _one_thread(), torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         gen = torch.Generator().manual_seed(seed)
         probe = _MaxPointer(ftr.shape[2], cfg.lstm_hidden, cfg.lstm_rank)

@@ -200,6 +200,28 @@ def test_decoding_probe_reads_a_value_encoded_number_fast():
     assert nm.probe_decoding(nm.value_embedding(np.arange(100)), 0, 99, seed=0, cfg=cfg)["rmse"] < 3
 
 
+@pytest.mark.parametrize("probe", [nm.probe_decoding, nm.probe_addition, nm.probe_list_max])
+def test_inputs_are_embedded_with_every_thread_and_only_training_runs_on_one(probe):
+    """The model's forward passes that embed a probe's inputs keep all threads; only the tiny
+    probe's training is pinned to one (and the thread count is restored afterwards)."""
+    value = nm.value_embedding(np.arange(100))
+    seen = []
+
+    class Recording(nm.TableEmbedder):
+        def __call__(self, lists):
+            seen.append(torch.get_num_threads())
+            return super().__call__(lists)
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        probe(Recording(value, 0), 0, 99, seed=0, cfg=nm.ProbeConfig(steps=2, max_steps=2, n_train_lists=50,
+                                                                       n_test_lists=20))
+        assert seen and set(seen) == {2} and torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+
+
 @pytest.mark.slow
 def test_probes_learn_a_trivially_encoded_number_and_not_noise():
     """Acceptance: the Wallace probes solve the value-encoded embedding; random vectors fail."""
