@@ -436,7 +436,7 @@ class CorefHeads:
             self.count[k] += int(member[k].sum())
 
     def result(self) -> pd.DataFrame:
-        """Tidy table ``layer, head, mention_type, candidates, correct, count, accuracy`` (0-indexed;
+        """Tidy table ``layer, head, mention_type, candidates, correct, n, accuracy`` (0-indexed; ``n``: mentions;
         ``mention_type`` ranges over :data:`GROUPS`)."""
         L, H = self.shape
         rows = [
@@ -444,8 +444,7 @@ class CorefHeads:
              self.correct[k, layer, head] / self.count[k] if self.count[k] else np.nan)
             for layer in range(L) for head in range(H) for k, t in enumerate(GROUPS)
         ]
-        return pd.DataFrame(rows, columns=["layer", "head", "mention_type", "candidates", "correct", "count",
-                                           "accuracy"])
+        return pd.DataFrame(rows, columns=["layer", "head", "mention_type", "candidates", "correct", "n", "accuracy"])
 
 
 def coref_heads(loaded, windows: Windows, candidates: Sequence[str] = CANDIDATES, batch_size: int = 4,
@@ -478,7 +477,7 @@ def coref_baselines(windows: Sequence[Window], include_singletons: bool = False)
 
     CoNLL-2012, where Clark et al. ran them, annotates no singletons, so by default mentions of
     entities mentioned only once in their document are not candidates; ``include_singletons=True``
-    lets GUM's singletons compete too. Returns ``baseline, mention_type, correct, count, accuracy``
+    lets GUM's singletons compete too. Returns ``baseline, mention_type, correct, n, accuracy``
     with ``mention_type`` over :data:`GROUPS`.
     """
     tally = {(b, t): [0, 0] for b in ("nearest mention", "head-word match") for t in GROUPS}
@@ -495,7 +494,7 @@ def coref_baselines(windows: Sequence[Window], include_singletons: bool = False)
                     tally[b, GROUPS[k]][0] += pick in lk.antecedent_heads
                     tally[b, GROUPS[k]][1] += 1
     rows = [(b, t, c, n, c / n if n else np.nan) for (b, t), (c, n) in tally.items()]
-    return pd.DataFrame(rows, columns=["baseline", "mention_type", "correct", "count", "accuracy"])
+    return pd.DataFrame(rows, columns=["baseline", "mention_type", "correct", "n", "accuracy"])
 
 
 def best_coref_heads(df: pd.DataFrame, by: str = "all", top: int = 1, candidates: str | None = None) -> pd.DataFrame:
@@ -528,6 +527,6 @@ def coref_table(heads: pd.DataFrame, baselines: pd.DataFrame, top: int = 1) -> p
         best.index = [f"head {label}" + ("" if mode == "clark" else f" ({mode})") for label in best.index]
         parts.append(best)
     out = (pd.concat(parts) * 100).round(1)
-    out["n"] = int(baselines.loc[baselines.mention_type == "all", "count"].iloc[0])
+    out["n"] = int(baselines.loc[baselines.mention_type == "all", "n"].iloc[0])
     out.columns.name = None
     return out

@@ -33,7 +33,7 @@ from collections import defaultdict
 import numpy as np
 import pandas as pd
 
-from .attention import head_label
+from .labels import head_label
 from .data import Sentence
 from .extract import Item
 from .fidelity import declare, option_differs
@@ -118,7 +118,7 @@ CLARK_TABLE1 = pd.DataFrame(
         ("mark", "8-2", 50.7, 14.5, 2, "authors' output", ""),
         ("prt", "6-7", 99.1, 91.4, -1, "authors' output", ""),
     ],
-    columns=["relation_sd", "head", "accuracy", "baseline_accuracy", "baseline_offset", "source", "transcribed"],
+    columns=["relation_sd", "label", "accuracy", "baseline_accuracy", "baseline_offset", "source", "transcribed"],
 )
 CLARK_TABLE1_PROVENANCE = ("authors' code output: clarkkev/attention-analysis Syntax_Analysis.ipynb, committed "
                            "output of the Table 1 cell (0-indexed heads printed there, +1 here)")
@@ -213,7 +213,7 @@ class RelationHeads:
         return ok
 
     def result(self) -> pd.DataFrame:
-        """Tidy: ``relation, layer, head, direction, correct, count, accuracy`` (0-indexed)."""
+        """Tidy: ``relation, layer, head, direction, correct, n, accuracy`` (0-indexed; ``n``: arcs scored)."""
         rows = []
         L, H = self.shape
         for rel, c in self.correct.items():
@@ -223,15 +223,15 @@ class RelationHeads:
                     for head in range(H):
                         k = int(c[d, layer, head])
                         rows.append((rel, layer, head, direction, k, n, k / n))
-        return pd.DataFrame(rows, columns=["relation", "layer", "head", "direction", "correct", "count", "accuracy"])
+        return pd.DataFrame(rows, columns=["relation", "layer", "head", "direction", "correct", "n", "accuracy"])
 
     def baselines(self) -> pd.DataFrame:
-        """Tidy: ``relation, offset, correct, count, accuracy`` for every fixed offset."""
+        """Tidy: ``relation, offset, correct, n, accuracy`` for every fixed offset."""
         rows = []
         for rel, c in self.offset_correct.items():
             n = self.count[rel]
             rows += [(rel, o, int(k), n, k / n) for o, k in zip(self.offsets, c)]
-        return pd.DataFrame(rows, columns=["relation", "offset", "correct", "count", "accuracy"])
+        return pd.DataFrame(rows, columns=["relation", "offset", "correct", "n", "accuracy"])
 
 
 def relation_inventory(sentences: list[Sentence], min_count: int = 1, keep_subtypes: bool = True) -> pd.DataFrame:
@@ -249,17 +249,19 @@ def best_heads(heads: pd.DataFrame, baselines: pd.DataFrame, min_count: int = 10
                stanford: bool = True) -> pd.DataFrame:
     """Clark et al. Table 1: per relation with at least ``min_count`` arcs, the best head (either
     direction) and the best offset baseline, sorted by frequency; ``all`` (every word) first, the
-    ``root`` and ``punct`` rows left out as in the reference. Heads printed as ``layer-head``.
-    ``stanford=False`` (non-English treebanks) leaves out the column of Stanford names."""
-    h = heads[((heads["count"] >= min_count) | (heads["relation"] == ALL)) & ~heads["relation"].isin(NOT_IN_TABLE)]
+    ``root`` and ``punct`` rows left out as in the reference. Columns: ``relation, n`` (arcs),
+    ``layer, head`` (0-indexed ints), ``label`` (the paper's 1-indexed ``layer-head``), ``direction,
+    accuracy, baseline_offset, baseline_accuracy`` and ``stanford`` (the Stanford name, where one
+    corresponds); ``stanford=False`` (non-English treebanks) leaves that column out."""
+    h = heads[((heads["n"] >= min_count) | (heads["relation"] == ALL)) & ~heads["relation"].isin(NOT_IN_TABLE)]
     best = h.loc[h.groupby("relation")["accuracy"].idxmax()]
     base = baselines.loc[baselines.groupby("relation")["accuracy"].idxmax()].set_index("relation")
     out = pd.DataFrame({
         "relation": best["relation"].values,
-        "count": best["count"].values,
-        "head": [head_label(layer, head) for layer, head in zip(best["layer"], best["head"])],
+        "n": best["n"].values,
         "layer": best["layer"].values,
-        "head_index": best["head"].values,
+        "head": best["head"].values,
+        "label": [head_label(layer, head) for layer, head in zip(best["layer"], best["head"])],
         "direction": best["direction"].values,
         "accuracy": best["accuracy"].values,
         "baseline_offset": base.loc[best["relation"], "offset"].values,
@@ -267,7 +269,7 @@ def best_heads(heads: pd.DataFrame, baselines: pd.DataFrame, min_count: int = 10
     })
     if stanford:
         out["stanford"] = out["relation"].map(UD_TO_STANFORD).fillna("")
-    return out.sort_values("count", ascending=False, kind="stable").reset_index(drop=True)  # "all" first
+    return out.sort_values("n", ascending=False, kind="stable").reset_index(drop=True)  # "all" first
 
 
 def gold_arcs(sentence: Sentence) -> list[tuple[int, int, str]]:
@@ -280,6 +282,6 @@ def syntactic_heads(best: pd.DataFrame, margin: float = 0.1) -> dict[tuple[int, 
     as ``{(layer, head): "syntax: rel"}``; a head best for several relations keeps the most frequent."""
     out: dict[tuple[int, int], str] = {}
     good = best[(best.relation != ALL) & (best.accuracy - best.baseline_accuracy >= margin)]
-    for r in good.sort_values("count", ascending=False).itertuples():
-        out.setdefault((int(r.layer), int(r.head_index)), f"syntax: {r.relation}")
+    for r in good.sort_values("n", ascending=False).itertuples():
+        out.setdefault((int(r.layer), int(r.head)), f"syntax: {r.relation}")
     return out

@@ -297,8 +297,8 @@ def test_figures_build():
 
     r = cl.HeadDistanceResult(block_matrix(3, 2), 3, 2, 10, 1)
     coords = r.mds(seed=0).assign(behaviour=["[CLS]", "other", "broad", "other", "nsubj", "[SEP]"])
-    for fig in (pc.plot_mds(coords, hue="behaviour", annotate=True), pc.plot_mds(coords, hue="layer"),
-                pc.plot_dendrogram(*cl.head_linkage(r.matrix, r.labels))):
+    for fig in (pc.mds_map(coords, hue="behaviour", annotate=True), pc.mds_map(coords, hue="layer"),
+                pc.dendrogram(*cl.head_linkage(r.matrix, r.labels))):
         assert isinstance(fig, matplotlib.figure.Figure)
         plt.close(fig)
 

@@ -119,7 +119,7 @@ def test_windows_keep_whole_sentences_within_max_length(toy, tokenizer):
 
 
 def _acc(df, name, by):
-    return df.set_index([name, "mention_type"]).loc[by, ["correct", "count"]].tolist()
+    return df.set_index([name, "mention_type"]).loc[by, ["correct", "n"]].tolist()
 
 
 def test_baselines_by_hand(toy, tokenizer):
@@ -189,14 +189,14 @@ def test_planted_heads_by_hand(toy, tokenizer):
     df = both[both.candidates == "preceding"]
     for layer in (0, 1):
         h = df[df.layer == layer].set_index(["head", "mention_type"])
-        assert h.loc[(0, "all"), ["correct", "count"]].tolist() == [5, 5]
+        assert h.loc[(0, "all"), ["correct", "n"]].tolist() == [5, 5]
         assert h.loc[(0, "pronoun"), "accuracy"] == 1.0 and h.loc[(0, "nominal"), "accuracy"] == 1.0
         # previous token: "." / "gave" / "and" / "made" are never antecedents; for "her dog" the
         # previous word "her" is inside the mention, so no candidate gets attention: wrong
         assert h.loc[(1, "all"), "correct"] == 0
         # uniform: every candidate ties, the earliest (Mary, word 0) wins: right for She, her, Mary
         assert h.loc[(2, "all"), "correct"] == 3
-        assert h.loc[(2, "pronoun"), ["correct", "count"]].tolist() == [2, 3]
+        assert h.loc[(2, "pronoun"), ["correct", "n"]].tolist() == [2, 3]
         assert h.loc[(2, "proper"), "correct"] == 1 and h.loc[(2, "nominal"), "correct"] == 0
         assert h.loc[(3, "all"), "correct"] == 0  # all attention on [CLS]: nothing selected
     best = coref.best_coref_heads(df, top=2)
@@ -212,9 +212,9 @@ def test_planted_heads_two_windows(toy, tokenizer):
     model = _planted(tokenizer, wins, [{}, {2: 0, 10: 5, 12: 2}])
     h = coref.coref_heads(model, wins, candidates="preceding", progress=False).query("layer == 0")
     h = h.set_index(["head", "mention_type"])
-    assert h.loc[(0, "all"), ["correct", "count"]].tolist() == [3, 3]
+    assert h.loc[(0, "all"), ["correct", "n"]].tolist() == [3, 3]
     # uniform: the earliest candidate is now "She": right for her and Mary, wrong for it
-    assert h.loc[(2, "all"), "correct"] == 2 and h.loc[(2, "pronoun"), ["correct", "count"]].tolist() == [1, 2]
+    assert h.loc[(2, "all"), "correct"] == 2 and h.loc[(2, "pronoun"), ["correct", "n"]].tolist() == [1, 2]
 
 
 def test_reducer_rejects_wrong_shape(toy, tokenizer):
@@ -279,5 +279,5 @@ def test_appos_pred_group(tokenizer):
     wins = coref.make_windows(coref.read_mentions(doc), tokenizer, 23)
     b = coref.coref_baselines(wins).set_index(["baseline", "mention_type"])
     # the last "Mary" is now an apposition link: 1 of the 5 scored mentions; head match gets it right
-    assert b.loc[("head-word match", coref.APPOS_PRED), ["correct", "count"]].tolist() == [1, 1]
-    assert b.loc[("head-word match", coref.NO_APPOS_PRED), ["correct", "count"]].tolist() == [3, 4]
+    assert b.loc[("head-word match", coref.APPOS_PRED), ["correct", "n"]].tolist() == [1, 1]
+    assert b.loc[("head-word match", coref.NO_APPOS_PRED), ["correct", "n"]].tolist() == [3, 4]

@@ -47,7 +47,7 @@ def test_planted_gold_head_is_exact(result):
     for rel in ("det", "amod", "nsubj", "xcomp", "punct", "obj"):
         assert df.loc[(rel, 0, 0, "dep->head"), "accuracy"] == 1.0
     # Clark's "All" scores every word, the two roots included (ROOT is never predicted): 8 / 10
-    assert df.loc[("all", 0, 0, "dep->head"), "count"] == 10
+    assert df.loc[("all", 0, 0, "dep->head"), "n"] == 10
     assert df.loc[("all", 0, 0, "dep->head"), "correct"] == 8
     assert df.loc[("root", 0, 0, "dep->head"), "correct"] == 0
 
@@ -61,7 +61,7 @@ def test_previous_token_head_equals_offset_baseline(result):
     #   +2: the -> clip(5) = 4 (cat), right by the clip at the end
     assert base.loc[("xcomp", -1), "accuracy"] == 1.0 and base.loc[("punct", -2), "accuracy"] == 1.0
     assert [base.loc[("all", o), "correct"] for o in (-3, -2, -1, 0, 1, 2)] == [1, 3, 1, 0, 4, 2]
-    assert base.loc[("root", -2), "accuracy"] == 0.5 and base.loc[("all", 1), "count"] == 10
+    assert base.loc[("root", -2), "accuracy"] == 0.5 and base.loc[("all", 1), "n"] == 10
     assert df.loc[("all", 0, 1, "dep->head"), "correct"] == base.loc[("all", -1), "correct"]
     assert df.loc[("xcomp", 0, 1, "dep->head"), "accuracy"] == 1.0
     # the first word of each sentence attends only to [CLS]: an all-zero row, argmax -> word 1 (itself): wrong
@@ -74,13 +74,15 @@ def test_head_to_dependent_direction(result):
     # looks at the previous word, so that is the next word. unaffordable <- house: amod right;
     # The <- unaffordable (its first piece): det wrong, the <- cat right; house <- stood, Dogs <- chase right
     assert df.loc[("amod", 0, 1, "head->dep"), "correct"] == 1
-    assert df.loc[("det", 0, 1, "head->dep"), "correct"] == 1 and df.loc[("det", 0, 1, "head->dep"), "count"] == 2
+    assert df.loc[("det", 0, 1, "head->dep"), "correct"] == 1 and df.loc[("det", 0, 1, "head->dep"), "n"] == 2
     assert df.loc[("nsubj", 0, 1, "head->dep"), "accuracy"] == 1.0
 
 
 def test_best_heads_table(result):
     best = syntax.best_heads(result.result(), result.baselines(), min_count=1).set_index("relation")
-    assert best.loc["all", "head"] == "1-1" and best.loc["all", "accuracy"] == 8 / 10
+    assert best.loc["all", "label"] == "1-1" and best.loc["all", "accuracy"] == 8 / 10
+    assert best.loc["all", ["layer", "head", "n"]].tolist() == [0, 0, 10]  # ints, 0-indexed; "all" counts every word
+    assert "head_index" not in best and "count" not in best
     assert best.loc["all", "baseline_offset"] == 1 and best.loc["all", "baseline_accuracy"] == 4 / 10
     assert "punct" not in best.index and "root" not in best.index  # left out of the table, as Clark
     assert best.loc["obj", "stanford"] == "dobj"
@@ -134,7 +136,7 @@ def test_head_to_dep_clark_transpose_vs_head_argmax(mode, expected):
     red.update(_item(BIG_DOG_MAP))
     df = red.result().set_index(["relation", "direction"])
     assert {r: df.loc[(r, "head->dep"), "correct"] for r in expected} == expected
-    assert df.loc[("all", "head->dep"), "count"] == 4
+    assert df.loc[("all", "head->dep"), "n"] == 4
     # dep->head: the -> dog, big -> dog right; dog -> the wrong; barked -> dog wrong (root): 2 of 4
     assert df.loc[("all", "dep->head"), "correct"] == 2 and df.loc[("nsubj", "dep->head"), "correct"] == 0
 
@@ -154,7 +156,7 @@ def test_offset_predictor_reaches_root_at_the_start():
     red.update(_item([[0.0, 0.5], [0.5, 0.0]]))
     base = red.baselines().set_index(["relation", "offset"])
     # offset -1: Go -> clip(0) = ROOT (right), home -> Go (right): 2 of 2 words, the root included
-    assert base.loc[("all", -1), "correct"] == 2 and base.loc[("all", -1), "count"] == 2
+    assert base.loc[("all", -1), "correct"] == 2 and base.loc[("all", -1), "n"] == 2
 
 
 JOHNS_DOG = read_conllu("""1	John	John	PROPN	_	_	3	nmod:poss	_	_
