@@ -10,6 +10,8 @@ from .plots import PALETTE, set_style
 
 #: Order of the behaviour legend (labels from ``clustering.head_behaviours``); others follow.
 BEHAVIOUR_ORDER = ["[CLS]", "[SEP]", "punctuation", "previous token", "next token", "broad", "other"]
+#: The distance axis of :func:`dendrogram` for each ``reduce`` of ``clustering.HeadDistances``.
+JS_AXIS_LABELS = {"mean": "mean JS divergence per token (nats)", "sum": "JS divergence summed over tokens (nats)"}
 
 
 def mds_map(coords: pd.DataFrame, hue: str = "behaviour", annotate: bool = False):
@@ -52,7 +54,7 @@ def mds_map(coords: pd.DataFrame, hue: str = "behaviour", annotate: bool = False
 def dendrogram(linkage: np.ndarray, labels: list[str], color_threshold: float | None = None,
                ylabel: str = "JS divergence (nats)"):
     """Dendrogram of the heads' average-linkage clustering (``clustering.head_linkage``); ``ylabel``
-    should say whether the distances are summed or averaged over tokens."""
+    should say whether the distances are summed or averaged over tokens (:data:`JS_AXIS_LABELS`)."""
     from scipy.cluster import hierarchy
 
     set_style()
