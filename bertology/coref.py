@@ -530,3 +530,85 @@ def coref_table(heads: pd.DataFrame, baselines: pd.DataFrame, top: int = 1) -> p
     out["n"] = int(baselines.loc[baselines.mention_type == "all", "n"].iloc[0])
     out.columns.name = None
     return out
+
+
+#: Values of notebook 02's ``coref`` parameter: UD English GUM, or no coreference study.
+COREF_DATA = ("gum", "none")
+
+
+def gum_documents(coref: str, info, treebank: str, split: str = "dev",
+                  limit: int | None = None) -> tuple[list[Document] | None, str | None]:
+    """The documents of the coreference study, or why there are none: ``(docs, note)``.
+
+    ``coref``: one of :data:`COREF_DATA`; ``info``: the treebank info of the run's relation data
+    (``.english``, ``.language``), whose description is ``treebank``. GUM is English, so a run on
+    another language skips it, as does a machine without GUM; ``note`` then says so for the report
+    (``None`` when the documents were read, or when ``coref="none"`` asked for no study). ``limit``:
+    the first documents only."""
+    from .data import DataUnavailableError, load_treebank
+
+    if coref == "none":
+        return None, None
+    if not info.english:
+        return None, f"Coreference skipped: it needs UD English GUM, and this run is on {info.language} ({treebank})."
+    try:
+        gum = load_treebank("gum", split)
+    except DataUnavailableError as exc:
+        return None, f"Coreference skipped: UD English GUM is not available here ({str(exc).splitlines()[0]})."
+    return read_mentions(gum)[:limit], None
+
+
+def coref_study(loaded, docs: Sequence[Document], max_length: int, top: int = 3,
+                **extract_kwargs) -> tuple[dict[str, pd.DataFrame], dict]:
+    """Notebook 02's coreference section in one call: windows of whole sentences of at most
+    ``max_length`` pieces (:func:`make_windows`), the heads under both candidate sets
+    (:func:`coref_heads`), the baselines and a Table 2 with the ``top`` heads (:func:`coref_table`,
+    its index as column ``system``).
+
+    Returns ``(tables, values)``: tables ``heads, baselines, table``; values ``coref_windows``
+    (:meth:`Windows.summary`) and ``coref_seconds`` (heads and baselines)."""
+    import time
+
+    windows = make_windows(docs, loaded.tokenizer, max_length)
+    t0 = time.perf_counter()
+    heads = coref_heads(loaded, windows, **extract_kwargs)
+    base = coref_baselines(windows)
+    seconds = round(time.perf_counter() - t0, 2)
+    table = coref_table(heads, base, top=top).reset_index(names="system")
+    return {"heads": heads, "baselines": base, "table": table}, {"coref_windows": windows.summary(), "coref_seconds": seconds}
+
+
+def findings(table: pd.DataFrame | None) -> dict | None:
+    """The coreference numbers of notebook 02's "what this run shows" (accuracy in %, column ``all``),
+    from :func:`coref_study`'s ``table`` (``None``, no study: ``None``): the best head under the paper's candidates (``best_head``,
+    its ``layer-head`` label, and ``best_head_all``), the best with preceding words only
+    (``preceding_head``, ``preceding_all``) and the two baselines (``nearest_mention_all``,
+    ``head_word_match_all``)."""
+    if table is None:
+        return None
+    t = table.set_index("system")["all"]
+    heads = [s for s in t.index if s.startswith("head ")]
+    best = [s for s in heads if not s.endswith(" (preceding)")][0]
+    ours = [s for s in heads if s.endswith(" (preceding)")][0]
+    return {"best_head": best[len("head "):], "best_head_all": float(t[best]),
+            "preceding_head": ours[len("head "):-len(" (preceding)")], "preceding_all": float(t[ours]),
+            "nearest_mention_all": float(t["nearest mention"]), "head_word_match_all": float(t["head-word match"])}
+
+
+def findings_text(f: dict | None) -> list[str]:
+    """The Markdown line of :func:`findings`, with Clark et al.'s BERT-base number for reference
+    (none without a study)."""
+    if f is None:
+        return []
+    return [f"Coreference: the best head ({f['best_head']}) picks a correct antecedent for {f['best_head_all']:.0f}% of "
+            "mentions when it may attend anywhere (the paper's definition; Clark et al.: 65% for BERT-base on CoNLL-2012), "
+            f"{f['preceding_all']:.0f}% restricted to preceding words ({f['preceding_head']} (preceding)), against "
+            f"{f['nearest_mention_all']:.0f}% for the nearest mention and {f['head_word_match_all']:.0f}% for head-word match."]
+
+
+def key_numbers(f: dict | None) -> dict[str, float]:
+    """Headline number of notebook 02's coreference section (from :func:`findings`), as a fraction
+    (none without a study)."""
+    if f is None:
+        return {}
+    return {"coreference: best head accuracy": f["best_head_all"] / 100}

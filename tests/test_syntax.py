@@ -183,3 +183,59 @@ def test_possessive_rule_uses_the_prediction_of_s(john_row, expected):
     assert red.n_poss_rule == 1
     # offset +1 for John predicts 's (wrong alone); the rule scores 's's +1 = dog: right
     assert red.baselines().set_index(["relation", "offset"]).loc[("nmod:poss", 1), "correct"] == 1
+
+
+# ----------------------------------------------------------------------------- notebook 02's steps and findings
+
+def _best(rows):
+    """A hand-made :func:`syntax.best_heads` table: ``(relation, n, layer, head, direction, accuracy, offset, baseline)``."""
+    import pandas as pd
+
+    df = pd.DataFrame(rows, columns=["relation", "n", "layer", "head", "direction", "accuracy", "baseline_offset",
+                                     "baseline_accuracy"])
+    df.insert(4, "label", [f"{l + 1}-{h + 1}" for l, h in zip(df["layer"], df["head"])])
+    return df
+
+
+BEST = _best([("all", 100, 2, 1, "dep->head", 0.5, 1, 0.25),
+              ("det", 40, 0, 0, "dep->head", 0.9, 1, 0.5),       # beats its offset by 0.4
+              ("nsubj", 30, 1, 3, "head->dep", 0.6, -1, 0.55),   # by 0.05 only
+              ("amod", 20, 0, 1, "head->dep", 0.75, 1, 0.625),   # by 0.125
+              ("case", 10, 3, 0, "dep->head", 0.7, 1, 0.7)])     # by 0
+
+
+def test_relation_study_is_the_reducer_in_one_pass(tokenizer, sentences, result):
+    base = random_bert(tokenizer, n_layers=1, n_heads=2, mlm=False, seed=0)
+    model, _ = plant_word_targets(base, sentences, to_gold_head_and_previous, 2)
+    rs = syntax.relation_study(model, sentences, n_examples=1, progress=False)
+    assert rs.heads.equals(result.result()) and rs.baselines.equals(result.baselines())
+    assert list(rs.examples) == [0] and rs.examples[0].attention.shape[:2] == (1, 2)
+    assert rs.stats.n_inputs == 2 and rs.n_poss_rule == 0
+
+
+def test_grid_relations_take_the_first_two_preferred_with_their_direction():
+    assert syntax.grid_relations(BEST) == [("det", "dep->head"), ("nsubj", "head->dep")]  # no obj in the table
+    assert syntax.grid_relations(BEST, prefer=("obj", "amod"), k=5) == [("amod", "head->dep")]
+
+
+def test_example_maps_by_hand():
+    best = _best([("all", 4, 0, 0, "dep->head", 0.5, 1, 0.25), ("det", 1, 0, 0, "dep->head", 1.0, 1, 0.0),
+                  ("amod", 1, 0, 0, "head->dep", 1.0, 1, 0.0)])
+    maps, words = syntax.example_maps(best, {0: _item(BIG_DOG_MAP)}, THE_BIG_DOG)  # 4 words: short, but the only one
+    assert words == ["the", "big", "dog", "barked"]
+    assert [t for t, _, _ in maps] == ["1-1: det (dep->head)", "1-1: amod (head->dep)"]  # "all" left out
+    assert np.array_equal(maps[0][1], np.asarray(BIG_DOG_MAP))
+    # det: the (0) -> dog (2), a dependent's row; amod, head->dep: dog's row (2) at big (1)
+    assert [cells for _, _, cells in maps] == [[(0, 2)], [(2, 1)]]
+
+
+def test_findings_text_and_key_numbers_by_hand():
+    first, second = syntax.findings_text(BEST, min_count=10)
+    assert first == ("Over all relations, the best single head (3-2) finds the syntactic head 50% of the time; "
+                     "the best fixed offset (+1) 25%.")
+    # det (+0.4) and amod (+0.125) beat their offset by 10 points, nsubj and case do not
+    assert second.startswith("2 of 4 relations with ≥ 10 arcs have a head that beats the best offset baseline by 10 points")
+    assert second.endswith("the most accurate: det 90% (head 1-1, baseline 50%); amod 75% (head 1-2, baseline 62%); "
+                           "case 70% (head 4-1, baseline 70%).")
+    assert syntax.key_numbers(BEST) == {"best head accuracy: all": 0.5, "best head accuracy: det": 0.9,
+                                        "best head accuracy: nsubj": 0.6, "best head accuracy: case": 0.7}  # no obj
