@@ -374,3 +374,41 @@ def layer_similarity(distance: np.ndarray, n_heads: int, n_permutations: int = 1
         "n_permutations": n_permutations,
         "n_heads": n,
     }
+
+
+#: Permutation p-value below which "what this run shows" says heads of a layer are more alike.
+ALIKE_P = 0.05
+
+
+def findings_text(same_layer: dict, behaviour: pd.DataFrame, distances: pd.DataFrame, reduce: str = "mean") -> list[str]:
+    """Markdown lines of notebook 03's "what this run shows": the same-layer test (``same_layer`` from
+    :func:`layer_similarity`; alike when ``p < ALIKE_P``), how many heads show each behaviour
+    (``behaviour`` from :func:`head_behaviours`, most frequent first) and the closest pair of heads
+    (``distances``: :meth:`HeadDistanceResult.table`); ``reduce`` says whether the distances are
+    averaged (``"mean"``) or summed over tokens."""
+    verdict = ("more alike than heads of different layers" if same_layer["p_value"] < ALIKE_P
+               else "not detectably more alike than heads of different layers")
+    counts = behaviour["behaviour"].value_counts()
+    closest = distances.nsmallest(1, "value").iloc[0]
+    return [
+        f"Heads in the same layer are **{verdict}**: {'mean' if reduce == 'mean' else 'summed'} JS distance "
+        f"{same_layer['within_mean']:.3f} nats within layers vs {same_layer['between_mean']:.3f} between "
+        f"(permutation p = {same_layer['p_value']:.3g}, {same_layer['n_permutations']} permutations).",
+        "Behaviours: " + ", ".join(f"{k} {v}" for k, v in counts.items()) + ".",
+        f"Closest pair of heads: {head_label(int(closest.layer_a), int(closest.head_a))} and "
+        f"{head_label(int(closest.layer_b), int(closest.head_b))} (JS {closest.value:.3f} nats).",
+    ]
+
+
+def key_numbers(same_layer: dict) -> dict[str, float]:
+    """Headline numbers of notebook 03 for the index, from :func:`layer_similarity`."""
+    return {"JS distance within layers (nats)": same_layer["within_mean"],
+            "JS distance between layers (nats)": same_layer["between_mean"],
+            "same-layer permutation p-value": same_layer["p_value"]}
+
+
+def reference_text() -> str:
+    """What Clark et al. report on head clustering, for the "what this run shows" cell."""
+    return ("**Clark et al. (2019) on BERT-base, for reference (different model and data):** heads with the same "
+            "behaviour form clusters in the MDS plot (§6, Fig. 6), and heads within the same layer are often close to each other, "
+            "so they tend to have similar attention distributions.")

@@ -436,7 +436,7 @@ class CorefHeads:
             self.count[k] += int(member[k].sum())
 
     def result(self) -> pd.DataFrame:
-        """Tidy table ``layer, head, mention_type, candidates, correct, count, accuracy`` (0-indexed;
+        """Tidy table ``layer, head, mention_type, candidates, correct, n, accuracy`` (0-indexed; ``n``: mentions;
         ``mention_type`` ranges over :data:`GROUPS`)."""
         L, H = self.shape
         rows = [
@@ -444,8 +444,7 @@ class CorefHeads:
              self.correct[k, layer, head] / self.count[k] if self.count[k] else np.nan)
             for layer in range(L) for head in range(H) for k, t in enumerate(GROUPS)
         ]
-        return pd.DataFrame(rows, columns=["layer", "head", "mention_type", "candidates", "correct", "count",
-                                           "accuracy"])
+        return pd.DataFrame(rows, columns=["layer", "head", "mention_type", "candidates", "correct", "n", "accuracy"])
 
 
 def coref_heads(loaded, windows: Windows, candidates: Sequence[str] = CANDIDATES, batch_size: int = 4,
@@ -478,7 +477,7 @@ def coref_baselines(windows: Sequence[Window], include_singletons: bool = False)
 
     CoNLL-2012, where Clark et al. ran them, annotates no singletons, so by default mentions of
     entities mentioned only once in their document are not candidates; ``include_singletons=True``
-    lets GUM's singletons compete too. Returns ``baseline, mention_type, correct, count, accuracy``
+    lets GUM's singletons compete too. Returns ``baseline, mention_type, correct, n, accuracy``
     with ``mention_type`` over :data:`GROUPS`.
     """
     tally = {(b, t): [0, 0] for b in ("nearest mention", "head-word match") for t in GROUPS}
@@ -495,7 +494,7 @@ def coref_baselines(windows: Sequence[Window], include_singletons: bool = False)
                     tally[b, GROUPS[k]][0] += pick in lk.antecedent_heads
                     tally[b, GROUPS[k]][1] += 1
     rows = [(b, t, c, n, c / n if n else np.nan) for (b, t), (c, n) in tally.items()]
-    return pd.DataFrame(rows, columns=["baseline", "mention_type", "correct", "count", "accuracy"])
+    return pd.DataFrame(rows, columns=["baseline", "mention_type", "correct", "n", "accuracy"])
 
 
 def best_coref_heads(df: pd.DataFrame, by: str = "all", top: int = 1, candidates: str | None = None) -> pd.DataFrame:
@@ -528,6 +527,88 @@ def coref_table(heads: pd.DataFrame, baselines: pd.DataFrame, top: int = 1) -> p
         best.index = [f"head {label}" + ("" if mode == "clark" else f" ({mode})") for label in best.index]
         parts.append(best)
     out = (pd.concat(parts) * 100).round(1)
-    out["n"] = int(baselines.loc[baselines.mention_type == "all", "count"].iloc[0])
+    out["n"] = int(baselines.loc[baselines.mention_type == "all", "n"].iloc[0])
     out.columns.name = None
     return out
+
+
+#: Values of notebook 02's ``coref`` parameter: UD English GUM, or no coreference study.
+COREF_DATA = ("gum", "none")
+
+
+def gum_documents(coref: str, info, treebank: str, split: str = "dev",
+                  limit: int | None = None) -> tuple[list[Document] | None, str | None]:
+    """The documents of the coreference study, or why there are none: ``(docs, note)``.
+
+    ``coref``: one of :data:`COREF_DATA`; ``info``: the treebank info of the run's relation data
+    (``.english``, ``.language``), whose description is ``treebank``. GUM is English, so a run on
+    another language skips it, as does a machine without GUM; ``note`` then says so for the report
+    (``None`` when the documents were read, or when ``coref="none"`` asked for no study). ``limit``:
+    the first documents only."""
+    from .data import DataUnavailableError, load_treebank
+
+    if coref == "none":
+        return None, None
+    if not info.english:
+        return None, f"Coreference skipped: it needs UD English GUM, and this run is on {info.language} ({treebank})."
+    try:
+        gum = load_treebank("gum", split)
+    except DataUnavailableError as exc:
+        return None, f"Coreference skipped: UD English GUM is not available here ({str(exc).splitlines()[0]})."
+    return read_mentions(gum)[:limit], None
+
+
+def coref_study(loaded, docs: Sequence[Document], max_length: int, top: int = 3,
+                **extract_kwargs) -> tuple[dict[str, pd.DataFrame], dict]:
+    """Notebook 02's coreference section in one call: windows of whole sentences of at most
+    ``max_length`` pieces (:func:`make_windows`), the heads under both candidate sets
+    (:func:`coref_heads`), the baselines and a Table 2 with the ``top`` heads (:func:`coref_table`,
+    its index as column ``system``).
+
+    Returns ``(tables, values)``: tables ``heads, baselines, table``; values ``coref_windows``
+    (:meth:`Windows.summary`) and ``coref_seconds`` (heads and baselines)."""
+    import time
+
+    windows = make_windows(docs, loaded.tokenizer, max_length)
+    t0 = time.perf_counter()
+    heads = coref_heads(loaded, windows, **extract_kwargs)
+    base = coref_baselines(windows)
+    seconds = round(time.perf_counter() - t0, 2)
+    table = coref_table(heads, base, top=top).reset_index(names="system")
+    return {"heads": heads, "baselines": base, "table": table}, {"coref_windows": windows.summary(), "coref_seconds": seconds}
+
+
+def findings(table: pd.DataFrame | None) -> dict | None:
+    """The coreference numbers of notebook 02's "what this run shows" (accuracy in %, column ``all``),
+    from :func:`coref_study`'s ``table`` (``None``, no study: ``None``): the best head under the paper's candidates (``best_head``,
+    its ``layer-head`` label, and ``best_head_all``), the best with preceding words only
+    (``preceding_head``, ``preceding_all``) and the two baselines (``nearest_mention_all``,
+    ``head_word_match_all``)."""
+    if table is None:
+        return None
+    t = table.set_index("system")["all"]
+    heads = [s for s in t.index if s.startswith("head ")]
+    best = [s for s in heads if not s.endswith(" (preceding)")][0]
+    ours = [s for s in heads if s.endswith(" (preceding)")][0]
+    return {"best_head": best[len("head "):], "best_head_all": float(t[best]),
+            "preceding_head": ours[len("head "):-len(" (preceding)")], "preceding_all": float(t[ours]),
+            "nearest_mention_all": float(t["nearest mention"]), "head_word_match_all": float(t["head-word match"])}
+
+
+def findings_text(f: dict | None) -> list[str]:
+    """The Markdown line of :func:`findings`, with Clark et al.'s BERT-base number for reference
+    (none without a study)."""
+    if f is None:
+        return []
+    return [f"Coreference: the best head ({f['best_head']}) picks a correct antecedent for {f['best_head_all']:.0f}% of "
+            "mentions when it may attend anywhere (the paper's definition; Clark et al.: 65% for BERT-base on CoNLL-2012), "
+            f"{f['preceding_all']:.0f}% restricted to preceding words ({f['preceding_head']} (preceding)), against "
+            f"{f['nearest_mention_all']:.0f}% for the nearest mention and {f['head_word_match_all']:.0f}% for head-word match."]
+
+
+def key_numbers(f: dict | None) -> dict[str, float]:
+    """Headline number of notebook 02's coreference section (from :func:`findings`), as a fraction
+    (none without a study)."""
+    if f is None:
+        return {}
+    return {"coreference: best head accuracy": f["best_head_all"] / 100}

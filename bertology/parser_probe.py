@@ -681,3 +681,47 @@ def run_parser_probes(
                 runs.append(ProbeRun(kind, m.info.name, tp.predict(te, decode), list(test), tp, recipe))
         del tr, te
     return runs
+
+
+def probe_source(data: str, treebank: str) -> str:
+    """The treebank the parser probe trains and tests on, from notebook 02's ``data`` parameter and the
+    description of the relation data it resolved to (``treebank``): under ``data="auto"``, EWT when
+    that found EWT, else the shipped sample; any other ``data`` as given."""
+    if data != "auto":
+        return data
+    return "ewt" if "EWT" in treebank else "sample"
+
+
+def findings_text(uas: pd.DataFrame) -> list[str]:
+    """The Markdown line of notebook 02's "what this run shows" on the probes (``uas`` from
+    :func:`uas_table`): every probe's UAS, in the table's order."""
+    return ["Parser probe UAS: " + "; ".join(f"{r.probe} on {r.model}{' (authors recipe)' if r.recipe == 'clark' else ''}: "
+                                             f"{r.uas:.1%}" for r in uas.itertuples()) + "."]
+
+
+def key_numbers(uas: pd.DataFrame, model: str) -> dict[str, float]:
+    """Headline numbers of notebook 02 for the index: each probe's UAS (:func:`uas_table`), named by
+    probe, ``(random init)`` when run on the control rather than ``model``, and ``(authors' recipe)``."""
+    return {f"parser probe UAS: {r.probe}" + ("" if r.model in ("-", model) else " (random init)")
+            + (" (authors' recipe)" if r.recipe == "clark" else ""): float(r.uas) for r in uas.itertuples()}
+
+
+def probe_treebanks(data: str, treebank: str, n_train: int, n_test: int | None = None):
+    """``(source, train, test)``: the probe's treebank (:func:`probe_source`), its first ``n_train``
+    train sentences (all of dev when it has no train split; ``train.note`` then says so) and its first
+    ``n_test`` test sentences (0 or None: all)."""
+    from .data import load_treebank
+
+    source = probe_source(data, treebank)
+    train = load_treebank(source, "train", limit=n_train, train_from_dev=0)
+    return source, train, load_treebank(source, "test", limit=n_test or None)
+
+
+def probe_study(loaded: LoadedModel, train: Sequence[Sentence], test: Sequence[Sentence],
+                **kwargs) -> tuple[dict[str, pd.DataFrame], float]:
+    """Notebook 02's Table 3 in one call: :func:`run_parser_probes` (``kwargs`` passed on), then
+    ``({"uas": uas_table, "relations": relation_table}, seconds)``, the seconds those runs took."""
+    t0 = time.perf_counter()
+    runs = run_parser_probes(loaded, train, test, **kwargs)
+    seconds = round(time.perf_counter() - t0, 2)
+    return {"uas": uas_table(runs), "relations": relation_table(runs)}, seconds

@@ -138,18 +138,19 @@ def model_view(attention: np.ndarray, labels: list[str], decimals: int = 2):
 
 def relation_heads_vs_baseline(best: pd.DataFrame, max_relations: int = 20):
     """Clark et al. Table 1 as a figure: best head's accuracy per relation against the best
-    fixed-offset baseline (labels: best head ``layer-head`` and baseline offset)."""
+    fixed-offset baseline (``best`` from :func:`bertology.syntax.best_heads`; labels: best head
+    ``label`` and baseline offset; relations with their number of arcs ``n``)."""
     d = best.head(max_relations)
     fig, ax = plt.subplots(figsize=(7, 0.32 * len(d) + 1.2))
     y = np.arange(len(d))
     pal = sns.color_palette(PALETTE)
     ax.barh(y - 0.2, d["accuracy"], height=0.4, color=pal[0], label="best head")
     ax.barh(y + 0.2, d["baseline_accuracy"], height=0.4, color=pal[7], label="best fixed offset")
-    for yi, (acc, head, direction) in enumerate(zip(d["accuracy"], d["head"], d["direction"])):
+    for yi, (acc, head, direction) in enumerate(zip(d["accuracy"], d["label"], d["direction"])):
         ax.text(acc + 0.01, yi - 0.2, f"{head} ({direction})", va="center", fontsize=7)
     for yi, (acc, off) in enumerate(zip(d["baseline_accuracy"], d["baseline_offset"])):
         ax.text(acc + 0.01, yi + 0.2, f"offset {off:+d}", va="center", fontsize=7, color="0.35")
-    ax.set_yticks(y, [f"{r} (n={c})" for r, c in zip(d["relation"], d["count"])], fontsize=8)
+    ax.set_yticks(y, [f"{r} (n={n})" for r, n in zip(d["relation"], d["n"])], fontsize=8)
     ax.invert_yaxis()
     ax.set_xlim(0, 1.18)
     ax.set_xlabel("accuracy")

@@ -10,9 +10,11 @@ from .plots import PALETTE, set_style
 
 #: Order of the behaviour legend (labels from ``clustering.head_behaviours``); others follow.
 BEHAVIOUR_ORDER = ["[CLS]", "[SEP]", "punctuation", "previous token", "next token", "broad", "other"]
+#: The distance axis of :func:`dendrogram` for each ``reduce`` of ``clustering.HeadDistances``.
+JS_AXIS_LABELS = {"mean": "mean JS divergence per token (nats)", "sum": "JS divergence summed over tokens (nats)"}
 
 
-def plot_mds(coords: pd.DataFrame, hue: str = "behaviour", annotate: bool = False):
+def mds_map(coords: pd.DataFrame, hue: str = "behaviour", annotate: bool = False):
     """Heads in the 2-D MDS embedding of their JS distances, coloured by ``hue``.
 
     ``coords`` has ``x, y, label`` (from ``HeadDistanceResult.mds``) plus the ``hue`` column,
@@ -49,17 +51,17 @@ def plot_mds(coords: pd.DataFrame, hue: str = "behaviour", annotate: bool = Fals
     return fig
 
 
-def plot_dendrogram(linkage: np.ndarray, labels: list[str], color_threshold: float | None = None,
-                    ylabel: str = "JS divergence (nats)"):
+def dendrogram(linkage: np.ndarray, labels: list[str], color_threshold: float | None = None,
+               ylabel: str = "JS divergence (nats)"):
     """Dendrogram of the heads' average-linkage clustering (``clustering.head_linkage``); ``ylabel``
-    should say whether the distances are summed or averaged over tokens."""
-    from scipy.cluster.hierarchy import dendrogram
+    should say whether the distances are summed or averaged over tokens (:data:`JS_AXIS_LABELS`)."""
+    from scipy.cluster import hierarchy
 
     set_style()
     n = len(labels)
     fig, ax = plt.subplots(figsize=(min(24.0, max(6.0, 0.09 * n)), 4.0))
-    dendrogram(linkage, labels=list(labels), ax=ax, color_threshold=color_threshold,
-               leaf_rotation=90, leaf_font_size=max(4, min(8, 600 // max(n, 1))))
+    hierarchy.dendrogram(linkage, labels=list(labels), ax=ax, color_threshold=color_threshold,
+                         leaf_rotation=90, leaf_font_size=max(4, min(8, 600 // max(n, 1))))
     ax.set_ylabel(ylabel)
     ax.grid(False, axis="x")
     ax.set_title("attention heads, average-linkage clustering", fontsize=10)

@@ -651,7 +651,8 @@ def language_comparison(out: Path) -> dict[str, pd.DataFrame]:
     """Runs on different languages side by side (from each report's ``results.json``).
 
     ``relations``: per relation found in the notebook-02 runs of *every* language present, each
-    run's best head and its accuracy (``relation, language, model, head, accuracy, count``);
+    run's best head (its ``layer-head`` label) and accuracy (``relation, language, model, label, accuracy, n``;
+    results written before the columns were renamed, with ``head`` for the label and ``count``, are read too);
     ``uuas``: the notebook-04 structural probe's UUAS by layer of each run (``language, model,
     layer, uuas``), the random-init control left out. Runs whose treebank has no language recorded
     are skipped; both tables are empty unless at least two languages are present.
@@ -667,12 +668,13 @@ def language_comparison(out: Path) -> dict[str, pd.DataFrame]:
             language, model = f"{lang.get('name') or lang['code']} ({lang['code']})", meta.get("model", slug)
             if stem.startswith("02"):
                 for r in tables.get("relation_heads_best") or []:
-                    rel_rows.append((r["relation"], language, model, r["head"], r["accuracy"], r["count"]))
+                    rel_rows.append((r["relation"], language, model, r["label"] if "label" in r else r["head"],
+                                     r["accuracy"], r["n"] if "n" in r else r["count"]))
             if stem.startswith("04"):
                 for r in tables.get("structural_probe") or []:
                     if r.get("metric") == "uuas" and r.get("model") == model:
                         uuas_rows.append((language, model, int(r["layer"]), r["value"]))
-    rel = pd.DataFrame(rel_rows, columns=["relation", "language", "model", "head", "accuracy", "count"])
+    rel = pd.DataFrame(rel_rows, columns=["relation", "language", "model", "label", "accuracy", "n"])
     uuas = pd.DataFrame(uuas_rows, columns=["language", "model", "layer", "uuas"])
     if rel.language.nunique() >= 2:
         per_lang = rel.groupby("relation")["language"].nunique()
@@ -693,7 +695,7 @@ def _language_section(out: Path) -> str:
     if len(rel):
         rel = rel.assign(run=rel.language + " · " + rel.model)
         runs = sorted(rel.run.unique())
-        cell = {(r.relation, r.run): f"{r.head}: {r.accuracy:.3f}" for r in rel.itertuples()}
+        cell = {(r.relation, r.run): f"{r.label}: {r.accuracy:.3f}" for r in rel.itertuples()}
         rows = "".join(f"<tr><td>{esc(k)}</td>" + "".join(f"<td class=num>{esc(cell.get((k, c), ''))}</td>" for c in runs)
                        + "</tr>" for k in sorted(rel.relation.unique(), key=lambda x: (x != "all", x)))
         parts.append("<h3>Best head per shared relation (notebook 02; head: accuracy)</h3>\n<table><thead><tr>"

@@ -29,13 +29,14 @@ names differ (see :data:`UD_TO_STANFORD`). Deviations are declared in :mod:`bert
 from __future__ import annotations
 
 from collections import defaultdict
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 
-from .attention import head_label
+from .labels import head_label
 from .data import Sentence
-from .extract import Item
+from .extract import ExtractStats, Item, extract
 from .fidelity import declare, option_differs
 
 STUDIES = ("clark.relations",)
@@ -118,7 +119,7 @@ CLARK_TABLE1 = pd.DataFrame(
         ("mark", "8-2", 50.7, 14.5, 2, "authors' output", ""),
         ("prt", "6-7", 99.1, 91.4, -1, "authors' output", ""),
     ],
-    columns=["relation_sd", "head", "accuracy", "baseline_accuracy", "baseline_offset", "source", "transcribed"],
+    columns=["relation_sd", "label", "accuracy", "baseline_accuracy", "baseline_offset", "source", "transcribed"],
 )
 CLARK_TABLE1_PROVENANCE = ("authors' code output: clarkkev/attention-analysis Syntax_Analysis.ipynb, committed "
                            "output of the Table 1 cell (0-indexed heads printed there, +1 here)")
@@ -213,7 +214,7 @@ class RelationHeads:
         return ok
 
     def result(self) -> pd.DataFrame:
-        """Tidy: ``relation, layer, head, direction, correct, count, accuracy`` (0-indexed)."""
+        """Tidy: ``relation, layer, head, direction, correct, n, accuracy`` (0-indexed; ``n``: arcs scored)."""
         rows = []
         L, H = self.shape
         for rel, c in self.correct.items():
@@ -223,15 +224,15 @@ class RelationHeads:
                     for head in range(H):
                         k = int(c[d, layer, head])
                         rows.append((rel, layer, head, direction, k, n, k / n))
-        return pd.DataFrame(rows, columns=["relation", "layer", "head", "direction", "correct", "count", "accuracy"])
+        return pd.DataFrame(rows, columns=["relation", "layer", "head", "direction", "correct", "n", "accuracy"])
 
     def baselines(self) -> pd.DataFrame:
-        """Tidy: ``relation, offset, correct, count, accuracy`` for every fixed offset."""
+        """Tidy: ``relation, offset, correct, n, accuracy`` for every fixed offset."""
         rows = []
         for rel, c in self.offset_correct.items():
             n = self.count[rel]
             rows += [(rel, o, int(k), n, k / n) for o, k in zip(self.offsets, c)]
-        return pd.DataFrame(rows, columns=["relation", "offset", "correct", "count", "accuracy"])
+        return pd.DataFrame(rows, columns=["relation", "offset", "correct", "n", "accuracy"])
 
 
 def relation_inventory(sentences: list[Sentence], min_count: int = 1, keep_subtypes: bool = True) -> pd.DataFrame:
@@ -249,17 +250,19 @@ def best_heads(heads: pd.DataFrame, baselines: pd.DataFrame, min_count: int = 10
                stanford: bool = True) -> pd.DataFrame:
     """Clark et al. Table 1: per relation with at least ``min_count`` arcs, the best head (either
     direction) and the best offset baseline, sorted by frequency; ``all`` (every word) first, the
-    ``root`` and ``punct`` rows left out as in the reference. Heads printed as ``layer-head``.
-    ``stanford=False`` (non-English treebanks) leaves out the column of Stanford names."""
-    h = heads[((heads["count"] >= min_count) | (heads["relation"] == ALL)) & ~heads["relation"].isin(NOT_IN_TABLE)]
+    ``root`` and ``punct`` rows left out as in the reference. Columns: ``relation, n`` (arcs),
+    ``layer, head`` (0-indexed ints), ``label`` (the paper's 1-indexed ``layer-head``), ``direction,
+    accuracy, baseline_offset, baseline_accuracy`` and ``stanford`` (the Stanford name, where one
+    corresponds); ``stanford=False`` (non-English treebanks) leaves that column out."""
+    h = heads[((heads["n"] >= min_count) | (heads["relation"] == ALL)) & ~heads["relation"].isin(NOT_IN_TABLE)]
     best = h.loc[h.groupby("relation")["accuracy"].idxmax()]
     base = baselines.loc[baselines.groupby("relation")["accuracy"].idxmax()].set_index("relation")
     out = pd.DataFrame({
         "relation": best["relation"].values,
-        "count": best["count"].values,
-        "head": [head_label(layer, head) for layer, head in zip(best["layer"], best["head"])],
+        "n": best["n"].values,
         "layer": best["layer"].values,
-        "head_index": best["head"].values,
+        "head": best["head"].values,
+        "label": [head_label(layer, head) for layer, head in zip(best["layer"], best["head"])],
         "direction": best["direction"].values,
         "accuracy": best["accuracy"].values,
         "baseline_offset": base.loc[best["relation"], "offset"].values,
@@ -267,7 +270,7 @@ def best_heads(heads: pd.DataFrame, baselines: pd.DataFrame, min_count: int = 10
     })
     if stanford:
         out["stanford"] = out["relation"].map(UD_TO_STANFORD).fillna("")
-    return out.sort_values("count", ascending=False, kind="stable").reset_index(drop=True)  # "all" first
+    return out.sort_values("n", ascending=False, kind="stable").reset_index(drop=True)  # "all" first
 
 
 def gold_arcs(sentence: Sentence) -> list[tuple[int, int, str]]:
@@ -280,6 +283,96 @@ def syntactic_heads(best: pd.DataFrame, margin: float = 0.1) -> dict[tuple[int, 
     as ``{(layer, head): "syntax: rel"}``; a head best for several relations keeps the most frequent."""
     out: dict[tuple[int, int], str] = {}
     good = best[(best.relation != ALL) & (best.accuracy - best.baseline_accuracy >= margin)]
-    for r in good.sort_values("count", ascending=False).itertuples():
-        out.setdefault((int(r.layer), int(r.head_index)), f"syntax: {r.relation}")
+    for r in good.sort_values("n", ascending=False).itertuples():
+        out.setdefault((int(r.layer), int(r.head)), f"syntax: {r.relation}")
     return out
+
+
+#: Relations whose every-head accuracy grid notebook 02 draws, in order of preference.
+GRID_RELATIONS = ("obj", "det", "nsubj")
+#: Relations whose best-head accuracy is a key number of notebook 02 (those the table has).
+KEY_RELATIONS = (ALL, "det", "obj", "nsubj", "case")
+#: Absolute accuracy gain over the best offset baseline that "what this run shows" counts as beating it.
+BEATS_BASELINE = 0.1
+
+
+def grid_relations(best: pd.DataFrame, prefer=GRID_RELATIONS, k: int = 2) -> list[tuple[str, str]]:
+    """The first ``k`` relations of ``prefer`` that ``best`` (:func:`best_heads`) has, each with the
+    direction of its best head: ``[(relation, direction), ...]``, for the every-head grids."""
+    direction = best.set_index("relation")["direction"]
+    return [(r, direction[r]) for r in prefer if r in direction.index][:k]
+
+
+def example_maps(best: pd.DataFrame, items: dict, sentences: list[Sentence], n_relations: int = 4,
+                 min_words: int = 8, max_words: int = 18) -> tuple[list[tuple[str, np.ndarray, list]], list[str]]:
+    """Clark et al. Fig. 5: the word-level map of the best head of each of the first ``n_relations``
+    relations of ``best`` (``all`` left out) on one kept sentence, with the cells a perfect head would
+    fill: ``(maps, words)`` for :func:`bertology.plots.attention_with_arcs`, each map ``(title, matrix,
+    [(row, col), ...])`` (dependent -> head, or head -> dependent for ``head->dep``).
+
+    ``items``: ``{sentence index: Item}`` (``attention.KeepExamples.result()``). The sentence is the
+    one of ``min_words``-``max_words`` words (any kept one if none is) with the most of those
+    relations; ties go to the first kept."""
+    show = [r for r in best.itertuples() if r.relation != ALL][:n_relations]
+    readable = [i for i in items if min_words <= sentences[i].n <= max_words] or list(items)
+    choice = max(readable, key=lambda i: len({r.relation for r in show} & set(sentences[i].deprels)))
+    item, sent = items[choice], sentences[choice]
+    units = item.encoding.word_units
+    maps = []
+    for r in show:
+        m = item.attention[r.layer, r.head][units][:, units]
+        arcs = [(d, h) if r.direction == "dep->head" else (h, d) for d, h, rel in gold_arcs(sent)
+                if rel == r.relation and d < len(units) and h < len(units)]
+        maps.append((f"{r.label}: {r.relation} ({r.direction})", m, arcs))
+    return maps, sent.words[: len(units)]
+
+
+def findings_text(best: pd.DataFrame, min_count: int, top: int = 3) -> list[str]:
+    """Markdown lines of notebook 02's "what this run shows" on the relation heads (``best`` from
+    :func:`best_heads`): the best head over all relations against the best offset; how many relations
+    have a head beating their best offset by :data:`BEATS_BASELINE`, and the ``top`` most accurate."""
+    a = best[best.relation == ALL].iloc[0]
+    rel = best[best.relation != ALL]
+    beat = rel[rel.accuracy - rel.baseline_accuracy >= BEATS_BASELINE]
+    most = rel.sort_values("accuracy", ascending=False).head(top)
+    return [
+        f"Over all relations, the best single head ({a['label']}) finds the syntactic head {a['accuracy']:.0%} of the "
+        f"time; the best fixed offset ({a['baseline_offset']:+d}) {a['baseline_accuracy']:.0%}.",
+        f"{len(beat)} of {len(rel)} relations with ≥ {min_count} arcs have a head that beats the best offset baseline "
+        f"by {100 * BEATS_BASELINE:.0f} points or more; the most accurate: "
+        + "; ".join(f"{r.relation} {r.accuracy:.0%} (head {r.label}, baseline {r.baseline_accuracy:.0%})"
+                    for r in most.itertuples()) + ".",
+    ]
+
+
+def key_numbers(best: pd.DataFrame, relations=KEY_RELATIONS) -> dict[str, float]:
+    """Headline numbers of notebook 02 for the index: the best head's accuracy for each of
+    ``relations`` that ``best`` (:func:`best_heads`) has."""
+    acc = best.set_index("relation")["accuracy"]
+    return {f"best head accuracy: {r}": float(acc[r]) for r in relations if r in acc.index}
+
+
+@dataclass
+class RelationStudy:
+    """What :func:`relation_study` returns: the :class:`RelationHeads` tables (``heads``:
+    :meth:`RelationHeads.result`, ``baselines``: :meth:`RelationHeads.baselines`), the kept example
+    items (``{sentence index: Item}``), the extraction's ``stats`` and ``n_poss_rule``."""
+
+    heads: pd.DataFrame
+    baselines: pd.DataFrame
+    examples: dict
+    stats: ExtractStats
+    n_poss_rule: int
+
+
+def relation_study(loaded, sentences: list[Sentence], head_dep_mode: str = "clark", n_examples: int = 40,
+                   **extract_kwargs) -> RelationStudy:
+    """Notebook 02's relation heads in one word-level :func:`bertology.extract.extract` pass over
+    ``sentences``: :class:`RelationHeads` (``head_dep_mode``) for every head of ``loaded``, keeping the
+    items of the first ``n_examples`` sentences for the example maps (:func:`example_maps`)."""
+    from .attention import KeepExamples
+
+    relations = RelationHeads(sentences, loaded.info.n_layers, loaded.info.n_heads, head_dep_mode=head_dep_mode)
+    examples = KeepExamples(range(min(len(sentences), n_examples)))
+    stats = extract(loaded, [s.words for s in sentences], [relations, examples], **extract_kwargs)
+    return RelationStudy(relations.result(), relations.baselines(), examples.result(), stats, relations.n_poss_rule)

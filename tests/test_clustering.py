@@ -297,8 +297,8 @@ def test_figures_build():
 
     r = cl.HeadDistanceResult(block_matrix(3, 2), 3, 2, 10, 1)
     coords = r.mds(seed=0).assign(behaviour=["[CLS]", "other", "broad", "other", "nsubj", "[SEP]"])
-    for fig in (pc.plot_mds(coords, hue="behaviour", annotate=True), pc.plot_mds(coords, hue="layer"),
-                pc.plot_dendrogram(*cl.head_linkage(r.matrix, r.labels))):
+    for fig in (pc.mds_map(coords, hue="behaviour", annotate=True), pc.mds_map(coords, hue="layer"),
+                pc.dendrogram(*cl.head_linkage(r.matrix, r.labels))):
         assert isinstance(fig, matplotlib.figure.Figure)
         plt.close(fig)
 
@@ -316,3 +316,23 @@ def test_mds_of_heads_that_are_all_alike_is_finite():
     p = np.full((3, 2, 5), 0.2)  # three identical heads: JS exactly 0, never below
     js = pairwise_js(p)
     assert (np.triu(js, 1) >= 0).all() and np.allclose(np.triu(js, 1), 0, atol=1e-6)
+
+
+def test_findings_text_and_key_numbers_by_hand():
+    same = {"within_mean": 0.125, "between_mean": 0.25, "p_value": 0.01, "n_permutations": 99}
+    behaviour = pd.DataFrame({"behaviour": ["broad", "other", "broad", "[CLS]", "broad", "other"]})
+    pairs = pd.DataFrame({"layer_a": [0, 0, 1], "head_a": [0, 1, 0], "layer_b": [0, 1, 1], "head_b": [1, 0, 1],
+                          "value": [0.3, 0.05, 0.2], "n": 10})
+    lines = cl.findings_text(same, behaviour, pairs, reduce="mean")
+    assert lines == ["Heads in the same layer are **more alike than heads of different layers**: mean JS distance 0.125 nats "
+                     "within layers vs 0.250 between (permutation p = 0.01, 99 permutations).",
+                     "Behaviours: broad 3, other 2, [CLS] 1.",
+                     "Closest pair of heads: 1-2 and 2-1 (JS 0.050 nats)."]
+    summed = cl.findings_text({**same, "p_value": 0.05}, behaviour, pairs, reduce="sum")[0]
+    assert "**not detectably more alike than heads of different layers**: summed JS distance" in summed
+    assert cl.key_numbers(same) == {"JS distance within layers (nats)": 0.125, "JS distance between layers (nats)": 0.25,
+                                    "same-layer permutation p-value": 0.01}
+    assert cl.reference_text().startswith("**Clark et al. (2019) on BERT-base")
+    from bertology import plots_clustering as pc
+
+    assert set(pc.JS_AXIS_LABELS) == set(cl.REDUCES)

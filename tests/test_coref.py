@@ -1,6 +1,7 @@
 import os
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -119,7 +120,7 @@ def test_windows_keep_whole_sentences_within_max_length(toy, tokenizer):
 
 
 def _acc(df, name, by):
-    return df.set_index([name, "mention_type"]).loc[by, ["correct", "count"]].tolist()
+    return df.set_index([name, "mention_type"]).loc[by, ["correct", "n"]].tolist()
 
 
 def test_baselines_by_hand(toy, tokenizer):
@@ -189,14 +190,14 @@ def test_planted_heads_by_hand(toy, tokenizer):
     df = both[both.candidates == "preceding"]
     for layer in (0, 1):
         h = df[df.layer == layer].set_index(["head", "mention_type"])
-        assert h.loc[(0, "all"), ["correct", "count"]].tolist() == [5, 5]
+        assert h.loc[(0, "all"), ["correct", "n"]].tolist() == [5, 5]
         assert h.loc[(0, "pronoun"), "accuracy"] == 1.0 and h.loc[(0, "nominal"), "accuracy"] == 1.0
         # previous token: "." / "gave" / "and" / "made" are never antecedents; for "her dog" the
         # previous word "her" is inside the mention, so no candidate gets attention: wrong
         assert h.loc[(1, "all"), "correct"] == 0
         # uniform: every candidate ties, the earliest (Mary, word 0) wins: right for She, her, Mary
         assert h.loc[(2, "all"), "correct"] == 3
-        assert h.loc[(2, "pronoun"), ["correct", "count"]].tolist() == [2, 3]
+        assert h.loc[(2, "pronoun"), ["correct", "n"]].tolist() == [2, 3]
         assert h.loc[(2, "proper"), "correct"] == 1 and h.loc[(2, "nominal"), "correct"] == 0
         assert h.loc[(3, "all"), "correct"] == 0  # all attention on [CLS]: nothing selected
     best = coref.best_coref_heads(df, top=2)
@@ -212,9 +213,9 @@ def test_planted_heads_two_windows(toy, tokenizer):
     model = _planted(tokenizer, wins, [{}, {2: 0, 10: 5, 12: 2}])
     h = coref.coref_heads(model, wins, candidates="preceding", progress=False).query("layer == 0")
     h = h.set_index(["head", "mention_type"])
-    assert h.loc[(0, "all"), ["correct", "count"]].tolist() == [3, 3]
+    assert h.loc[(0, "all"), ["correct", "n"]].tolist() == [3, 3]
     # uniform: the earliest candidate is now "She": right for her and Mary, wrong for it
-    assert h.loc[(2, "all"), "correct"] == 2 and h.loc[(2, "pronoun"), ["correct", "count"]].tolist() == [1, 2]
+    assert h.loc[(2, "all"), "correct"] == 2 and h.loc[(2, "pronoun"), ["correct", "n"]].tolist() == [1, 2]
 
 
 def test_reducer_rejects_wrong_shape(toy, tokenizer):
@@ -279,5 +280,57 @@ def test_appos_pred_group(tokenizer):
     wins = coref.make_windows(coref.read_mentions(doc), tokenizer, 23)
     b = coref.coref_baselines(wins).set_index(["baseline", "mention_type"])
     # the last "Mary" is now an apposition link: 1 of the 5 scored mentions; head match gets it right
-    assert b.loc[("head-word match", coref.APPOS_PRED), ["correct", "count"]].tolist() == [1, 1]
-    assert b.loc[("head-word match", coref.NO_APPOS_PRED), ["correct", "count"]].tolist() == [3, 4]
+    assert b.loc[("head-word match", coref.APPOS_PRED), ["correct", "n"]].tolist() == [1, 1]
+    assert b.loc[("head-word match", coref.NO_APPOS_PRED), ["correct", "n"]].tolist() == [3, 4]
+
+
+# ----------------------------------------------------------------------------- notebook 02's steps and findings
+
+def test_coref_study_is_its_parts(toy, tokenizer):
+    wins = coref.make_windows(toy, tokenizer, 23)
+    model = _planted(tokenizer, wins, [{6: 0, 9: 4, 8: 6, 16: 11, 18: 8}])
+    tables, values = coref.coref_study(model, toy, 23, top=1, progress=False)
+    assert set(tables) == {"heads", "baselines", "table"} and set(values) == {"coref_windows", "coref_seconds"}
+    assert values["coref_windows"] == wins.summary() and values["coref_seconds"] >= 0
+    assert tables["heads"].equals(coref.coref_heads(model, wins, progress=False))
+    assert tables["baselines"].equals(coref.coref_baselines(wins))
+    t = tables["table"].set_index("system")
+    assert list(t.index) == ["nearest mention", "head-word match", "head 1-1", "head 1-1 (preceding)"]
+    assert t.loc["head 1-1", "all"] == 100.0 and t.loc["nearest mention", "all"] == 40.0 and t["n"].tolist() == [5] * 4
+
+
+TABLE2 = pd.DataFrame({"system": ["nearest mention", "head-word match", "head 5-3", "head 4-1", "head 5-3 (preceding)"],
+                       "all": [27.0, 52.5, 61.2, 50.0, 66.6], "pronoun": [1.0] * 5})
+
+
+def test_coref_findings_by_hand():
+    f = coref.findings(TABLE2)
+    assert f == {"best_head": "5-3", "best_head_all": 61.2, "preceding_head": "5-3", "preceding_all": 66.6,
+                 "nearest_mention_all": 27.0, "head_word_match_all": 52.5}
+    assert coref.findings_text(f) == [
+        "Coreference: the best head (5-3) picks a correct antecedent for 61% of mentions when it may attend anywhere "
+        "(the paper's definition; Clark et al.: 65% for BERT-base on CoNLL-2012), 67% restricted to preceding words "
+        "(5-3 (preceding)), against 27% for the nearest mention and 52% for head-word match."]  # 52.5 rounds to even
+    assert coref.key_numbers(f) == {"coreference: best head accuracy": pytest.approx(0.612)}
+    assert coref.findings(None) is None and coref.findings_text(None) == [] and coref.key_numbers(None) == {}
+
+
+def test_gum_documents_say_why_there_are_none(monkeypatch):
+    from types import SimpleNamespace
+
+    from bertology import data
+
+    english, korean = SimpleNamespace(english=True, language="English"), SimpleNamespace(english=False, language="Korean")
+    assert coref.gum_documents("none", english, "EWT") == (None, None)  # asked for none: nothing to note
+    assert coref.gum_documents("gum", korean, "UD Korean GSD (dev)") == (
+        None, "Coreference skipped: it needs UD English GUM, and this run is on Korean (UD Korean GSD (dev)).")
+
+    def unavailable(name, split, **kw):
+        raise data.DataUnavailableError(f"{name} {split}: no mirror\nmore lines")
+
+    monkeypatch.setattr(data, "load_treebank", unavailable)
+    assert coref.gum_documents("gum", english, "EWT") == (
+        None, "Coreference skipped: UD English GUM is not available here (gum dev: no mirror).")
+    monkeypatch.setattr(data, "load_treebank", lambda name, split, **kw: _parse(TOY) + _parse(TOY.replace("toy", "two")))
+    docs, note = coref.gum_documents("gum", english, "EWT", limit=1)
+    assert note is None and [d.doc_id for d in docs] == ["toy"]

@@ -251,7 +251,7 @@ def _fake_run(out, slug, stem, model, lang, tables):
 def test_languages_side_by_side(tmp_path):
     from bertology import report
 
-    best = lambda rows: [{"relation": r, "head": h, "accuracy": a, "count": 30} for r, h, a in rows]
+    best = lambda rows: [{"relation": r, "layer": 0, "head": 0, "label": h, "accuracy": a, "n": 30} for r, h, a in rows]
     probe = lambda m, vals: [{"model": m, "layer": i, "metric": "uuas", "value": v} for i, v in enumerate(vals)] + [
         {"model": "random-init control", "layer": 0, "metric": "uuas", "value": 0.1}]
     _fake_run(tmp_path, "en-model", "02_attention_heads_syntax", "en-model", ("en", "English"),
@@ -265,7 +265,7 @@ def test_languages_side_by_side(tmp_path):
     comp = report.language_comparison(tmp_path)
     rel = comp["relations"]
     assert sorted(set(rel.relation)) == ["all", "nsubj"]  # det (English only) and flat (Korean only) left out
-    assert rel[(rel.relation == "nsubj") & (rel.language == "Korean (ko)")]["head"].tolist() == ["1-2"]
+    assert rel[(rel.relation == "nsubj") & (rel.language == "Korean (ko)")]["label"].tolist() == ["1-2"]
     uuas = comp["uuas"]
     assert len(uuas) == 4 and "random-init control" not in set(uuas.model)
     page = report.write_index(tmp_path).read_text(encoding="utf-8")
@@ -275,6 +275,12 @@ def test_languages_side_by_side(tmp_path):
     _fake_run(one, "ko-model", "02_attention_heads_syntax", "ko-model", ("ko", "Korean"),
               {"relation_heads_best": best([("all", "1-1", 0.3)])})
     assert report.language_comparison(one)["relations"].empty
+    # results written before the rename (head = the label, count) are read the same way
+    old = tmp_path / "old"
+    for slug, lang, rows in [("en-model", ("en", "English"), [("all", "3-2", 0.4)]), ("ko-model", ("ko", "Korean"), [("all", "1-1", 0.3)])]:
+        _fake_run(old, slug, "02_attention_heads_syntax", slug, lang,
+                  {"relation_heads_best": [{"relation": r, "head": h, "accuracy": a, "count": 30} for r, h, a in rows]})
+    assert report.language_comparison(old)["relations"][["label", "n"]].values.tolist() == [["3-2", 30], ["1-1", 30]]
 
 
 # ----------------------------------------------------------------------------- notebooks on a Korean model

@@ -91,7 +91,8 @@ def test_notebooks_02_03_quick_reports(tmp_path):
     base = tmp_path / "minilm"
     r2 = json.loads((base / "02_attention_heads_syntax" / "results.json").read_text())
     best = {r["relation"]: r for r in r2["tables"]["relation_heads_best"]}
-    assert best["all"]["count"] == max(r["count"] for r in best.values())
+    assert best["all"]["n"] == max(r["n"] for r in best.values())
+    assert all(isinstance(r["head"], int) and r["label"] == f"{r['layer'] + 1}-{r['head'] + 1}" for r in best.values())
     for r in best.values():  # the best head can never do worse than 0 or better than 1; baseline likewise
         assert 0 <= r["baseline_accuracy"] <= 1 and 0 <= r["accuracy"] <= 1
     # per-head table: every head, both directions, for every relation seen

@@ -1,4 +1,5 @@
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -217,3 +218,36 @@ def test_clark_recipe_budget(planted_data):
     assert tw.probe.dense is not None and len(tw.predict(te)) == len(test)
     with pytest.raises(ValueError, match="recipe"):
         pp.train_probe(tr, "attn", recipe="paper")
+
+
+# ----------------------------------------------------------------------------- notebook 02's steps and findings
+
+def test_probe_source_and_treebanks():
+    assert pp.probe_source("auto", "UD English EWT (dev)") == "ewt"
+    assert pp.probe_source("auto", "shipped sample (dev)") == "sample"  # "auto" fell back to the sample
+    assert pp.probe_source("ud:ko_gsd", "UD Korean GSD (dev)") == "ud:ko_gsd"
+    source, train, test = pp.probe_treebanks("sample", "shipped sample (dev)", 7, 0)
+    assert source == "sample" and len(train) == 7 and len(test) == len(load_treebank("sample", "test"))
+    assert len(pp.probe_treebanks("sample", "x", 3, 5)[2]) == 5
+
+
+def test_probe_study_is_run_parser_probes_and_its_tables(planted_data, tokenizer):
+    data, test = planted_data
+    base = random_bert(tokenizer, n_layers=1, n_heads=2, hidden_size=16, mlm=False, seed=0)
+    kw = dict(epochs=1, device="cpu", progress=False, probes=("attn",), random_init=None, recipes=("ours",))
+    tables, seconds = pp.probe_study(base, data["gold"][0].sentences[:8], test[:8], **kw)
+    runs = pp.run_parser_probes(base, data["gold"][0].sentences[:8], test[:8], **kw)
+    assert tables["uas"].equals(pp.uas_table(runs)) and tables["relations"].equals(pp.relation_table(runs))
+    assert seconds >= 0
+
+
+UAS = pd.DataFrame([("right-branching", "-", 0.25, 9, "-"), ("attn", "m", 0.5, 9, "ours"), ("attn", "m", 0.625, 9, "clark"),
+                    ("attn", "m+random-init", 0.125, 9, "ours")], columns=["probe", "model", "uas", "n_words", "recipe"])
+
+
+def test_probe_findings_text_and_key_numbers_by_hand():
+    assert pp.findings_text(UAS) == ["Parser probe UAS: right-branching on -: 25.0%; attn on m: 50.0%; "
+                                     "attn on m (authors recipe): 62.5%; attn on m+random-init: 12.5%."]
+    assert pp.key_numbers(UAS, "m") == {"parser probe UAS: right-branching": 0.25, "parser probe UAS: attn": 0.5,
+                                        "parser probe UAS: attn (authors' recipe)": 0.625,
+                                        "parser probe UAS: attn (random init)": 0.125}
