@@ -217,7 +217,7 @@ class RelationHeads:
         """Tidy: ``relation, layer, head, direction, correct, n, accuracy`` (0-indexed; ``n``: arcs scored)."""
         rows = []
         L, H = self.shape
-        for rel, c in self.correct.items():
+        for rel, c in sorted(self.correct.items()):
             n = self.count[rel]
             for d, direction in enumerate(DIRECTIONS):
                 for layer in range(L):
@@ -229,7 +229,7 @@ class RelationHeads:
     def baselines(self) -> pd.DataFrame:
         """Tidy: ``relation, offset, correct, n, accuracy`` for every fixed offset."""
         rows = []
-        for rel, c in self.offset_correct.items():
+        for rel, c in sorted(self.offset_correct.items()):
             n = self.count[rel]
             rows += [(rel, o, int(k), n, k / n) for o, k in zip(self.offsets, c)]
         return pd.DataFrame(rows, columns=["relation", "offset", "correct", "n", "accuracy"])

@@ -52,6 +52,13 @@ def test_planted_gold_head_is_exact(result):
     assert df.loc[("root", 0, 0, "dep->head"), "correct"] == 0
 
 
+def test_tables_list_relations_in_a_fixed_order(result):
+    """Rows come sorted by relation, whatever order the sentences brought them in (same seed, same file)."""
+    for table in (result.result(), result.baselines()):
+        seen = list(dict.fromkeys(table.relation))
+        assert seen == sorted(seen) and "all" in seen
+
+
 def test_previous_token_head_equals_offset_baseline(result):
     df = result.result().set_index(["relation", "layer", "head", "direction"])
     base = result.baselines().set_index(["relation", "offset"])
