@@ -178,6 +178,22 @@ def test_load_forbes_builds_tasks_like_the_authors(tmp_path):
         kn.load_forbes("abstract-OA", root)
 
 
+def test_counted_rows_fit_the_same_regression_as_the_expanded_data():
+    """A row with count k is k identical rows: same standardisation, class balance and objective,
+    hence the same predictions as fitting the repeated rows (noisy labels, so the fit matters)."""
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(40, 5)).astype(np.float32)
+    y = (x[:, 0] + rng.normal(scale=1.0, size=40) > 0).astype(int)
+    counts = rng.integers(1, 6, size=40)
+    test = rng.normal(size=(500, 5)).astype(np.float32)
+    grouped = kn.fit_predict(x, y, test, c=0.5, counts=counts)
+    expanded = kn.fit_predict(np.repeat(x, counts, axis=0), np.repeat(y, counts), test, c=0.5)
+    assert (grouped == expanded).mean() >= 0.998 and 0.2 < grouped.mean() < 0.8
+    assert (kn.fit_predict(x, y, test, c=0.5) != grouped).any()  # the counts do change the fit
+    with pytest.raises(ValueError, match="counts"):
+        kn.fit_predict(x, y, test, counts=counts[:-1])
+
+
 def test_probe_learns_a_planted_property_and_picks_its_layer():
     rng = np.random.default_rng(0)
     objs = [f"o{i}" for i in range(60)]
