@@ -65,8 +65,9 @@ def main(argv=None) -> int:
           f"rank {args.dim}, {args.precision}")
     other = None
     if args.against:
-        spec = importlib.util.spec_from_file_location("other_structural_probe", args.against)
+        spec = importlib.util.spec_from_file_location("bertology.other_structural_probe", args.against)  # its relative imports resolve in bertology
         other = importlib.util.module_from_spec(spec)
+        sys.modules[spec.name] = other  # dataclasses look their module up while it loads
         spec.loader.exec_module(other)
     for kind in sp.KINDS:
         ours = time_fit(sp, train, dev, kind, args.epochs, args.precision)

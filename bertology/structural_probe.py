@@ -465,10 +465,10 @@ def _predict(z: torch.Tensor, kind: str) -> torch.Tensor:
     """
     with torch.autocast(z.device.type, enabled=False):
         z = z.float()
-        sq = (z * z).sum(-1)
         if kind == "depth":
-            return sq
+            return (z * z).sum(-1)
         gram = z @ z.transpose(-1, -2)
+        sq = gram.diagonal(dim1=-2, dim2=-1)  # |z_i|², already in the Gram matrix
         return (sq[..., :, None] + sq[..., None, :] - 2 * gram).clamp_min(0.0)
 
 
