@@ -18,7 +18,7 @@ import logging
 import os
 import shutil
 import time
-from contextlib import nullcontext
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Iterator, Protocol, Sequence
@@ -145,6 +145,22 @@ def base_of(model: torch.nn.Module) -> torch.nn.Module:
     return getattr(model, getattr(model, "base_model_prefix", ""), model)
 
 
+def _precision_of(loaded) -> str:
+    if isinstance(loaded, LoadedModel):
+        return loaded.info.precision
+    return getattr(loaded, "bertology_precision", "float32")
+
+
+def _running(precision: str, device: torch.device, grad: bool):
+    """The context of every model call: inference mode unless ``grad``, timed, autocast if asked."""
+    stack = ExitStack()
+    stack.enter_context(torch.enable_grad() if grad else torch.inference_mode())
+    stack.enter_context(timed("forward"))
+    if precision != "float32":
+        stack.enter_context(torch.autocast(device.type, dtype=getattr(torch, precision)))
+    return stack
+
+
 def forward(loaded: LoadedModel | torch.nn.Module, batch: dict, *, attention: bool = False,
             hidden_states: bool = False, grad: bool = False, base: bool = False):
     """The one forward pass: run ``loaded`` (a :class:`LoadedModel` or a bare model, e.g. a pruned
@@ -159,15 +175,12 @@ def forward(loaded: LoadedModel | torch.nn.Module, batch: dict, *, attention: bo
     come back as float32.
     """
     model = loaded.model if isinstance(loaded, LoadedModel) else loaded
-    precision = (loaded.info.precision if isinstance(loaded, LoadedModel)
-                 else getattr(model, "bertology_precision", "float32"))
+    precision = _precision_of(loaded)
     if base:
         model = base_of(model)
     device = next(model.parameters()).device
     inputs = {k: v.to(device) for k, v in batch.items() if k in MODEL_INPUTS and v is not None}
-    autocast = (torch.autocast(device.type, dtype=getattr(torch, precision)) if precision != "float32"
-                else nullcontext())
-    with torch.enable_grad() if grad else torch.inference_mode(), timed("forward"), autocast:
+    with _running(precision, device, grad):
         out = model(**inputs, output_attentions=attention, output_hidden_states=hidden_states)
     if precision != "float32":
         out = _as_float32(out)
@@ -177,6 +190,36 @@ def forward(loaded: LoadedModel | torch.nn.Module, batch: dict, *, attention: bo
             "(bertology.models.load_model does)"
         )
     return out
+
+
+#: Attributes that hold a masked-LM head mapping each position's last state to vocabulary logits
+#: in one module (BERT ``cls``, RoBERTa ``lm_head``, ALBERT ``predictions``).
+MLM_HEADS = ("cls", "lm_head", "predictions")
+
+
+def mlm_head(model: torch.nn.Module) -> torch.nn.Module | None:
+    """The one-module masked-LM head of ``model`` (see :data:`MLM_HEADS`), or None (no head, or a
+    head split over several modules, as DistilBERT's and ELECTRA's)."""
+    return next((getattr(model, a) for a in MLM_HEADS if isinstance(getattr(model, a, None), torch.nn.Module)), None)
+
+
+def logits_at(loaded: LoadedModel | torch.nn.Module, batch: dict, rows: torch.Tensor, cols: torch.Tensor, *,
+              grad: bool = False) -> torch.Tensor:
+    """Masked-LM logits ``[N, V]`` at the positions ``(rows[i], cols[i])`` of ``batch`` only: the
+    encoder runs on the whole batch and the head on those positions (the head maps each position
+    on its own, so these are the rows of the full ``logits``; on a bert-base-sized model the head
+    over every position costs about a quarter of the forward pass). Falls back to the full
+    logits for heads :func:`mlm_head` does not know. Same context as :func:`forward`."""
+    model = loaded.model if isinstance(loaded, LoadedModel) else loaded
+    head = mlm_head(model)
+    if head is None:
+        return forward(loaded, batch, grad=grad).logits[rows, cols]
+    hidden = forward(loaded, batch, base=True, grad=grad).last_hidden_state
+    device = hidden.device
+    precision = _precision_of(loaded)
+    with _running(precision, device, grad):
+        out = head(hidden[rows.to(device), cols.to(device)])
+    return out.float() if precision != "float32" else out
 
 
 def _as_float32(out):

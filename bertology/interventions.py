@@ -23,7 +23,8 @@ from .extract import base_of
 from .models import (LoadedModel, UnsupportedModelError, layer_head_masks, plant_attention, self_attention_modules,
                      set_head_mask, set_layer_head_masks, use_bertology_attention)
 
-__all__ = ["masked_heads", "skipped_layers", "captured_heads", "layer_stack", "plant_attention", "set_head_mask", "head_mask_of"]
+__all__ = ["masked_heads", "skipped_layers", "captured_heads", "layer_stack", "recorded_layers", "resumed_at", "plant_attention",
+           "set_head_mask", "head_mask_of"]
 
 
 def _module_of(loaded_or_model) -> torch.nn.Module:
@@ -93,6 +94,58 @@ def skipped_layers(loaded_or_model, layers: Sequence[int]) -> Iterator[torch.nn.
     if bad:
         raise ValueError(f"layers {bad} out of range: the encoder has layers 0..{len(full) - 1}")
     encoder.layer = torch.nn.ModuleList([m for i, m in enumerate(full) if i not in drop])
+    try:
+        yield encoder
+    finally:
+        encoder.layer = full
+
+
+@contextmanager
+def recorded_layers(loaded_or_model) -> Iterator[list]:
+    """Within the block, every forward pass appends to the yielded list the outputs of its
+    transformer layers, in depth order (whatever object each layer returns), for
+    :func:`resumed_at`. Raises :class:`UnsupportedModelError` where :func:`layer_stack` does."""
+    stack = layer_stack(_module_of(loaded_or_model))
+    calls: list[list] = []
+
+    def record(module, _args, output, depth):
+        if depth == 0:
+            calls.append([])
+        calls[-1].append(output)
+
+    hooks = [m.register_forward_hook(lambda mod, a, out, d=d: record(mod, a, out, d)) for d, m in enumerate(stack.layer)]
+    try:
+        yield calls
+    finally:
+        for h in hooks:
+            h.remove()
+
+
+class _Replay(torch.nn.Module):
+    """Stands in for the first layers of the stack: returns what they returned on this input."""
+
+    def __init__(self, output):
+        super().__init__()
+        self.output = output
+
+    def forward(self, *args, **kwargs):
+        return self.output
+
+
+@contextmanager
+def resumed_at(loaded_or_model, layer: int, output) -> Iterator[torch.nn.Module]:
+    """Within the block the encoder starts at transformer layer ``layer``: layers ``0..layer-1``
+    are replaced by one stand-in that returns ``output``, what layer ``layer - 1`` returned on the
+    same batch (from :func:`recorded_layers`). Exact whenever those layers would compute the same
+    again (nothing in them changed, e.g. every removed head sits at ``layer`` or above); the
+    saving is their share of the forward pass. ``layer=0`` runs the whole stack. Only the last
+    hidden state is right inside the block (not the per-layer states). The stack is put back on exit."""
+    encoder = layer_stack(_module_of(loaded_or_model))
+    full = encoder.layer
+    if not 0 <= layer < len(full):
+        raise ValueError(f"layer {layer} out of range: the encoder has layers 0..{len(full) - 1}")
+    if layer:
+        encoder.layer = torch.nn.ModuleList([_Replay(output), *list(full)[layer:]])
     try:
         yield encoder
     finally:

@@ -28,9 +28,10 @@ import torch
 import torch.nn.functional as F
 
 from .align import pooling_matrices
-from .extract import base_of, collate, encode_inputs, forward, length_buckets
+from .extract import base_of, collate, encode_inputs, forward, length_buckets, logits_at
 from .fidelity import declare, option_differs
-from .interventions import captured_heads, layer_stack, masked_heads, set_head_mask, skipped_layers
+from .interventions import (captured_heads, layer_stack, masked_heads, recorded_layers, resumed_at, set_head_mask,
+                            skipped_layers)
 from .labels import head_label
 from .models import LoadedModel, MissingHeadError, UnsupportedModelError
 from .profiling import timed
@@ -189,14 +190,15 @@ def build_task(loaded: LoadedModel, task: str, sentences: Sequence, train_senten
                 out.append(b)
             return out
 
+        # the head runs at the masked positions only (extract.logits_at): the same logits there
         def metric(m, b):
-            keep = b["labels"] != -100
-            logits = forward(m, b).logits
-            return (logits.argmax(-1)[keep] == b["labels"][keep]).sum().item(), keep.sum().item()
+            rows, cols = (b["labels"] != -100).nonzero(as_tuple=True)
+            logits = logits_at(m, b, rows, cols)
+            return (logits.argmax(-1) == b["labels"][rows, cols]).sum().item(), len(rows)
 
         def loss(m, b):
-            logits = forward(m, b, grad=True).logits
-            return F.cross_entropy(logits.flatten(0, 1), b["labels"].flatten(), ignore_index=-100)
+            rows, cols = (b["labels"] != -100).nonzero(as_tuple=True)
+            return F.cross_entropy(logits_at(m, b, rows, cols, grad=True), b["labels"][rows, cols])
 
         ev, imp = both(prepare)
         return Task(task, "masked-token accuracy", ev, metric, loss, importance_batches=imp)
@@ -305,15 +307,48 @@ def _shape(model):
     return c.num_hidden_layers, c.num_attention_heads
 
 
-def evaluate(loaded: LoadedModel, task: Task, mask: torch.Tensor | np.ndarray | None = None) -> float:
-    """The task metric with head mask ``mask`` (L x H; 0 removes a head), ``None`` = full model."""
+def evaluate(loaded: LoadedModel, task: Task, mask: torch.Tensor | np.ndarray | None = None,
+             prefix: list | None = None) -> float:
+    """The task metric with head mask ``mask`` (L x H; 0 removes a head), ``None`` = full model.
+
+    ``prefix`` (from :func:`layer_outputs`): the full model's layer outputs on ``task``'s batches;
+    then the layers below the lowest one with a removed head are not run again but replayed
+    (:func:`bertology.interventions.resumed_at`), which gives the same metric."""
     model = loaded.model
+    first = _first_masked_layer(mask)
     total = count = 0
     with masked_heads(model, mask), torch.no_grad():
-        for b in task.batches:
-            s, n = task.metric_fn(model, b)
+        for i, b in enumerate(task.batches):
+            if prefix is not None and first:
+                with resumed_at(model, first, prefix[i][first - 1]):
+                    s, n = task.metric_fn(model, b)
+            else:
+                s, n = task.metric_fn(model, b)
             total, count = total + s, count + n
     return total / max(count, 1)
+
+
+def _first_masked_layer(mask) -> int:
+    """Index of the lowest layer with a gate other than 1 (0 when there is no mask or none)."""
+    if mask is None:
+        return 0
+    m = torch.as_tensor(mask).detach().cpu()
+    rows = torch.nonzero((m != 1).any(dim=1)).flatten()
+    return int(rows[0]) if len(rows) else 0
+
+
+def layer_outputs(loaded: LoadedModel, task: Task) -> list | None:
+    """The unmasked model's transformer-layer outputs on each of ``task``'s batches, for
+    :func:`evaluate`'s ``prefix``; ``None`` for a model without a separable layer stack (ALBERT)
+    or a task that does not run exactly one forward pass per batch."""
+    model = loaded.model
+    try:
+        with recorded_layers(model) as calls, masked_heads(model, None), torch.no_grad():
+            for b in task.batches:
+                task.metric_fn(model, b)
+    except UnsupportedModelError:
+        return None
+    return calls if len(calls) == len(task.batches) else None
 
 
 def gate_gradients(loaded: LoadedModel, task: Task, batch: dict, mask: torch.Tensor | np.ndarray | None = None) -> torch.Tensor:
@@ -426,12 +461,13 @@ def ablation_drops(loaded: LoadedModel, task: Task, base: float | None = None) -
     """Leave-one-head-out: metric(full) - metric(head h removed), for every head (L x H)."""
     L, H = _shape(loaded.model)
     base = evaluate(loaded, task) if base is None else base
+    prefix = layer_outputs(loaded, task)  # a head of layer l leaves layers below l as they are
     drops = np.zeros((L, H))
     for l in range(L):
         for h in range(H):
             m = np.ones((L, H))
             m[l, h] = 0
-            drops[l, h] = base - evaluate(loaded, task, m)
+            drops[l, h] = base - evaluate(loaded, task, m, prefix)
     return drops
 
 
@@ -506,13 +542,14 @@ def random_orders(shape: tuple[int, int], n: int, seed: int) -> list[list[tuple[
 def best_single_head(loaded: LoadedModel, task: Task) -> pd.DataFrame:
     """Michel §3.2: per layer, keep only one head (others removed); metric for every choice."""
     L, H = _shape(loaded.model)
+    prefix = layer_outputs(loaded, task)
     rows = []
     for l in range(L):
         for h in range(H):
             m = np.ones((L, H))
             m[l] = 0
             m[l, h] = 1
-            rows.append({"layer": l, "head": h, "metric": evaluate(loaded, task, m)})
+            rows.append({"layer": l, "head": h, "metric": evaluate(loaded, task, m, prefix)})
     return pd.DataFrame(rows)
 
 

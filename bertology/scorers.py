@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .extract import forward, padded_batches
+from .extract import logits_at, padded_batches
 from .models import LoadedModel, MissingHeadError, random_from_config
 
 log = logging.getLogger(__name__)
@@ -32,10 +32,6 @@ log = logging.getLogger(__name__)
 #: Placeholder in context strings; replaced by ``tokenizer.mask_token``.
 MASK = "[MASK]"
 MULTI_PIECE = ("sequential", "skip")
-
-# module names under which masked-LM classes keep their prediction head (BERT, RoBERTa, ALBERT)
-HEAD_ATTRS = ("cls", "lm_head", "predictions")
-
 
 class Scorer:
     """Gives log-probabilities over the vocabulary at masked positions.
@@ -100,16 +96,10 @@ class MLMScorer(Scorer):
 
     def __init__(self, loaded: LoadedModel, source: str, label: str):
         super().__init__(loaded, source, label)
-        model = loaded.model
-        self._head = next((getattr(model, a) for a in HEAD_ATTRS if isinstance(getattr(model, a, None), torch.nn.Module)), None)
 
     def _states(self, input_ids, attention_mask, positions):
-        rows, cols = positions[:, 0], positions[:, 1]
         batch = {"input_ids": input_ids, "attention_mask": attention_mask}
-        if self._head is None:  # unknown head layout: full logits, then gather
-            return forward(self.loaded, batch).logits[rows, cols]
-        hidden = forward(self.loaded, batch, base=True).last_hidden_state
-        return self._head(hidden[rows, cols])
+        return logits_at(self.loaded, batch, positions[:, 0], positions[:, 1])
 
 
 def mlm_scorer(loaded: LoadedModel) -> Scorer:

@@ -159,3 +159,33 @@ def test_states_select_layers_units_and_pooling_by_hand(tokenizer, tmp_path):
                        ({"layers": []}, "empty")):
         with pytest.raises(ValueError, match=match):
             ex.states(lm, [words], progress=False, **bad)
+
+
+@pytest.mark.parametrize("arch", ["bert", "roberta", "albert", "distilbert", "electra"])
+def test_logits_at_are_the_full_logits_at_those_positions(arch):
+    """The head on chosen positions only gives the rows of the full logits (BERT, RoBERTa, ALBERT:
+    one-module heads; DistilBERT, ELECTRA: the full-logits fallback); gradients flow with grad=True."""
+    from transformers import AutoModelForMaskedLM
+
+    from bertology import zoo
+
+    class Tok:  # all that model_config reads
+        pad_token_id, bos_token_id, eos_token_id = 1, 0, 2
+
+        def __len__(self):
+            return 60
+
+    config = zoo.model_config("bert" if arch == "bert" else arch, Tok(), "tiny", max_length=32)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        model = AutoModelForMaskedLM.from_config(config, attn_implementation="eager").eval()
+    g = torch.Generator().manual_seed(0)
+    batch = {"input_ids": torch.randint(3, 60, (3, 7), generator=g), "attention_mask": torch.ones(3, 7, dtype=torch.long)}
+    batch["attention_mask"][2, 5:] = 0
+    rows, cols = torch.tensor([0, 0, 1, 2]), torch.tensor([1, 6, 3, 4])
+    assert (ex.mlm_head(model) is None) == (arch in ("distilbert", "electra"))
+    full = ex.forward(model, batch).logits[rows, cols]
+    torch.testing.assert_close(ex.logits_at(model, batch, rows, cols), full, rtol=1e-5, atol=1e-5)
+    loss = ex.logits_at(model, batch, rows, cols, grad=True).logsumexp(-1).sum()
+    loss.backward()
+    assert next(model.parameters()).grad is not None

@@ -221,3 +221,27 @@ def test_best_single_head_summary_picks_the_best_head_per_layer():
     s = pr.best_single_head_summary(single, base=1.0)
     assert s["head"].tolist() == [1, 2] and s["label"].tolist() == ["1-2", "2-3"]
     assert np.allclose(s["delta"], [-0.1, -0.7]) and np.allclose(s["worst_single_head"], [0.5, 0.1])
+
+
+def test_evaluation_resumed_above_the_removed_heads_gives_the_same_metric(tiny):
+    """Layers below the lowest removed head are replayed from the full model's outputs, not run:
+    the metric is exactly the one of the full forward pass, and layer 0 really is not called."""
+    task = pr.build_task(tiny, "embedding", SENTS, batch_size=2, seed=1)  # a continuous metric: equal means exact
+    prefix = pr.layer_outputs(tiny, task)
+    assert len(prefix) == len(task.batches) == 2 and all(len(p) == 2 for p in prefix)
+    calls = []
+    hook = tiny.model.bert.encoder.layer[0].register_forward_hook(lambda *a: calls.append(1))
+    try:
+        for mask in ([[1, 1, 1, 1], [1, 0, 1, 1]], [[1, 1, 1, 1], [0, 0, 0.5, 1]]):
+            mask = np.array(mask, dtype=float)
+            calls.clear()
+            resumed = pr.evaluate(tiny, task, mask, prefix)
+            assert calls == []  # layer 0 was replayed
+            assert resumed == pr.evaluate(tiny, task, mask) and resumed < 1 - 1e-9
+            assert len(calls) == 2  # the plain evaluation ran it on both batches
+        lower = np.array([[0, 1, 1, 1], [1, 1, 1, 1]], dtype=float)  # a head of layer 0: nothing to replay
+        calls.clear()
+        assert pr.evaluate(tiny, task, lower, prefix) == pr.evaluate(tiny, task, lower) and len(calls) == 4
+    finally:
+        hook.remove()
+    assert [type(m).__name__ for m in tiny.model.bert.encoder.layer] == ["BertLayer", "BertLayer"]  # stack restored

@@ -136,6 +136,25 @@ def test_head_gates_work_on_each_architecture(zoo_dir, arch):
     assert np.abs(fd).min() > 0  # every gate matters: no layer silently ignores its mask
 
 
+@pytest.mark.parametrize("arch", ["distilbert", "roberta", "electra", "albert"])
+def test_resumed_evaluation_matches_the_full_pass_on_each_architecture(zoo_dir, arch):
+    """Leave-one-head-out with the layers below the head replayed gives the full pass's metric on
+    every stack layout (DistilBERT's ``transformer.layer``, RoBERTa/ELECTRA ``encoder.layer``);
+    ALBERT shares one layer group, has nothing to replay and falls back to full passes."""
+    from bertology import pruning as pr
+
+    lm = load_model(str(zoo_dir / arch))
+    # the embedding task's metric (cosine to the unpruned embedding) is continuous: equal means exact
+    task = pr.build_task(lm, "embedding", [["the", "dog", "ran", "."], ["a", "cat", "sat", "on", "it"]], batch_size=1,
+                         seed=1)
+    prefix = pr.layer_outputs(lm, task)
+    assert (prefix is None) == (arch == "albert")
+    mask = np.ones((lm.info.n_layers, lm.info.n_heads))
+    mask[1, 0] = 0
+    resumed = pr.evaluate(lm, task, mask, prefix)
+    assert resumed == pr.evaluate(lm, task, mask) and resumed < 1 - 1e-6  # the removed head changed something
+
+
 def test_byte_level_tokenizer_saved_without_prefix_space_is_reloaded_with_it(zoo_dir, tmp_path):
     """roberta-base ships add_prefix_space=False: pre-split words would lose their 'Ġ' marker."""
     import shutil
