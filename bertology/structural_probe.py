@@ -392,11 +392,27 @@ def _targets(s: Sentence, kind: str) -> np.ndarray:
 
 
 @dataclass
-class _Batch:
-    rows: torch.Tensor  # (W,) the batch's words as rows of the flat states, sentence after sentence
-    slots: torch.Tensor  # (W,) where each of those words sits in the padded (B * n) grid
+class _Part:
+    """Sentences of a batch padded together: words ``start:stop`` of the batch's packed words."""
+
+    start: int
+    stop: int
+    slots: torch.Tensor  # (stop - start,) where each of those words sits in the padded (B * n) grid
     target: torch.Tensor  # (B, n, n) or (B, n), -1 = padding
     lengths: torch.Tensor  # (B,)
+
+
+@dataclass
+class _Batch:
+    rows: torch.Tensor  # (W,) the batch's words as rows of the flat states, sentence after sentence
+    parts: list  # of _Part: sentences of similar length, padded together
+    n: int  # sentences
+
+
+#: Sentences padded together inside a batch (for the n x n distances; the batch itself is whatever
+#: the batching made it, e.g. 20 random sentences). The loss is a sum over sentences, so how a
+#: batch is cut into parts changes only the padding, never the numbers.
+PART_SIZE = 5
 
 
 def _layout(ws: WordStates, ks: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor, int]:
@@ -407,17 +423,28 @@ def _layout(ws: WordStates, ks: Sequence[int]) -> tuple[torch.Tensor, torch.Tens
     return torch.as_tensor(np.concatenate(rows)), torch.as_tensor(np.concatenate(slots)), n
 
 
-def _assemble(ws: WordStates, targets: Sequence[np.ndarray], ks: Sequence[int], kind: str) -> _Batch:
-    rows, slots, n = _layout(ws, ks)
-    tgt = torch.full((len(ks), n, n) if kind == "distance" else (len(ks), n), -1.0)
-    for b, k in enumerate(ks):
-        m = ws.sentences[k].n
-        t = torch.as_tensor(targets[k], dtype=torch.float32)
-        if kind == "distance":
-            tgt[b, :m, :m] = t
-        else:
-            tgt[b, :m] = t
-    return _Batch(rows, slots, tgt, torch.tensor([ws.sentences[k].n for k in ks], dtype=torch.float32))
+def _assemble(ws: WordStates, targets: Sequence[np.ndarray], ks: Sequence[int], kind: str,
+              part_size: int = PART_SIZE) -> _Batch:
+    """Batch of sentences ``ks``: their words packed by length, cut into parts of ``part_size``."""
+    ks = sorted(ks, key=lambda k: (ws.sentences[k].n, k))
+    rows, _, _ = _layout(ws, ks)
+    parts, start = [], 0
+    for a in range(0, len(ks), part_size):
+        group = ks[a:a + part_size]
+        _, slots, n = _layout(ws, group)
+        tgt = torch.full((len(group), n, n) if kind == "distance" else (len(group), n), -1.0)
+        for b, k in enumerate(group):
+            m = ws.sentences[k].n
+            t = torch.as_tensor(targets[k], dtype=torch.float32)
+            if kind == "distance":
+                tgt[b, :m, :m] = t
+            else:
+                tgt[b, :m] = t
+        stop = start + len(slots)
+        parts.append(_Part(start, stop, slots, tgt, torch.tensor([ws.sentences[k].n for k in group],
+                                                                   dtype=torch.float32)))
+        start = stop
+    return _Batch(rows, parts, len(ks))
 
 
 def _make_batches(ws: WordStates, kind: str, batch_size: int, order: Sequence[int] | None = None,
@@ -448,12 +475,18 @@ def _project(B: torch.Tensor, x: torch.Tensor, slots: torch.Tensor, n_batch: int
     return grid.view(z.shape[0], n_batch, n, z.shape[-1])
 
 
-def _batch_predict(B: torch.Tensor, states: torch.Tensor, b: _Batch, kind: str,
-                   layer_rows: torch.Tensor | None = None) -> torch.Tensor:
-    """Predictions (layers, B, n[, n]) for batch ``b`` from flat ``states`` (all layers, W, D);
-    ``layer_rows`` picks the layers of ``states`` that ``B``'s rows belong to (default: all)."""
+def _batch_loss(B: torch.Tensor, states: torch.Tensor, b: _Batch, kind: str,
+                layer_rows: torch.Tensor | None = None) -> torch.Tensor:
+    """Per-layer sum over the batch's sentences of their loss (layers,), from flat ``states``
+    (all layers, W, D); ``layer_rows`` picks the layers of ``states`` that ``B``'s rows belong to."""
     x = states[:, b.rows] if layer_rows is None else states[layer_rows[:, None], b.rows[None, :]]
-    return _predict(_project(B, x, b.slots, *b.target.shape[:2]), kind)
+    z = torch.bmm(x, B.transpose(1, 2))  # every word once, no padding
+    total = 0
+    for p in b.parts:
+        grid = z.new_zeros(z.shape[0], p.target.shape[0] * p.target.shape[1], z.shape[-1])
+        grid = grid.index_copy(1, p.slots, z[:, p.start:p.stop])
+        total = total + _loss(_predict(grid.view(z.shape[0], *p.target.shape[:2], z.shape[-1]), kind), p, kind)
+    return total
 
 
 def _predict(z: torch.Tensor, kind: str) -> torch.Tensor:
@@ -472,13 +505,14 @@ def _predict(z: torch.Tensor, kind: str) -> torch.Tensor:
         return (sq[..., :, None] + sq[..., None, :] - 2 * gram).clamp_min(0.0)
 
 
-def _loss(pred: torch.Tensor, batch: _Batch, kind: str) -> torch.Tensor:
-    """Per-layer L1 loss (layers,): per sentence Σ|pred − gold| / n² (or / n), mean over sentences."""
-    mask = (batch.target >= 0).to(pred.dtype)
-    err = ((pred - batch.target) * mask).abs()
+def _loss(pred: torch.Tensor, part: _Part, kind: str) -> torch.Tensor:
+    """Per-layer L1 loss (layers,) summed over the part's sentences: per sentence Σ|pred − gold| / n²
+    (or / n); the training loss is its mean over the batch's sentences."""
+    mask = (part.target >= 0).to(pred.dtype)
+    err = ((pred - part.target) * mask).abs()
     per_sent = err.sum(dim=(-1, -2)) if kind == "distance" else err.sum(-1)
-    norm = batch.lengths ** 2 if kind == "distance" else batch.lengths
-    return (per_sent / norm).mean(-1)
+    norm = part.lengths ** 2 if kind == "distance" else part.lengths
+    return (per_sent / norm).sum(-1)
 
 
 @dataclass
@@ -591,10 +625,6 @@ def fit_probe(train: WordStates, dev: WordStates, kind: str = "distance", rank: 
     t0 = time.perf_counter()
     gen = torch.Generator().manual_seed(seed)
     init = (torch.rand(len(layers), rank, D, generator=gen) * 2 - 1) * 0.05
-    # One parameter and one Adam group per layer: each layer has its own learning rate (its own
-    # schedule), and a layer that has stopped leaves the computation (no gradient, no Adam step).
-    params = [torch.nn.Parameter(init[li].to(device)) for li in range(len(layers))]
-    opt = torch.optim.Adam([{"params": [p], "lr": lr} for p in params], lr=lr)
     tr_states = torch.as_tensor(train.states[layers]).to(device)
     dv_states = torch.as_tensor(dev.states[layers]).to(device)
     tr_targets = [_targets(s, kind) for s in train.sentences]
@@ -605,6 +635,7 @@ def fit_probe(train: WordStates, dev: WordStates, kind: str = "distance", rank: 
     best_B = init.clone()
     best_epoch = {layer: 0 for layer in layers}
     active = list(range(len(layers)))
+    groups = _LayerGroups(init.to(device), active, [lr] * len(layers))
     rows = []
     for epoch in tqdm(range(1, max_epochs + 1), desc=f"{kind} probe rank {rank}", disable=not progress):
         if tr_fixed is not None:
@@ -612,44 +643,111 @@ def fit_probe(train: WordStates, dev: WordStates, kind: str = "distance", rank: 
         else:
             epoch_batches = (_assemble(train, tr_targets, ks, kind)
                              for ks in shuffled_batches(len(train), batch_size, rng))
-        which = torch.tensor(active, device=device)
-        tr_loss = torch.zeros(len(active))
+        tr_loss = torch.zeros(len(layers))
         for b in epoch_batches:
             b = _to(b, device)
-            with autocast():
-                loss = _loss(_batch_predict(torch.stack([params[li] for li in active]), tr_states, b, kind, which),
-                             b, kind)
-            opt.zero_grad(set_to_none=True)
-            loss.sum().backward()
-            opt.step()  # parameters of stopped layers have no gradient: Adam leaves them alone
-            tr_loss += loss.detach().cpu() * len(b.lengths)
+            groups.opt.zero_grad(set_to_none=True)
+            for idx, which, P in groups:
+                with autocast():
+                    loss = _batch_loss(P, tr_states, b, kind, which)
+                (loss.sum() / b.n).backward()  # mean over the batch's sentences, as Hewitt & Manning
+                tr_loss[idx] += loss.detach().cpu()
+            groups.opt.step()
         tr_loss /= len(train)
+        dv_loss = torch.zeros(len(layers))
         with torch.inference_mode(), autocast():
-            B_now = torch.stack([params[li].detach() for li in active])
-            dv_loss = torch.zeros(len(active))
-            for b in dv_batches:
-                dv_loss += _loss(_batch_predict(B_now, dv_states, b, kind, which), b, kind).cpu() * len(b.lengths)
-            dv_loss /= len(dev)
-        for j, li in enumerate(list(active)):
-            rows.append((epoch, layers[li], float(tr_loss[j]), float(dv_loss[j]), sched[li].lr))
-            step = sched[li].step(float(dv_loss[j]))
-            opt.param_groups[li]["lr"] = sched[li].lr
+            for idx, which, P in groups:
+                for b in dv_batches:
+                    dv_loss[idx] += _batch_loss(P.detach(), dv_states, b, kind, which).cpu()
+        dv_loss /= len(dev)
+        for li in list(active):
+            rows.append((epoch, layers[li], float(tr_loss[li]), float(dv_loss[li]), sched[li].lr))
+            step = sched[li].step(float(dv_loss[li]))
             if step["save"]:
-                best_B[li] = params[li].detach().cpu()
+                best_B[li] = groups.weights(li).cpu()
                 best_epoch[layers[li]] = epoch
             if step["stop"]:
                 active.remove(li)
         if not active:
             break
+        groups.regroup(active, [sd.lr for sd in sched])
     history = pd.DataFrame(rows, columns=["epoch", "layer", "train_loss", "dev_loss", "lr"])
     return FittedProbe(kind, rank, layers, best_B.numpy(), history, best_epoch,
                        time.perf_counter() - t0, len(train))
 
 
+def _adam(param_groups) -> torch.optim.Adam:
+    """Adam with its fused kernel where torch has one (one pass over the parameters instead of
+    about six: on a bert-base probe, 13 x 768 x 768 weights, a step is ~4x faster on a CPU);
+    the same update rule either way."""
+    try:
+        return torch.optim.Adam(param_groups, fused=True)
+    except (RuntimeError, TypeError, ValueError):
+        return torch.optim.Adam(param_groups)
+
+
+class _LayerGroups:
+    """The probes of the layers still training, one stacked parameter per learning rate.
+
+    Each layer keeps its own schedule (its own learning rate), yet layers that share a rate
+    share one ``(layers, rank, D)`` parameter and Adam group, so a step costs one product and one
+    optimizer update per distinct rate, not per layer. After each epoch :meth:`regroup` moves
+    layers whose rate was cut and drops layers that stopped, carrying every layer's weights and
+    Adam moments over unchanged (Adam is elementwise: this is the same optimisation as one Adam
+    per layer). Iterating yields ``(layer indices, their index tensor, parameter)``.
+    """
+
+    def __init__(self, weights: torch.Tensor, active: list[int], lrs: list[float]):
+        self.opt, self._groups = None, []
+        self._build({li: (weights[li], None, None) for li in active}, None, active, lrs)
+
+    def __iter__(self):
+        return iter(self._groups)
+
+    def weights(self, li: int) -> torch.Tensor:
+        for idx, _, P in self._groups:
+            if li in idx:
+                return P.detach()[idx.index(li)].clone()
+        raise KeyError(li)
+
+    def regroup(self, active: list[int], lrs: list[float]) -> None:
+        current = {li: lr for idx, _, P in self._groups for li, lr in zip(idx, [self._lr(P)] * len(idx))}
+        if set(current) == set(active) and all(current[li] == lrs[li] for li in active):
+            return
+        per, step = {}, None
+        for idx, _, P in self._groups:
+            st = self.opt.state.get(P, {})
+            step = st.get("step", step)
+            for j, li in enumerate(idx):
+                per[li] = (P.detach()[j], st["exp_avg"][j] if st else None, st["exp_avg_sq"][j] if st else None)
+        self._build(per, step, active, lrs)
+
+    def _lr(self, P) -> float:
+        return next(g["lr"] for g in self.opt.param_groups if g["params"][0] is P)
+
+    def _build(self, per: dict, step, active: list[int], lrs: list[float]) -> None:
+        by_lr: dict[float, list[int]] = {}
+        for li in sorted(active):
+            by_lr.setdefault(lrs[li], []).append(li)
+        groups, param_groups, states = [], [], []
+        for rate, idx in by_lr.items():
+            P = torch.nn.Parameter(torch.stack([per[li][0] for li in idx]))
+            groups.append((idx, torch.tensor(idx, device=P.device), P))
+            param_groups.append({"params": [P], "lr": rate})
+            if per[idx[0]][1] is not None:
+                states.append((P, {"step": step.clone(), "exp_avg": torch.stack([per[li][1] for li in idx]),
+                                   "exp_avg_sq": torch.stack([per[li][2] for li in idx])}))
+        self.opt = _adam(param_groups)
+        for P, st in states:
+            self.opt.state[P] = st
+        self._groups = groups
+
+
 def _to(b: _Batch, device) -> _Batch:
     if device.type == "cpu":
         return b
-    return _Batch(b.rows.to(device), b.slots.to(device), b.target.to(device), b.lengths.to(device))
+    return _Batch(b.rows.to(device), [_Part(p.start, p.stop, p.slots.to(device), p.target.to(device),
+                                            p.lengths.to(device)) for p in b.parts], b.n)
 
 
 # ----------------------------------------------------------------------------- evaluation
