@@ -467,6 +467,15 @@ def blimp_accuracy(scored: pd.DataFrame, by: str = "paradigm") -> pd.DataFrame:
 # --------------------------------------------------------------------------- notebook 04: tables, findings, text
 
 
+def check_parameters(agreement_selection: str = "goldberg", blimp_grouping: str = "mlm-scoring") -> None:
+    """Notebook 04's agreement and BLiMP parameters: one of :data:`AGREEMENT_SELECTIONS` and one of
+    :data:`BLIMP_GROUPINGS`; else a :class:`bertology.notebook.ParameterError` naming the parameter."""
+    from .notebook import check_choice
+
+    check_choice("agreement_selection", agreement_selection, AGREEMENT_SELECTIONS)
+    check_choice("blimp_grouping", blimp_grouping, BLIMP_GROUPINGS)
+
+
 def language_note(language: str) -> str:
     """The report note when the treebank of the run is not English: agreement and BLiMP stay English."""
     return (f"Agreement and BLiMP (section 2) are English test sets: for this {language} run they measure the model "

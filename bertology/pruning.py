@@ -885,6 +885,20 @@ def check_pruned_equals_masked(speed: dict, tol: float = 1e-3) -> dict:
 # ----------------------------------------------------------------------------- notebook 08: one function a section
 
 
+def check_parameters(task: str = "auto", importance_split: str = "train", abs_at: str = "token",
+                     step: float = PRUNE_STEP) -> None:
+    """Notebook 08's parameters: ``task`` ``"auto"`` or one of :data:`TASKS`, ``importance_split``
+    ``"train"`` or ``"dev"``, ``abs_at`` one of :data:`ABS_AT`, ``step`` in (0, 0.5]; else a
+    :class:`bertology.notebook.ParameterError` naming the parameter."""
+    from .notebook import ParameterError, check_choice
+
+    check_choice("task", task, ("auto",) + TASKS)
+    check_choice("importance_split", importance_split, ("train", "dev"))
+    check_choice("abs_at", abs_at, ABS_AT)
+    if not 0 < step <= 0.5:
+        raise ParameterError(f"parameter 'step' must be in (0, 0.5], got {step!r}")
+
+
 @dataclass
 class PruningSetup:
     """:func:`pruning_setup`: the evaluation sentences, the sentences head importance is scored on

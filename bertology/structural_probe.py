@@ -721,6 +721,18 @@ def probe_layers(train: WordStates, dev: WordStates, test: WordStates, rank: int
 # ----------------------------------------------------------------------------- notebook 04: runs, findings, text
 
 
+def check_parameters(ranks: Sequence[int], batching: str = "shuffled", uuas_gold: str = "mst") -> None:
+    """Notebook 04's probe parameters: ``probe_batching`` one of :data:`BATCHINGS`, ``uuas_gold`` one
+    of :data:`UUAS_GOLD`, ``ranks`` a non-empty list of positive integers; else a
+    :class:`bertology.notebook.ParameterError` naming the parameter."""
+    from .notebook import ParameterError, check_choice
+
+    check_choice("probe_batching", batching, BATCHINGS)
+    check_choice("uuas_gold", uuas_gold, UUAS_GOLD)
+    if not isinstance(ranks, (list, tuple)) or not ranks or not all(isinstance(r, int) and r > 0 for r in ranks):
+        raise ParameterError(f"parameter 'ranks' must be a list of positive integers, got {ranks!r}")
+
+
 def split_states(loaded: LoadedModel, splits: dict[str, Sequence[Sentence]], *, batch_size: int = 32,
                  desc: str = "states", progress: bool = True) -> dict[str, WordStates]:
     """:func:`word_states` of every named split (``{"train": [...], "dev": [...], "test": [...]}``),

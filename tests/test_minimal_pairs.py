@@ -305,3 +305,13 @@ def test_shuffled_agreement_needs_the_models_own_head(scorer, tmp_path):
     run = _run(tmp_path, has_mlm_head=False)
     assert mp.shuffled_agreement(run, scorer, s) is None
     assert run.meta["notes"] == ["Agreement under perturbation needs the model's own MLM head; skipped for this model."]
+
+
+def test_check_parameters_names_the_parameter():
+    from bertology.notebook import ParameterError
+
+    mp.check_parameters("all", "linguistics_term")  # fine
+    with pytest.raises(ParameterError, match="'agreement_selection'"):
+        mp.check_parameters("some")
+    with pytest.raises(ParameterError, match="'blimp_grouping'"):
+        mp.check_parameters(blimp_grouping="field")

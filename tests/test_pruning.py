@@ -272,3 +272,13 @@ def test_layers_and_speed_studies_skip_an_unsupported_model(tmp_path, monkeypatc
     assert pr.layers_study(run, None, None) is None and pr.speed_study(run, None, []) is None
     assert run.meta["notes"] == ["Whole-layer removal and physical pruning were not run: one layer shared by every depth."]
     assert "physical_pruning" not in run.values
+
+
+def test_check_parameters_names_the_parameter():
+    from bertology.notebook import ParameterError
+
+    pr.check_parameters("upos", "dev", "batch", 0.5)  # fine
+    for kw, name in ((dict(task="nli"), "'task'"), (dict(importance_split="test"), "'importance_split'"),
+                     (dict(abs_at="layer"), "'abs_at'"), (dict(step=0.0), "'step' must be in")):
+        with pytest.raises(ParameterError, match=name):
+            pr.check_parameters(**kw)

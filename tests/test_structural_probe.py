@@ -449,3 +449,16 @@ def test_probe_study_is_its_parts(tmp_path, tokenizer):
     # the example tree: the best layer's distance probe on the first test sentence of 10-16 words
     k = sp.example_sentence(ps.states["test"])
     assert sp.example_tree(ps) == sp.predicted_tree(probes["distance"], states["test"], k, layer=ps.best)
+
+
+def test_check_parameters_names_the_parameter():
+    from bertology.notebook import ParameterError
+
+    sp.check_parameters([4, 16], "length", "arcs")  # fine
+    with pytest.raises(ParameterError, match="'probe_batching'"):
+        sp.check_parameters([4], "sorted")
+    with pytest.raises(ParameterError, match="'uuas_gold'"):
+        sp.check_parameters([4], uuas_gold="tree")
+    for bad in ([], [0], [4.0], 4):
+        with pytest.raises(ParameterError, match="'ranks' must be a list of positive integers"):
+            sp.check_parameters(bad)
