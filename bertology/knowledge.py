@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import json
 import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
@@ -965,3 +966,116 @@ def forbes_probes(loaded, task_data: dict[str, tuple[pd.DataFrame, pd.DataFrame]
     del control
     return pd.concat([probe_forbes(e, t, *task_data[t], layers=layers, source=src, seed=seed)
                       for src, e in embeddings.items() for t in TASKS], ignore_index=True)
+
+
+# ----------------------------------------------------------------------------- notebook 07: one function a section
+
+
+@dataclass
+class LamaFacts:
+    """:func:`lama_facts`: the facts scored (single-piece objects, sampled per relation), the
+    candidate vocabulary and the counts of facts kept and dropped per relation
+    (:func:`single_piece_facts`)."""
+
+    facts: pd.DataFrame
+    vocab: list[str]
+    counts: pd.DataFrame
+
+
+def lama_facts(run, data: str = "auto", facts_per_relation: int = 30, conceptnet_by_predicate: bool = False) -> LamaFacts:
+    """Notebook 07's LAMA facts (:func:`load_facts` of ``data``): those whose object is one word
+    piece of the candidate vocabulary of ``run.loaded`` (:func:`candidate_vocab`), at most
+    ``facts_per_relation`` per relation drawn with ``run.seed``. Records on ``run``
+    (:class:`bertology.notebook.Run`) the note when the own fact set stands in, the candidate
+    vocabulary size, the note on dropped facts, the methods ``petroni.lama`` and
+    ``kassner.negated``, the sampling deviation when facts were left out and the data line; the
+    counts table is left to the caller."""
+    facts_all, origin, lama_data, missing = load_facts(data, conceptnet_by_predicate)
+    if missing:
+        run.note(missing)
+    tok = run.loaded.tokenizer
+    vocab = candidate_vocab(tok)
+    kept, counts = single_piece_facts(facts_all, tok, vocab)
+    facts = sample_facts(kept, facts_per_relation, run.seed)
+    run.value("lama_candidate_vocab_size", len(vocab))
+    run.note(f"LAMA: {int(counts['n_dropped'].sum())} of {int(counts['n_facts'].sum())} facts dropped because the object "
+             "is not a single word piece of the model's vocabulary.")
+    run.method("petroni.lama", lama_data=lama_data, conceptnet_by_predicate=conceptnet_by_predicate, candidates=len(vocab))
+    run.method("kassner.negated", candidates=len(vocab))
+    if len(facts) < len(kept):
+        run.deviation(f"Data: {facts_per_relation} facts per relation drawn with seed {run.seed} ({len(facts)} of "
+                      f"{len(kept)} usable facts).")
+    run.set_data(f"{origin}; Forbes et al. (2019) physical commonsense", lama_facts=len(facts),
+                 lama_relations=int(facts.groupby(["corpus", "relation"]).ngroups))
+    return LamaFacts(facts, vocab, counts)
+
+
+def lama_study(scorers: Sequence, facts: pd.DataFrame, vocab: Sequence[str] | None = None, k: int = 10,
+               batch_size: int = 64) -> tuple[pd.DataFrame, dict[str, pd.DataFrame]]:
+    """Notebook 07, factual recall: :func:`score_lama` of ``facts`` by every scorer; returns the
+    top-``k`` answers of all scorers and the report's tables by name: ``lama_ranks``,
+    ``lama_precision_per_relation`` (:func:`precision_at_k`, P@1 and P@10) and ``lama_precision``
+    (:func:`macro_by_corpus`)."""
+    ranks, tops = zip(*(score_lama(s, facts, vocab=vocab, k=k, batch_size=batch_size) for s in scorers))
+    ranks, tops = pd.concat(ranks, ignore_index=True), pd.concat(tops, ignore_index=True)
+    per_relation = precision_at_k(ranks, ks=(1, 10))
+    return tops, {"lama_ranks": ranks, "lama_precision_per_relation": per_relation,
+                  "lama_precision": macro_by_corpus(per_relation)}
+
+
+def example_answers(tops: pd.DataFrame, facts: pd.DataFrame, per_corpus: int = 2) -> pd.DataFrame:
+    """The first ``per_corpus`` facts of every corpus (``corpus, original, obj_label`` by ``uuid``)
+    with each source's first answer to the original query (one column per source; NaN where a
+    source has none)."""
+    t1 = tops[(tops["rank"] == 1) & (tops["query"] == "original")].pivot_table(
+        index="uuid", columns="source", values="token", aggfunc="first")
+    return facts.groupby("corpus").head(per_corpus).set_index("uuid")[["corpus", "original", "obj_label"]].join(t1, how="left")
+
+
+def negation_study(tops: pd.DataFrame, ranks: pd.DataFrame, facts: pd.DataFrame) -> dict[str, pd.DataFrame]:
+    """Notebook 07, negated and misprimed queries (Kassner & Schütze 2020), the report's tables by
+    name: ``negation_per_relation`` (:func:`negation_overlap`), ``negation`` (its
+    :func:`macro_by_corpus`), ``negation_spearman_per_relation`` (:func:`negation_spearman`) and
+    ``negation_spearman`` (its macro average)."""
+    neg, rho = negation_overlap(tops, facts), negation_spearman(ranks)
+    return {"negation_per_relation": neg, "negation": macro_by_corpus(neg, value="value"),
+            "negation_spearman_per_relation": rho, "negation_spearman": macro_by_corpus(rho, value="value")}
+
+
+@dataclass
+class ForbesStudy:
+    """:func:`forbes_study`: the (train, test) pairs of every task, the layers probed, every probe
+    score (:func:`forbes_probes`) and the scores by system (:func:`forbes_table`)."""
+
+    task_data: dict[str, tuple[pd.DataFrame, pd.DataFrame]]
+    layers: list[int]
+    probe: pd.DataFrame
+    scores: pd.DataFrame
+
+
+def forbes_study(run, max_train_pairs: int | None = None, max_test_pairs: int | None = None, n_probe_layers: int = 4,
+                 batch_size: int = 64, root: str | Path | None = None) -> ForbesStudy | None:
+    """Notebook 07, physical commonsense (Forbes et al. 2019): :func:`forbes_data` (capped, seeded
+    with ``run.seed``; ``root``: the data folder, None for the data mirror) probed by
+    :func:`forbes_probes` on :func:`probe_layers` of ``run.loaded`` (``n_probe_layers``), scored
+    against the majority baseline and the human experts. None when the data cannot be had (with a
+    note on ``run``) or holds no task. Records on ``run`` (:class:`bertology.notebook.Run`) the
+    method ``forbes.physical`` with the caps that cut pairs, the number of test pairs and the layers
+    probed; the tables are left to the caller."""
+    from .data import DataUnavailableError
+
+    try:
+        task_data, caps = forbes_data(max_train_pairs, max_test_pairs, run.seed, root)
+        run.method("forbes.physical", **caps)
+    except DataUnavailableError as exc:
+        run.note(f"Forbes et al.'s physical-commonsense data is not available here ({str(exc).splitlines()[0]}); "
+                 "that part is skipped.")
+        return None
+    if not task_data:
+        return None
+    layers = probe_layers(run.info.n_layers, n_probe_layers)
+    probe = forbes_probes(run.loaded, task_data, layers, seed=run.seed, batch_size=batch_size)
+    scores = forbes_table(best_layer_scores(probe), majority_scores(task_data), human_scores(root), run.info.name)
+    run.set_data(run.meta["data"], forbes_pairs_test=int(sum(len(te) for _, te in task_data.values())))
+    run.value("forbes_probe_layers", layers)
+    return ForbesStudy(task_data, layers, probe, scores)

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import json
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
@@ -466,6 +467,15 @@ def blimp_accuracy(scored: pd.DataFrame, by: str = "paradigm") -> pd.DataFrame:
 # --------------------------------------------------------------------------- notebook 04: tables, findings, text
 
 
+def check_parameters(agreement_selection: str = "goldberg", blimp_grouping: str = "mlm-scoring") -> None:
+    """Notebook 04's agreement and BLiMP parameters: one of :data:`AGREEMENT_SELECTIONS` and one of
+    :data:`BLIMP_GROUPINGS`; else a :class:`bertology.notebook.ParameterError` naming the parameter."""
+    from .notebook import check_choice
+
+    check_choice("agreement_selection", agreement_selection, AGREEMENT_SELECTIONS)
+    check_choice("blimp_grouping", blimp_grouping, BLIMP_GROUPINGS)
+
+
 def language_note(language: str) -> str:
     """The report note when the treebank of the run is not English: agreement and BLiMP stay English."""
     return (f"Agreement and BLiMP (section 2) are English test sets: for this {language} run they measure the model "
@@ -496,6 +506,58 @@ def agreement_under_shuffling(scorer: Scorer, scored: pd.DataFrame, seed: int = 
     return pd.concat([agreement_accuracy(kept.assign(perturbation="intact"), by=("dataset", "perturbation")),
                       agreement_accuracy(res.assign(perturbation="shuffled"), by=("dataset", "perturbation"))],
                      ignore_index=True)
+
+
+@dataclass
+class AgreementStudy:
+    """:func:`agreement_study`: the :func:`score_agreement` rows of every scorer and their
+    :func:`agreement_tables` (``accuracy``, ``by_condition``, ``skipped``)."""
+
+    scored: pd.DataFrame
+    tables: dict[str, pd.DataFrame]
+
+
+def agreement_study(run, scorers: Sequence[Scorer], limit: int | None = None, selection: str = "goldberg",
+                    batch_size: int = 32, data: str = "auto", progress: bool = True) -> AgreementStudy:
+    """Notebook 04, agreement (Goldberg 2019): :func:`agreement_items` of ``data`` (``limit`` items per
+    set, ``selection``) scored by every scorer of ``scorers`` (:func:`score_agreement`), tables by the
+    first scorer's skips. Records on ``run`` (:class:`bertology.notebook.Run`) the method
+    ``goldberg.agreement`` and the data notes; the tables are left to the caller."""
+    run.method("goldberg.agreement", agreement_selection=selection)
+    items, notes = agreement_items(data, limit=limit, selection=selection)
+    for note in notes:
+        run.note(note)
+    scored = pd.concat([score_agreement(s, items, batch_size=batch_size, progress=progress) for s in scorers],
+                       ignore_index=True)
+    return AgreementStudy(scored, agreement_tables(scored, scorers[0].source))
+
+
+def shuffled_agreement(run, scorer: Scorer, scored: pd.DataFrame, batch_size: int = 32,
+                       progress: bool = True) -> pd.DataFrame | None:
+    """:func:`agreement_under_shuffling` of ``scorer`` (seeded with ``run.seed``) when the model of
+    ``run`` has its own MLM head; otherwise None, with a note on ``run`` (a readout's reading of
+    shuffled text says nothing about the model)."""
+    if not run.info.has_mlm_head:
+        run.note("Agreement under perturbation needs the model's own MLM head; skipped for this model.")
+        return None
+    return agreement_under_shuffling(scorer, scored, seed=run.seed, batch_size=batch_size, progress=progress)
+
+
+def blimp_study(run, scorers: Sequence[Scorer], limit: int | None = None, grouping: str = "mlm-scoring",
+                batch_size: int = 64, data: str = "auto", progress: bool = True) -> dict[str, pd.DataFrame]:
+    """Notebook 04, BLiMP: :func:`blimp_pairs` of ``data`` (at most ``limit`` per paradigm) scored by
+    every scorer of ``scorers`` (:func:`score_blimp`), and their :func:`blimp_tables` by
+    ``grouping``. Records on ``run`` (:class:`bertology.notebook.Run`) the data notes,
+    ``values["blimp_pairs"]`` (:func:`blimp_sizes`) and the method ``blimp.pll``; the tables are left
+    to the caller."""
+    pairs, notes = blimp_pairs(data, limit=limit)
+    for note in notes:
+        run.note(note)
+    run.value("blimp_pairs", blimp_sizes(pairs, limit))
+    scored = pd.concat([score_blimp(s, pairs, batch_size=batch_size, progress=progress) for s in scorers],
+                       ignore_index=True)
+    run.method("blimp.pll", blimp_grouping=grouping)
+    return blimp_tables(scored, grouping)
 
 
 def blimp_tables(scored: pd.DataFrame, grouping: str = "mlm-scoring") -> dict[str, pd.DataFrame]:

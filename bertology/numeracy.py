@@ -1036,3 +1036,129 @@ def pair_similarity(loaded, pairs: pd.DataFrame, layer: int, pool: str = "last",
     ea = embed_numbers(loaded, pairs["a"].tolist(), layer, pool, batch_size, progress=False)
     eb = embed_numbers(loaded, pairs["b"].tolist(), layer, pool, batch_size, progress=False)
     return pairs.assign(cosine=pair_cosines(ea, eb), source=f"{loaded.info.name} layer {layer} ({pool} piece)")
+
+
+# ----------------------------------------------------------------------------- notebook 06: one function a section
+
+
+def probe_setup(run, layer: int | None = -1, encode: str = "context", pool: str = "last", *, max_range: int = 9999,
+                n_seeds: int = 3, probe_steps: int = 400, max_steps: int = 300, n_train_lists: int = 5000,
+                n_test_lists: int = 1000, lstm_rank: int | None = None) -> tuple[int, ProbeConfig, list[int]]:
+    """Notebook 06's probe settings: the hidden state the probes read (:func:`resolve_layer` of
+    ``layer``), the :class:`ProbeConfig` and the integer ranges probed (those of 99, 999, 9999 up
+    to ``max_range``; ``[max_range]`` when it is below 99). Records on ``run``
+    (:class:`bertology.notebook.Run`) ``probe_layer``, ``ranges`` and ``encode`` and the method
+    ``wallace.probes`` with its options. A bad ``layer`` or ``lstm_rank`` is a
+    :class:`bertology.notebook.ParameterError`. Returns ``(probe_layer, cfg, ranges)``."""
+    from .notebook import ParameterError
+
+    try:
+        probe_layer = resolve_layer(run.loaded, layer)
+        cfg = ProbeConfig(steps=probe_steps, max_steps=max_steps, n_train_lists=n_train_lists,
+                          n_test_lists=n_test_lists, lstm_rank=lstm_rank)
+    except ValueError as exc:
+        raise ParameterError(f"parameter 'layer'/'lstm_rank': {exc}") from None
+    ranges = [r for r in (99, 999, 9999) if r <= max_range] or [max_range]
+    run.record(probe_layer=probe_layer, ranges=ranges, encode=encode)
+    run.method("wallace.probes", lr=cfg.lr, probe_steps=probe_steps, max_steps=max_steps, batch=cfg.batch_size,
+               n_train_lists=n_train_lists, encode=encode, pool=pool, lstm_rank=lstm_rank, n_seeds=n_seeds,
+               layer="last" if probe_layer == run.info.n_layers else probe_layer)
+    return probe_layer, cfg, ranges
+
+
+@dataclass
+class Tokenization:
+    """:func:`tokenization_study`: the pieces of every integer (:func:`integer_pieces`) and
+    decimal (:func:`decimal_pieces`), the integers' :func:`pieces_summary` by digits and how many
+    decimals take ``n_pieces`` pieces (``n_pieces, n``)."""
+
+    integers: pd.DataFrame
+    decimals: pd.DataFrame
+    by_digits: pd.DataFrame
+    decimal_summary: pd.DataFrame
+
+
+def tokenization_study(run, tokenize_max: int = 10_000) -> Tokenization:
+    """Notebook 06, section 1: how the tokenizer of ``run.loaded`` cuts the integers
+    0..``tokenize_max`` and the decimals 0.00–9.99. Records on ``run``
+    (:class:`bertology.notebook.Run`) :func:`tokenization_values` and the key number "share of
+    integers 0-10,000 that are one piece"; the tables are left to the caller."""
+    tok = run.loaded.tokenizer
+    ints = integer_pieces(tok, 0, tokenize_max)
+    decs = decimal_pieces(tok, 0.0, 10.0, decimals=2)
+    by_digits = pieces_summary(ints, by="digits")
+    decimal_summary = decs["n_pieces"].value_counts().sort_index().rename_axis("n_pieces").reset_index(name="n")
+    run.record(**tokenization_values(ints))
+    run.key("share of integers 0-10,000 that are one piece", ints["single"].mean())
+    return Tokenization(ints, decs, by_digits, decimal_summary)
+
+
+@dataclass
+class ProbeStudy:
+    """:func:`probe_study`: the embeddings the probes read (:func:`probe_embeddings`, name ->
+    (embedder, label)), every probe run (:func:`run_probes`) and their :func:`summarize_probes`."""
+
+    embeddings: dict[str, tuple[object, str]]
+    runs: pd.DataFrame
+    summary: pd.DataFrame
+
+    @property
+    def labels(self) -> dict[str, str]:
+        """Embedding name -> label (where its numbers came from)."""
+        return {k: lab for k, (_, lab) in self.embeddings.items()}
+
+
+def probe_study(run, ranges: Sequence[int], layer: int, pool: str = "last", encode: str = "context",
+                batch_size: int = 256, n_seeds: int = 3, cfg: ProbeConfig | None = None,
+                progress: bool = True) -> ProbeStudy:
+    """Notebook 06, section 2 (Wallace et al. 2019, Table 4): :func:`probe_embeddings` of the model
+    of ``run`` (:class:`bertology.notebook.Run`), of its random-init control
+    (:func:`bertology.models.random_init_control`, seeded with ``run.seed``) and of the values
+    themselves over ``[0, max(ranges)]``, probed by :func:`run_probes` with the seeds ``run.seed`` ..
+    ``run.seed + n_seeds - 1``. Records nothing; the tables are left to the caller."""
+    from .models import random_init_control
+
+    control = random_init_control(run.loaded, run.seed)
+    embeddings = probe_embeddings(run.loaded, control, max(ranges), layer, pool, encode, batch_size,
+                                  cache_dir=run.cache_dir, control_seed=run.seed)
+    del control
+    runs = run_probes(embeddings, ranges=ranges, seeds=range(run.seed, run.seed + n_seeds), cfg=cfg, progress=progress)
+    return ProbeStudy(embeddings, runs, summarize_probes(runs))
+
+
+@dataclass
+class NumerSense:
+    """:func:`numersense_study`: the items and where they came from, the in-sample
+    :func:`majority_baseline` and the :func:`numersense_tables` (``ranked`` items, ``metrics``)."""
+
+    items: pd.DataFrame
+    source: str
+    majority: dict
+    ranked: pd.DataFrame
+    metrics: pd.DataFrame
+
+
+def numersense_study(run, readout_layer: int = -1, fit: bool = True, items: tuple[pd.DataFrame, str] | None = None
+                     ) -> NumerSense:
+    """Notebook 06, section 3: NumerSense (Lin et al. 2020; ``items``: ``(items, source)`` as
+    :func:`load_numersense` gives them, loaded when None) answered by the run's own MLM head, else a
+    fitted readout on ``readout_layer`` (``run.scorer("auto")``; ``fit=False``: only when one is
+    shipped or cached), and by the random-init control. Records on ``run``
+    (:class:`bertology.notebook.Run`) the note when the shipped fallback items stand in,
+    ``numersense_source``, the scorers' sources and ``numersense_majority_in_sample``; the tables are
+    left to the caller."""
+    items, source = load_numersense() if items is None else items
+    if source == NUMERSENSE_FALLBACK:
+        run.note(f"NumerSense is not available here; scored {len(items)} numeric cloze items written for bertology instead.")
+    run.value("numersense_source", source)
+    main = run.scorer("auto", readout_layer, use="NumerSense answers", paper="Lin et al. (2020)", fit=fit)
+    scorers = [s for s in (main, run.scorer("control")) if s is not None]
+    ranked, metrics = numersense_tables(scorers, items)
+    majority = majority_baseline(items)
+    run.value("numersense_majority_in_sample", majority)
+    return NumerSense(items, source, majority, ranked, metrics)
+
+
+def data_text(tokenize_max: int, numersense_source: str) -> str:
+    """The report's data line of notebook 06."""
+    return f"integers 0-{tokenize_max} and decimals 0.00-9.99 (generated); {numersense_source}"

@@ -249,9 +249,10 @@ def state_similarity(X: np.ndarray, Y: np.ndarray, seed: int = 0, max_items: int
 
 
 def perturbation_study(loaded, intact, probes: Sequence, kinds: Sequence[str] = KINDS, seed: int = 0,
-                       batch_size: int = 32, progress: bool = True) -> dict:
+                       batch_size: int = 32, progress: bool = True, limit: int | None = None) -> dict:
     """Perturb the sentences of ``intact`` (a :class:`~bertology.structural_probe.WordStates` of
-    ``loaded``) every way in ``kinds``, run the model on them, and compare.
+    ``loaded``; only its first ``limit`` sentences when ``limit`` is given) every way in ``kinds``,
+    run the model on them, and compare.
 
     Returns a dict of tidy tables:
     ``similarity`` (``perturbation, layer, metric, value, n``: CKA, cosine, chance cosine),
@@ -262,6 +263,8 @@ def perturbation_study(loaded, intact, probes: Sequence, kinds: Sequence[str] = 
     """
     from .structural_probe import evaluate, word_states
 
+    if limit is not None:
+        intact = intact.subset(range(min(limit, len(intact))))
     sims, scores, counts = [], [], []
     for kind in kinds:
         items, skipped = perturb(intact.sentences, kind, seed)

@@ -917,3 +917,133 @@ def check_pruned_equals_masked(speed: dict, tol: float = 1e-3) -> dict:
         raise RuntimeError(f"physical pruning does not equal masking: metric {speed['metric_pruned']} pruned vs "
                            f"{speed['metric_masked']} masked")
     return speed
+
+
+# ----------------------------------------------------------------------------- notebook 08: one function a section
+
+
+def check_parameters(task: str = "auto", importance_split: str = "train", abs_at: str = "token",
+                     step: float = PRUNE_STEP) -> None:
+    """Notebook 08's parameters: ``task`` ``"auto"`` or one of :data:`TASKS`, ``importance_split``
+    ``"train"`` or ``"dev"``, ``abs_at`` one of :data:`ABS_AT`, ``step`` in (0, 0.5]; else a
+    :class:`bertology.notebook.ParameterError` naming the parameter."""
+    from .notebook import ParameterError, check_choice
+
+    check_choice("task", task, ("auto",) + TASKS)
+    check_choice("importance_split", importance_split, ("train", "dev"))
+    check_choice("abs_at", abs_at, ABS_AT)
+    if not 0 < step <= 0.5:
+        raise ParameterError(f"parameter 'step' must be in (0, 0.5], got {step!r}")
+
+
+@dataclass
+class PruningSetup:
+    """:func:`pruning_setup`: the evaluation sentences, the sentences head importance is scored on
+    (None: the evaluation sentences), the :class:`Task` and the unpruned model's metric."""
+
+    sentences: list
+    importance_sentences: list | None
+    task: Task
+    base: float
+
+
+def pruning_setup(run, task: str, data: str = "auto", n_sentences: int = 128, n_train: int = 2000,
+                  n_importance: int = 128, importance_split: str = "train", abs_at: str = "token",
+                  step: float = PRUNE_STEP, batch_size: int = 32) -> PruningSetup:
+    """Notebook 08's task (:func:`build_task`, seeded with ``run.seed``) on ``n_sentences`` dev
+    sentences of ``data`` (``run.treebank``), with head importance on the first ``n_importance``
+    training sentences (``importance_split="train"``, the authors) or on the dev sentences
+    (``"dev"``); ``upos`` trains its probe on ``n_train`` training sentences. Records on ``run``
+    (:class:`bertology.notebook.Run`) the data line and sizes, ``unpruned_metric``, the
+    :func:`data_deviation` and the method ``michel`` with its options."""
+    sentences = run.treebank(data, "dev", limit=n_sentences)
+    dev_data = run.meta["data"]
+    need_train = max(n_train if task == "upos" else 0, n_importance if importance_split == "train" else 0)
+    train = run.treebank(data, "train", limit=need_train) if need_train else None
+    imp_sents = train[:n_importance] if importance_split == "train" else None
+    run.set_data(dev_data if imp_sents is None else f"{dev_data}; importance on {run.meta['data']}",
+                 n_sentences=len(sentences), n_importance=len(imp_sents or sentences))
+    T = build_task(run.loaded, task, sentences, train if task == "upos" else None, batch_size=batch_size,
+                   seed=run.seed, importance_sentences=imp_sents)
+    base = evaluate(run.loaded, T)
+    run.value("unpruned_metric", base)
+    run.deviation(data_deviation(T.metric_name, len(sentences), dev_data, None if imp_sents is None else len(imp_sents)))
+    run.method("michel", task=task, abs_at=abs_at, importance_split=importance_split,
+               n_importance=len(imp_sents or sentences), normalize=True, step=step, recompute_importance=False)
+    return PruningSetup(sentences, imp_sents, T, base)
+
+
+def importance_study(run, task: Task, base: float, abs_at: str = "token") -> dict:
+    """Notebook 08, importance (Michel §4.1): :func:`importance_vs_ablation` on ``run.loaded``.
+    Records on ``run`` (:class:`bertology.notebook.Run`) its ``summary`` as
+    ``values["importance_vs_ablation"]`` and the key number "Spearman(importance, ablation)"; the
+    heads table is left to the caller."""
+    imp = importance_vs_ablation(run.loaded, task, base, abs_at=abs_at)
+    run.value("importance_vs_ablation", imp["summary"])
+    run.key("Spearman(importance, ablation)", imp["summary"]["spearman_raw"])
+    return imp
+
+
+@dataclass
+class CurveStudy:
+    """:func:`curve_study`: the numbers of heads removed at each step, the named removal orders
+    (:func:`orders`), the pruning curves (:func:`curves`) and the heads removable per order and
+    seed (:func:`removable_table`)."""
+
+    steps: list[int]
+    orders: dict[str, list[tuple[int, int]]]
+    curves: pd.DataFrame
+    removable: pd.DataFrame
+
+    @property
+    def by_importance(self) -> pd.Series:
+        """The :attr:`removable` row of the authors' order (layer-normalised gradient importance)."""
+        return self.removable[self.removable.order == "gradient importance"].iloc[0]
+
+    @property
+    def removed_90(self) -> list[tuple[int, int]]:
+        """The heads importance order removes while keeping 90% of the metric, at least one step's
+        worth (what :func:`measure_pruning` cuts out)."""
+        return self.orders["gradient importance"][:max(int(self.by_importance.removable_90), self.steps[1])]
+
+
+def curve_study(run, task: Task, importance: dict, base: float, step: float = PRUNE_STEP,
+                n_random: int = 3) -> CurveStudy:
+    """Notebook 08, pruning curves (Michel §4.2, Fig. 3): heads of ``run.loaded`` removed in
+    :func:`curve_steps` of ``step`` by each order of :func:`orders` (``importance``:
+    :func:`importance_vs_ablation`) and by ``n_random`` random orders (seeded with ``run.seed``).
+    Records on ``run`` (:class:`bertology.notebook.Run`) the key number "heads removable at 95%
+    (importance order, share)"; the tables are left to the caller."""
+    info = run.info
+    steps = curve_steps(info.n_layers * info.n_heads, step)
+    named = orders(importance)
+    table = curves(run.loaded, task, named, steps, n_random=n_random, seed=run.seed)
+    study = CurveStudy(steps, named, table, removable_table(table, base))
+    run.key("heads removable at 95% (importance order, share)",
+            study.by_importance.removable_95 / (info.n_layers * info.n_heads))
+    return study
+
+
+def layers_study(run, task: Task, importance: np.ndarray) -> pd.DataFrame | None:
+    """Notebook 08, heads versus layers: :func:`layers_vs_heads` of ``run.loaded`` (``importance``:
+    the layer-normalised head importance); None where layers cannot be removed alone
+    (:func:`unsupported`, e.g. ALBERT), with a note on ``run`` (:class:`bertology.notebook.Run`)."""
+    why = unsupported(run.loaded)
+    if why:
+        run.note(f"Whole-layer removal and physical pruning were not run: {why}.")
+        return None
+    return layers_vs_heads(run.loaded, task, importance)
+
+
+def speed_study(run, task: Task, removed: Sequence[tuple[int, int]], repeats: int = 3) -> dict | None:
+    """Notebook 08, physical pruning: :func:`measure_pruning` of ``removed`` on ``run.loaded``,
+    checked by :func:`check_pruned_equals_masked`; None where heads cannot be cut out
+    (:func:`unsupported`; :func:`layers_study` notes it). Records on ``run``
+    (:class:`bertology.notebook.Run`) ``values["physical_pruning"]`` and the key number "forward
+    speed-up, pruned copy"."""
+    if unsupported(run.loaded):
+        return None
+    speed = check_pruned_equals_masked(measure_pruning(run.loaded, task, removed, repeats=repeats))
+    run.value("physical_pruning", speed)
+    run.key("forward speed-up, pruned copy", speed["speedup"])
+    return speed

@@ -50,7 +50,7 @@ import math
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import pandas as pd
@@ -819,11 +819,23 @@ def probe_layers(train: WordStates, dev: WordStates, test: WordStates, rank: int
 # ----------------------------------------------------------------------------- notebook 04: runs, findings, text
 
 
+def check_parameters(ranks: Sequence[int], batching: str = "shuffled", uuas_gold: str = "mst") -> None:
+    """Notebook 04's probe parameters: ``probe_batching`` one of :data:`BATCHINGS`, ``uuas_gold`` one
+    of :data:`UUAS_GOLD`, ``ranks`` a non-empty list of positive integers; else a
+    :class:`bertology.notebook.ParameterError` naming the parameter."""
+    from .notebook import ParameterError, check_choice
+
+    check_choice("probe_batching", batching, BATCHINGS)
+    check_choice("uuas_gold", uuas_gold, UUAS_GOLD)
+    if not isinstance(ranks, (list, tuple)) or not ranks or not all(isinstance(r, int) and r > 0 for r in ranks):
+        raise ParameterError(f"parameter 'ranks' must be a list of positive integers, got {ranks!r}")
+
+
 def split_states(loaded: LoadedModel, splits: dict[str, Sequence[Sentence]], *, batch_size: int = 32,
-                 desc: str = "states") -> dict[str, WordStates]:
+                 desc: str = "states", progress: bool = True) -> dict[str, WordStates]:
     """:func:`word_states` of every named split (``{"train": [...], "dev": [...], "test": [...]}``),
     in that order, each in one batched pass (progress bar ``"<desc> <name>"``)."""
-    return {name: word_states(loaded, sents, batch_size=batch_size, desc=f"{desc} {name}")
+    return {name: word_states(loaded, sents, batch_size=batch_size, desc=f"{desc} {name}", progress=progress)
             for name, sents in splits.items()}
 
 
@@ -837,6 +849,88 @@ def fit_splits(states: dict[str, WordStates], rank: int | None = None, *, label:
                **kwargs) -> tuple[pd.DataFrame, dict[str, FittedProbe]]:
     """:func:`probe_layers` fitted on ``states["train"]``, early-stopped on ``"dev"``, scored on ``"test"``."""
     return probe_layers(states["train"], states["dev"], states["test"], rank, label=label, **kwargs)
+
+
+def probe_splits(run, data: str = "auto", n_train: int = 2000, n_dev: int = 400, n_test: int = 1000,
+                 language_note: Callable[[str], str] | None = None) -> dict:
+    """Notebook 04's train/dev/test sentences: ``run.treebank`` (:class:`bertology.notebook.Run`)
+    of ``data`` with at most ``n_train`` / ``n_dev`` / ``n_test`` sentences (a treebank without a
+    train split gives its dev sentences after the first ``n_dev`` as train). Records the data line,
+    the split sizes and the :func:`data_deviation`, and, when the treebank is not English and
+    ``language_note`` is given, the note ``language_note(language)`` (notebook 04:
+    :func:`bertology.minimal_pairs.language_note`). Returns ``{"train": [...], "dev": [...], "test": [...]}``."""
+    train = run.treebank(data, "train", limit=n_train, train_from_dev=n_dev)
+    splits = {"train": train, "dev": run.treebank(data, "dev", limit=n_dev), "test": run.treebank(data, "test", limit=n_test)}
+    sizes = {f"n_{name}": len(sents) for name, sents in splits.items()}
+    run.set_data(f"{train.info.title}: train/dev/test", **sizes)
+    run.deviation(data_deviation(train.info.title, *sizes.values()))
+    if not train.info.english and language_note is not None:
+        run.note(language_note(train.info.language))
+    return splits
+
+
+@dataclass
+class ProbeStudy:
+    """Section 1 of notebook 04 (:func:`probe_study`): the model's word vectors and probes, the
+    :func:`probe_layers` tables of the model and of the random-init control, their :func:`findings`
+    and the fit settings (keyword arguments of :func:`fit_splits`, for :func:`rank_sweep`)."""
+
+    states: dict[str, WordStates]
+    probes: dict[str, FittedProbe]
+    model_table: pd.DataFrame
+    control_table: pd.DataFrame
+    summary: dict
+    fit: dict
+
+    @property
+    def table(self) -> pd.DataFrame:
+        """The model's and the control's rows in one table (the report's ``structural_probe``)."""
+        return pd.concat([self.model_table, self.control_table], ignore_index=True)
+
+    @property
+    def best(self) -> int:
+        """The best distance-probe layer by UUAS (``summary["best_layer_uuas"]``)."""
+        return self.summary["best_layer_uuas"]
+
+
+def probe_study(run, splits: dict[str, Sequence[Sentence]], rank: int | None = None, *, batch_size: int = 32,
+                max_epochs: int = 40, patience: int = 5, lr: float = 1e-3, batching: str = "shuffled",
+                uuas_gold: str = "mst", progress: bool = True) -> ProbeStudy:
+    """Notebook 04, section 1: structural probes of every layer of ``run.loaded`` and of its
+    random-init control (:func:`bertology.models.random_init_control`, seeded with ``run.seed``).
+
+    :func:`split_states` of ``splits`` (:func:`probe_splits`) for the model and for the control,
+    both fitted with :func:`fit_splits` (``rank``, ``max_epochs``, ``patience``, ``lr``,
+    ``batching``, ``uuas_gold``; seed, device and precision of the run). Records on ``run``
+    (:class:`bertology.notebook.Run`) the :func:`dropped_notes`, the method
+    ``hewitt_manning.probe`` with its options, :func:`fit_record`, ``values["probe_summary"]``
+    (:func:`findings`) and its :func:`key_numbers`; the tables are left to the caller."""
+    from .models import random_init_control
+
+    states = split_states(run.loaded, splits, batch_size=batch_size, progress=progress)
+    for note in dropped_notes(states):
+        run.note(note)
+    fit = dict(max_epochs=max_epochs, patience=patience, lr=lr, batching=batching, uuas_gold=uuas_gold)
+    run.method("hewitt_manning.probe", probe_rank=rank, hidden_size=run.info.hidden_size, **fit)
+    fit.update(seed=run.seed, device=run.loaded.device, precision=run.info.precision)
+    model_table, probes = fit_splits(states, rank, label=run.info.name, progress=progress, **fit)
+    run.record(**fit_record(probes))
+    control = random_init_control(run.loaded, seed=run.seed)
+    control_states = split_states(control, splits, batch_size=batch_size, desc="control states", progress=progress)
+    control_table, _ = fit_splits(control_states, rank, label="random-init control", progress=progress, **fit)
+    del control, control_states
+    summary = findings(model_table, control_table)
+    run.value("probe_summary", summary)
+    run.keys(key_numbers(summary))
+    return ProbeStudy(states, probes, model_table, control_table, summary, fit)
+
+
+def example_tree(study: ProbeStudy, min_words: int = 10, max_words: int = 16) -> dict:
+    """:func:`predicted_tree` of the best layer's distance probe of ``study`` on its
+    :func:`example_sentence` of the test split (the study's ``uuas_gold``)."""
+    ws = study.states["test"]
+    k = example_sentence(ws, min_words, max_words)
+    return predicted_tree(study.probes["distance"], ws, k, layer=study.best, uuas_gold=study.fit["uuas_gold"])
 
 
 def fit_record(probes: dict[str, FittedProbe]) -> dict:

@@ -333,3 +333,95 @@ def test_lama_declarations_follow_the_run():
     assert any("ConceptNet split by predicate" in x
                for x in fidelity.lines("petroni.lama", conceptnet_by_predicate=True, candidates=7))
     assert kn.reference_table().empty  # no value that was not read from the papers or the authors' outputs
+
+
+# ----------------------------------------------------------------------------- notebook 07 sections
+
+
+def _run(tmp_path, loaded):
+    """A notebook run (bertology.notebook.Run) around ``loaded``, without start()."""
+    from bertology.notebook import Run
+
+    return Run("07_world_knowledge", loaded, tmp_path, 0, True, "cpu", {"notes": [], "deviations": []})
+
+
+def test_lama_facts_sample_and_record(tmp_path, tokenizer):
+    from types import SimpleNamespace
+
+    run = _run(tmp_path, SimpleNamespace(tokenizer=tokenizer))
+    lama = kn.lama_facts(run, "shipped", 1)
+    own = kn.load_own_facts()
+    assert lama.vocab == kn.candidate_vocab(tokenizer) and run.values["lama_candidate_vocab_size"] == len(lama.vocab)
+    assert lama.facts.equals(kn.sample_facts(own, 1, 0)) and len(lama.facts) == own["relation"].nunique()
+    assert lama.counts["n_dropped"].sum() == 0 and lama.counts["n_facts"].sum() == len(own)  # shipped: all single pieces
+    notes = run.meta["notes"]
+    assert notes[0].startswith("The LAMA data is not available here (data='shipped' asked for)")
+    assert notes[1] == (f"LAMA: 0 of {len(own)} facts dropped because the object is not a single word piece of "
+                        "the model's vocabulary.")
+    assert run.meta["deviations"][-1] == (f"Data: 1 facts per relation drawn with seed 0 ({len(lama.facts)} of "
+                                          f"{len(own)} usable facts).")  # after the methods' declared deviations
+    assert {"petroni.lama", "kassner.negated"} <= set(run.meta["methods"])
+    assert run.meta["data"] == "bertology's own fact set; Forbes et al. (2019) physical commonsense"
+    assert run.meta["sizes"] == {"lama_facts": len(lama.facts), "lama_relations": len(lama.facts)}
+
+
+def test_lama_and_negation_studies_are_their_parts(tokenizer):
+    scorers = [cloze.control_scorer(random_bert(tokenizer, n_layers=1, n_heads=2, hidden_size=16, seed=1), seed=s)
+               for s in (2, 3)]
+    facts = kn.load_own_facts().head(4)
+    vocab = ["paris", "rome", "tokyo", "berlin", "french", "the", "a"]
+    tops, tables = kn.lama_study(scorers, facts, vocab=vocab, k=3)
+    one = [kn.score_lama(s, facts, vocab=vocab, k=3) for s in scorers]
+    ranks = pd.concat([r for r, _ in one], ignore_index=True)
+    assert tops.equals(pd.concat([t for _, t in one], ignore_index=True))
+    assert list(tables) == ["lama_ranks", "lama_precision_per_relation", "lama_precision"]
+    assert tables["lama_ranks"].equals(ranks)
+    assert tables["lama_precision"].equals(kn.macro_by_corpus(kn.precision_at_k(ranks, ks=(1, 10))))
+    neg = kn.negation_study(tops, ranks, facts)
+    assert list(neg) == ["negation_per_relation", "negation", "negation_spearman_per_relation", "negation_spearman"]
+    assert neg["negation"].equals(kn.macro_by_corpus(kn.negation_overlap(tops, facts), value="value"))
+    assert neg["negation_spearman"].equals(kn.macro_by_corpus(kn.negation_spearman(ranks), value="value"))
+
+
+def test_example_answers_by_hand():
+    facts = pd.DataFrame({"uuid": [1, 2, 3, 4], "corpus": ["A", "A", "A", "B"], "original": list("wxyz"),
+                          "obj_label": list("abcd")})
+    tops = pd.DataFrame({"uuid": [1, 1, 1, 2, 4], "source": ["mlm", "mlm", "control", "mlm", "control"],
+                         "query": ["original", "original", "original", "negated", "original"],
+                         "rank": [1, 2, 1, 1, 1], "token": ["p", "q", "r", "s", "t"]})
+    ex = kn.example_answers(tops, facts)
+    assert ex.index.tolist() == [1, 2, 4] and ex.columns.tolist() == ["corpus", "original", "obj_label", "control", "mlm"]
+    assert ex.fillna("-")[["control", "mlm"]].values.tolist() == [["r", "p"], ["-", "-"], ["t", "-"]]
+
+
+def test_forbes_study_without_data_is_noted(tmp_path, monkeypatch):
+    import bertology.data as data
+    from types import SimpleNamespace
+
+    def unavailable(dataset, file):
+        raise data.DataUnavailableError(f"cannot get {dataset}/{file}: offline")
+
+    monkeypatch.setattr(data, "data_path", unavailable)
+    run = _run(tmp_path, SimpleNamespace(info=SimpleNamespace(n_layers=2)))
+    assert kn.forbes_study(run) is None and "forbes.physical" not in run.meta.get("methods", {})
+    (note,) = run.meta["notes"]
+    assert note.startswith(f"Forbes et al.'s physical-commonsense data is not available here (cannot get {kn.FORBES}/")
+    assert note.endswith(": offline); that part is skipped.")
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not (MIRROR / kn.FORBES).is_dir(), reason="Forbes data mirror not available")
+def test_forbes_study_is_its_parts(tmp_path, tokenizer, monkeypatch):
+    monkeypatch.setenv("BERTOLOGY_CACHE", str(tmp_path / "cache"))
+    loaded = random_bert(tokenizer, n_layers=2, n_heads=2, hidden_size=16, mlm=False, seed=0)
+    run = _run(tmp_path, loaded)
+    run.set_data("x")
+    fs = kn.forbes_study(run, 40, 20, 2, batch_size=32)
+    task_data, caps = kn.forbes_data(40, 20, 0)
+    assert fs.layers == [0, 2] == run.values["forbes_probe_layers"] and caps == {"max_train_pairs": 40, "max_test_pairs": 20}
+    assert run.meta["methods"]["forbes.physical"] == caps
+    probe = kn.forbes_probes(loaded, task_data, [0, 2], seed=0, batch_size=32)
+    pd.testing.assert_frame_equal(fs.probe, probe)
+    pd.testing.assert_frame_equal(fs.scores, kn.forbes_table(kn.best_layer_scores(probe), kn.majority_scores(task_data),
+                                                             kn.human_scores(), "random-bert-2x2"))
+    assert run.meta["data"] == "x" and run.meta["sizes"]["forbes_pairs_test"] == 4 * 20

@@ -268,3 +268,50 @@ def test_agreement_blimp_findings_by_hand():
     lines = mp.findings_text(f, "tiny")
     assert lines[0].startswith("**Agreement / BLiMP, fitted readout** (the model's MLM head)")
     assert lines[-1] == "**Agreement with shuffled context words** (mask in place, model MLM head): g: 0.600 → 0.400"
+
+
+def _run(tmp_path, has_mlm_head=True):
+    """A notebook run (bertology.notebook.Run) that only records: no model behind it."""
+    from types import SimpleNamespace
+
+    from bertology.notebook import Run
+
+    loaded = SimpleNamespace(info=SimpleNamespace(has_mlm_head=has_mlm_head, name="m"))
+    return Run("04_syntax_probes", loaded, tmp_path, 3, True, "cpu", {"notes": [], "deviations": []})
+
+
+def test_agreement_and_blimp_studies_are_their_parts(scorer, tmp_path):
+    run = _run(tmp_path)
+    ag = mp.agreement_study(run, [scorer, scorer], limit=4, selection="all", data="stimuli", progress=False)
+    items, _ = mp.agreement_items("stimuli", limit=4, selection="all")
+    one = mp.score_agreement(scorer, items, progress=False)
+    assert ag.scored.equals(pd.concat([one, one], ignore_index=True)) and len(ag.scored) == 8
+    assert list(ag.tables) == ["accuracy", "by_condition", "skipped"]
+    assert ag.tables["accuracy"].equals(mp.agreement_tables(ag.scored, "mlm")["accuracy"])
+    assert run.meta["methods"]["goldberg.agreement"] == {"agreement_selection": "all"}
+    blimp = mp.blimp_study(run, [scorer], limit=2, data="stimuli", progress=False)
+    pairs, _ = mp.blimp_pairs("stimuli")
+    assert list(blimp) == ["paradigm", "phenomenon", "overall"]
+    assert blimp["overall"].equals(mp.blimp_tables(mp.score_blimp(scorer, pairs, progress=False))["overall"])
+    assert run.values["blimp_pairs"] == mp.blimp_sizes(pairs, 2)
+    assert run.meta["methods"]["blimp.pll"] == {"blimp_grouping": "mlm-scoring"}
+    assert run.meta["notes"] == []  # the stimuli were asked for: nothing fell back
+
+
+def test_shuffled_agreement_needs_the_models_own_head(scorer, tmp_path):
+    s = mp.score_agreement(scorer, items(), progress=False)
+    run = _run(tmp_path)
+    assert mp.shuffled_agreement(run, scorer, s).equals(mp.agreement_under_shuffling(scorer, s, seed=3))
+    run = _run(tmp_path, has_mlm_head=False)
+    assert mp.shuffled_agreement(run, scorer, s) is None
+    assert run.meta["notes"] == ["Agreement under perturbation needs the model's own MLM head; skipped for this model."]
+
+
+def test_check_parameters_names_the_parameter():
+    from bertology.notebook import ParameterError
+
+    mp.check_parameters("all", "linguistics_term")  # fine
+    with pytest.raises(ParameterError, match="'agreement_selection'"):
+        mp.check_parameters("some")
+    with pytest.raises(ParameterError, match="'blimp_grouping'"):
+        mp.check_parameters(blimp_grouping="field")

@@ -400,3 +400,79 @@ def test_findings_from_hand_made_tables():
     assert "did not consistently" in text and "cosine 0.80 vs 0.50" in text
     assert "hit@1 25.0%, above a uniform guess (8.3%)" in text and "'two' would get 40.0%" in text
     assert lines[-1].startswith("- m has no MLM head")
+
+
+# ----------------------------------------------------------------------------- notebook 06 sections
+
+
+def _run(tmp_path, loaded):
+    """A notebook run (bertology.notebook.Run) around ``loaded``, without start()."""
+    from bertology.notebook import Run
+
+    return Run("06_numeracy", loaded, tmp_path, 0, True, "cpu", {"notes": [], "deviations": []})
+
+
+def test_probe_setup_resolves_and_records(tmp_path):
+    from types import SimpleNamespace
+
+    from bertology.notebook import ParameterError
+
+    run = _run(tmp_path, SimpleNamespace(info=SimpleNamespace(n_layers=2)))
+    layer, cfg, ranges = nm.probe_setup(run, -1, max_range=999, n_seeds=2, probe_steps=7, max_steps=5)
+    assert (layer, ranges, cfg.steps, cfg.max_steps) == (2, [99, 999], 7, 5)
+    assert run.values == {"probe_layer": 2, "ranges": [99, 999], "encode": "context"}
+    assert run.meta["methods"]["wallace.probes"]["layer"] == "last"
+    assert nm.probe_setup(run, 1, max_range=50)[::2] == (1, [50])
+    assert run.meta["methods"]["wallace.probes"]["layer"] == 1
+    with pytest.raises(ParameterError, match="'layer'/'lstm_rank'"):
+        nm.probe_setup(run, 3)
+    with pytest.raises(ParameterError, match="lstm_rank"):
+        nm.probe_setup(run, -1, lstm_rank=0)
+
+
+def test_tokenization_study_is_its_parts(tmp_path, tokenizer):
+    from types import SimpleNamespace
+
+    run = _run(tmp_path, SimpleNamespace(tokenizer=tokenizer))
+    tk = nm.tokenization_study(run, 120)
+    ints = nm.integer_pieces(tokenizer, 0, 120)
+    assert tk.integers.equals(ints) and tk.by_digits.equals(nm.pieces_summary(ints, by="digits"))
+    assert tk.decimals.equals(nm.decimal_pieces(tokenizer, 0.0, 10.0, decimals=2))
+    assert tk.decimal_summary.columns.tolist() == ["n_pieces", "n"]
+    assert tk.decimal_summary["n"].sum() == len(tk.decimals) and tk.decimal_summary["n_pieces"].is_monotonic_increasing
+    assert run.values["share_single_piece_integers"] == float(ints["single"].mean())
+    assert run.values["key_numbers"] == {"share of integers 0-10,000 that are one piece": round(float(ints["single"].mean()), 4)}
+
+
+@pytest.mark.slow  # a tiny model over 0..99, two short probe trainings a task
+def test_probe_study_is_its_parts(tmp_path, tokenizer, monkeypatch):
+    from bertology.models import random_bert, random_init_control
+
+    monkeypatch.setenv("BERTOLOGY_CACHE", str(tmp_path / "cache"))
+    loaded = random_bert(tokenizer, n_layers=1, n_heads=2, hidden_size=16, mlm=False, seed=0)
+    run = _run(tmp_path, loaded)
+    cfg = nm.ProbeConfig(steps=3, max_steps=2, n_train_lists=20, n_test_lists=10)
+    ps = nm.probe_study(run, [99], 1, encode="isolated", batch_size=64, n_seeds=1, cfg=cfg, progress=False)
+    assert list(ps.embeddings) == ["model", "control", "value"] and set(ps.labels) == set(ps.embeddings)
+    embs = nm.probe_embeddings(loaded, random_init_control(loaded, 0), 99, 1, "last", "isolated", 64, control_seed=0)
+    by_hand = nm.run_probes(embs, ranges=[99], seeds=[0], cfg=cfg, progress=False)
+    pd.testing.assert_frame_equal(ps.runs, by_hand)
+    pd.testing.assert_frame_equal(ps.summary, nm.summarize_probes(by_hand))
+    assert run.values == {}  # records nothing
+
+
+def test_numersense_study_scores_the_model_and_the_control(tmp_path, tokenizer):
+    from bertology.models import random_bert
+
+    run = _run(tmp_path, random_bert(tokenizer, n_layers=1, n_heads=2, hidden_size=16, mlm=True, seed=0))
+    items = pd.DataFrame({"item": [0, 1, 2], "context": ["a bird has [MASK] legs.", "a week has [MASK] days.",
+                                                         "a dog has [MASK] legs."], "answer": ["two", "seven", "four"]})
+    ns = nm.numersense_study(run, items=(items, "hand-made"))
+    assert ns.source == "hand-made" and ns.items is items and run.meta["notes"] == []
+    assert ns.majority == nm.majority_baseline(items) == run.values["numersense_majority_in_sample"]
+    assert ns.ranked["source"].tolist() == ["mlm"] * 3 + ["control"] * 3
+    assert set(ns.metrics["source"]) == {"mlm", "control"} and run.values["numersense_source"] == "hand-made"
+    nm.numersense_study(run, items=(items, nm.NUMERSENSE_FALLBACK))
+    assert run.meta["notes"] == ["NumerSense is not available here; scored 3 numeric cloze items written for "
+                                 "bertology instead."]
+    assert nm.data_text(10, "x") == "integers 0-10 and decimals 0.00-9.99 (generated); x"

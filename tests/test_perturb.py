@@ -148,3 +148,17 @@ def test_perturbation_display_tables():
     assert pt.similarity_table(sim, 1).loc["truncate", "cka"] == 0.99
     at = pt.probe_table(probe, 1)
     assert at.loc["shuffle", ("uuas", "intact")] == 0.6 and at.loc["shuffle", ("uuas", "perturbed")] == 0.25
+
+
+def test_perturbation_study_limit_takes_the_first_sentences(tokenizer):
+    from bertology.data import load_treebank
+    from bertology.models import random_bert
+
+    loaded = random_bert(tokenizer, n_layers=1, n_heads=2, hidden_size=16, mlm=False, seed=0)
+    ws = sp.word_states(loaded, load_treebank("sample", "test", limit=5), progress=False)
+    kw = dict(kinds=("shuffle", "truncate"), seed=1, progress=False)
+    limited = pt.perturbation_study(loaded, ws, [], limit=3, **kw)
+    by_hand = pt.perturbation_study(loaded, ws.subset(range(3)), [], **kw)
+    assert all(limited[name].equals(by_hand[name]) for name in ("similarity", "probe", "counts"))
+    assert limited["counts"]["n_sentences"].tolist() == [3, 3]
+    assert pt.perturbation_study(loaded, ws, [], limit=50, **kw)["counts"]["n_sentences"].tolist() == [5, 5]

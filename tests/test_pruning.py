@@ -245,3 +245,63 @@ def test_evaluation_resumed_above_the_removed_heads_gives_the_same_metric(tiny):
     finally:
         hook.remove()
     assert [type(m).__name__ for m in tiny.model.bert.encoder.layer] == ["BertLayer", "BertLayer"]  # stack restored
+
+# ----------------------------------------------------------------------------- notebook 08 sections
+
+
+def _run(tmp_path, loaded):
+    """A notebook run (bertology.notebook.Run) around ``loaded``, without start()."""
+    from bertology.notebook import Run
+
+    return Run("08_pruning", loaded, tmp_path, 0, True, "cpu", {"notes": [], "deviations": []})
+
+
+@pytest.mark.slow  # a tiny model: a few dozen forward passes
+def test_notebook_sections_are_their_parts(tiny, tmp_path):
+    run = _run(tmp_path, tiny)
+    setup = pr.pruning_setup(run, "embedding", "sample", n_sentences=6, n_importance=4, step=0.25, batch_size=4)
+    assert len(setup.sentences) == 6 and len(setup.importance_sentences) == 4
+    assert run.meta["sizes"]["n_sentences"] == 6 and run.meta["sizes"]["n_importance"] == 4
+    assert run.meta["data"].endswith("; importance on bertology sample treebank (train)")
+    assert run.values["unpruned_metric"] == setup.base == pr.evaluate(tiny, setup.task)
+    assert run.meta["methods"]["michel"]["n_importance"] == 4 and run.meta["methods"]["michel"]["step"] == 0.25
+    dev = pr.pruning_setup(_run(tmp_path, tiny), "embedding", "sample", 6, importance_split="dev", batch_size=4)
+    assert dev.importance_sentences is None and dev.task.importance_batches is None
+    T, base = setup.task, setup.base
+    imp = pr.importance_study(run, T, base)
+    by_hand = pr.importance_vs_ablation(tiny, T, base)
+    np.testing.assert_allclose(imp["raw"], by_hand["raw"])
+    np.testing.assert_allclose(imp["drops"], by_hand["drops"])
+    assert run.values["importance_vs_ablation"] is imp["summary"]
+    assert run.values["key_numbers"]["Spearman(importance, ablation)"] == pytest.approx(imp["summary"]["spearman_raw"], abs=1e-4)
+    cs = pr.curve_study(run, T, imp, base, step=0.25, n_random=1)
+    assert cs.steps == [0, 2, 4, 6, 8] and cs.orders == pr.orders(imp)
+    pd.testing.assert_frame_equal(cs.curves, pr.curves(tiny, T, pr.orders(imp), cs.steps, n_random=1, seed=0))
+    pd.testing.assert_frame_equal(cs.removable, pr.removable_table(cs.curves, base))
+    n90 = int(cs.by_importance.removable_90)
+    assert cs.removed_90 == pr.orders(imp)["gradient importance"][:max(n90, 2)]
+    share = run.values["key_numbers"]["heads removable at 95% (importance order, share)"]
+    assert share == round(cs.by_importance.removable_95 / 8, 4)
+    lvh = pr.layers_study(run, T, imp["normalised"])
+    pd.testing.assert_frame_equal(lvh, pr.layers_vs_heads(tiny, T, imp["normalised"]))
+    speed = pr.speed_study(run, T, cs.removed_90, repeats=1)
+    assert run.values["physical_pruning"] is speed and abs(speed["metric_pruned"] - speed["metric_masked"]) < 1e-3
+    assert "forward speed-up, pruned copy" in run.values["key_numbers"]
+
+
+def test_layers_and_speed_studies_skip_an_unsupported_model(tmp_path, monkeypatch):
+    monkeypatch.setattr(pr, "unsupported", lambda loaded: "one layer shared by every depth")
+    run = _run(tmp_path, None)
+    assert pr.layers_study(run, None, None) is None and pr.speed_study(run, None, []) is None
+    assert run.meta["notes"] == ["Whole-layer removal and physical pruning were not run: one layer shared by every depth."]
+    assert "physical_pruning" not in run.values
+
+
+def test_check_parameters_names_the_parameter():
+    from bertology.notebook import ParameterError
+
+    pr.check_parameters("upos", "dev", "batch", 0.5)  # fine
+    for kw, name in ((dict(task="nli"), "'task'"), (dict(importance_split="test"), "'importance_split'"),
+                     (dict(abs_at="layer"), "'abs_at'"), (dict(step=0.0), "'step' must be in")):
+        with pytest.raises(ParameterError, match=name):
+            pr.check_parameters(**kw)

@@ -401,3 +401,64 @@ def test_bfloat16_fit_matches_float32_on_the_planted_tree(planted):
     assert abs(r32["uuas"] - rbf["uuas"]) < 0.02 and abs(r32["dspr"] - rbf["dspr"]) < 0.02
     with pytest.raises(ValueError, match="precision must be one of"):
         sp.fit_probe(train, dev, "distance", precision="half", **fit)
+
+
+def _tiny_run(tmp_path, tokenizer, mlm=False):
+    """A notebook run (bertology.notebook.Run) around a tiny random BERT, without start()."""
+    from bertology.models import random_bert
+    from bertology.notebook import Run
+
+    loaded = random_bert(tokenizer, n_layers=1, n_heads=2, hidden_size=16, mlm=mlm, seed=0, name="tiny")
+    return Run("04_syntax_probes", loaded, tmp_path, 0, True, "cpu", {"notes": [], "deviations": []})
+
+
+def test_probe_splits_record_the_data(tmp_path, tokenizer):
+    run = _tiny_run(tmp_path, tokenizer)
+    splits = sp.probe_splits(run, "sample", 6, 4, 5, language_note=lambda lang: f"not {lang}")
+    assert list(splits) == ["train", "dev", "test"] and [len(s) for s in splits.values()] == [6, 4, 5]
+    assert run.meta["data"] == "bertology sample treebank: train/dev/test"
+    assert run.meta["sizes"] == {"sentences": 5, "n_train": 6, "n_dev": 4, "n_test": 5}
+    assert sp.data_deviation("bertology sample treebank", 6, 4, 5) in run.meta["deviations"]
+    assert not any(n.startswith("not ") for n in run.meta["notes"])  # English: no language note
+
+
+@pytest.mark.slow  # a few seconds: two tiny models, one epoch
+def test_probe_study_is_its_parts(tmp_path, tokenizer):
+    from bertology.models import random_init_control
+
+    run = _tiny_run(tmp_path, tokenizer)
+    splits = sp.probe_splits(run, "sample", 12, 6, 8)
+    kw = dict(max_epochs=1, patience=5, lr=1e-3, batching="shuffled", uuas_gold="mst")
+    ps = sp.probe_study(run, splits, 4, batch_size=8, progress=False, **kw)
+    # by hand: the same steps one by one give the same tables
+    fit = dict(kw, seed=0, device=run.loaded.device, precision="float32", progress=False)
+    states = sp.split_states(run.loaded, splits, batch_size=8, progress=False)
+    model_table, probes = sp.fit_splits(states, 4, label="tiny", **fit)
+    control = sp.split_states(random_init_control(run.loaded, seed=0), splits, batch_size=8, progress=False)
+    control_table, _ = sp.fit_splits(control, 4, label="random-init control", **fit)
+    pd.testing.assert_frame_equal(ps.model_table, model_table)
+    pd.testing.assert_frame_equal(ps.control_table, control_table)
+    assert ps.table.equals(pd.concat([model_table, control_table], ignore_index=True))
+    assert ps.summary == sp.findings(model_table, control_table) and ps.best == ps.summary["best_layer_uuas"]
+    assert ps.fit == {**kw, "seed": 0, "device": run.loaded.device, "precision": "float32"}
+    # what the run keeps
+    assert run.values["probe_summary"] == ps.summary
+    assert set(run.values["key_numbers"]) == set(sp.key_numbers(ps.summary))
+    assert run.values["probe_best_epoch"] == sp.fit_record(probes)["probe_best_epoch"]
+    assert run.meta["methods"]["hewitt_manning.probe"] == {"probe_rank": 4, "hidden_size": 16, **kw}
+    # the example tree: the best layer's distance probe on the first test sentence of 10-16 words
+    k = sp.example_sentence(ps.states["test"])
+    assert sp.example_tree(ps) == sp.predicted_tree(probes["distance"], states["test"], k, layer=ps.best)
+
+
+def test_check_parameters_names_the_parameter():
+    from bertology.notebook import ParameterError
+
+    sp.check_parameters([4, 16], "length", "arcs")  # fine
+    with pytest.raises(ParameterError, match="'probe_batching'"):
+        sp.check_parameters([4], "sorted")
+    with pytest.raises(ParameterError, match="'uuas_gold'"):
+        sp.check_parameters([4], uuas_gold="tree")
+    for bad in ([], [0], [4.0], 4):
+        with pytest.raises(ParameterError, match="'ranks' must be a list of positive integers"):
+            sp.check_parameters(bad)
