@@ -38,9 +38,13 @@ reports-quick: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
+# bench: the engine's ratios, the probe epoch, then every notebook at full size for MiniLM and a
+# bert-base-shaped checkpoint (long: about an hour on 2 CPU cores; bench-reports alone for the table)
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_extract.py
 	$(BIN)/python benchmarks/bench_importance.py
+	$(BIN)/python benchmarks/bench_probes.py $(if $(PRECISION),--precision $(PRECISION),)
+	$(BIN)/python benchmarks/bench_reports.py $(if $(QUICK),--quick,) $(if $(PRECISION),--precision $(PRECISION),)
 
 bench-reports: $(STAMP)
 	$(BIN)/python benchmarks/bench_reports.py $(if $(QUICK),--quick,) $(if $(PRECISION),--precision $(PRECISION),)
