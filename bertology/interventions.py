@@ -108,12 +108,14 @@ def recorded_layers(loaded_or_model) -> Iterator[list]:
     stack = layer_stack(_module_of(loaded_or_model))
     calls: list[list] = []
 
-    def record(module, _args, output, depth):
-        if depth == 0:
-            calls.append([])
-        calls[-1].append(output)
+    def record(depth):
+        def hook(_module, _args, output):
+            if depth == 0:  # a new forward pass starts at the first layer
+                calls.append([])
+            calls[-1].append(output)
+        return hook
 
-    hooks = [m.register_forward_hook(lambda mod, a, out, d=d: record(mod, a, out, d)) for d, m in enumerate(stack.layer)]
+    hooks = [m.register_forward_hook(record(d)) for d, m in enumerate(stack.layer)]
     try:
         yield calls
     finally:

@@ -470,7 +470,11 @@ def _project(B: torch.Tensor, x: torch.Tensor, slots: torch.Tensor, n_batch: int
     padded grid → (layers, n_batch, n, rank), zeros at padding. Padding never enters the product:
     the same numbers as projecting the zero-padded batch, at a fraction of the cost when the
     sentences' lengths differ."""
-    z = torch.bmm(x, B.transpose(1, 2))
+    return _padded(torch.bmm(x, B.transpose(1, 2)), slots, n_batch, n)
+
+
+def _padded(z: torch.Tensor, slots: torch.Tensor, n_batch: int, n: int) -> torch.Tensor:
+    """Projected words z (layers, W, rank) placed at ``slots`` of a zero grid (layers, n_batch, n, rank)."""
     grid = z.new_zeros(z.shape[0], n_batch * n, z.shape[-1]).index_copy(1, slots, z)
     return grid.view(z.shape[0], n_batch, n, z.shape[-1])
 
@@ -483,9 +487,7 @@ def _batch_loss(B: torch.Tensor, states: torch.Tensor, b: _Batch, kind: str,
     z = torch.bmm(x, B.transpose(1, 2))  # every word once, no padding
     total = 0
     for p in b.parts:
-        grid = z.new_zeros(z.shape[0], p.target.shape[0] * p.target.shape[1], z.shape[-1])
-        grid = grid.index_copy(1, p.slots, z[:, p.start:p.stop])
-        total = total + _loss(_predict(grid.view(z.shape[0], *p.target.shape[:2], z.shape[-1]), kind), p, kind)
+        total = total + _loss(_predict(_padded(z[:, p.start:p.stop], p.slots, *p.target.shape[:2]), kind), p, kind)
     return total
 
 
@@ -711,8 +713,9 @@ class _LayerGroups:
         raise KeyError(li)
 
     def regroup(self, active: list[int], lrs: list[float]) -> None:
-        current = {li: lr for idx, _, P in self._groups for li, lr in zip(idx, [self._lr(P)] * len(idx))}
-        if set(current) == set(active) and all(current[li] == lrs[li] for li in active):
+        current = {li: rate for (idx, _, _), g in zip(self._groups, self.opt.param_groups) for li in idx
+                   for rate in [g["lr"]]}
+        if current == {li: lrs[li] for li in active}:
             return
         per, step = {}, None
         for idx, _, P in self._groups:
@@ -721,9 +724,6 @@ class _LayerGroups:
             for j, li in enumerate(idx):
                 per[li] = (P.detach()[j], st["exp_avg"][j] if st else None, st["exp_avg_sq"][j] if st else None)
         self._build(per, step, active, lrs)
-
-    def _lr(self, P) -> float:
-        return next(g["lr"] for g in self.opt.param_groups if g["params"][0] is P)
 
     def _build(self, per: dict, step, active: list[int], lrs: list[float]) -> None:
         by_lr: dict[float, list[int]] = {}
