@@ -479,15 +479,21 @@ def _padded(z: torch.Tensor, slots: torch.Tensor, n_batch: int, n: int) -> torch
     return grid.view(z.shape[0], n_batch, n, z.shape[-1])
 
 
-def _batch_loss(B: torch.Tensor, states: torch.Tensor, b: _Batch, kind: str,
+def _batch_loss(Bt: torch.Tensor, states: torch.Tensor, b: _Batch, kind: str,
                 layer_rows: torch.Tensor | None = None) -> torch.Tensor:
     """Per-layer sum over the batch's sentences of their loss (layers,), from flat ``states``
-    (all layers, W, D); ``layer_rows`` picks the layers of ``states`` that ``B``'s rows belong to."""
+    (all layers, W, D) and the probes' matrices *transposed*, ``Bt`` (layers, D, rank);
+    ``layer_rows`` picks the layers of ``states`` that ``Bt``'s rows belong to."""
     x = states[:, b.rows] if layer_rows is None else states[layer_rows[:, None], b.rows[None, :]]
-    z = torch.bmm(x, B.transpose(1, 2))  # every word once, no padding
+    # Bt is cast to the states' dtype (bfloat16 under a bfloat16 run: the rounding autocast would
+    # do). Training keeps B transposed so that no strided copy of a 768 x 768 matrix per layer
+    # happens in the step: with B itself, autocast's cast of the transposed view and the
+    # gradient's cast back cost more than the product.
+    z = torch.bmm(x, Bt.to(x.dtype))  # every word once, no padding
     total = 0
-    for p in b.parts:
-        total = total + _loss(_predict(_padded(z[:, p.start:p.stop], p.slots, *p.target.shape[:2]), kind), p, kind)
+    # split, not slicing: its backward is one concatenation instead of a zero tensor per part
+    for zp, p in zip(z.split([p.stop - p.start for p in b.parts], dim=1), b.parts):
+        total = total + _loss(_predict(_padded(zp, p.slots, *p.target.shape[:2]), kind), p, kind)
     return total
 
 
@@ -627,8 +633,10 @@ def fit_probe(train: WordStates, dev: WordStates, kind: str = "distance", rank: 
     t0 = time.perf_counter()
     gen = torch.Generator().manual_seed(seed)
     init = (torch.rand(len(layers), rank, D, generator=gen) * 2 - 1) * 0.05
-    tr_states = torch.as_tensor(train.states[layers]).to(device)
-    dv_states = torch.as_tensor(dev.states[layers]).to(device)
+    # in the compute precision once (autocast would round them the same way in every batch)
+    dtype = torch.float32 if precision == "float32" else getattr(torch, precision)
+    tr_states = torch.as_tensor(train.states[layers]).to(device, dtype)
+    dv_states = torch.as_tensor(dev.states[layers]).to(device, dtype)
     tr_targets = [_targets(s, kind) for s in train.sentences]
     tr_fixed = _make_batches(train, kind, batch_size, targets=tr_targets) if batching == "length" else None
     dv_batches = [_to(b, device) for b in _make_batches(dev, kind, batch_size)]
@@ -637,7 +645,7 @@ def fit_probe(train: WordStates, dev: WordStates, kind: str = "distance", rank: 
     best_B = init.clone()
     best_epoch = {layer: 0 for layer in layers}
     active = list(range(len(layers)))
-    groups = _LayerGroups(init.to(device), active, [lr] * len(layers))
+    groups = _LayerGroups(init.transpose(1, 2).contiguous().to(device), active, [lr] * len(layers))  # B^T
     rows = []
     for epoch in tqdm(range(1, max_epochs + 1), desc=f"{kind} probe rank {rank}", disable=not progress):
         if tr_fixed is not None:
@@ -666,7 +674,7 @@ def fit_probe(train: WordStates, dev: WordStates, kind: str = "distance", rank: 
             rows.append((epoch, layers[li], float(tr_loss[li]), float(dv_loss[li]), sched[li].lr))
             step = sched[li].step(float(dv_loss[li]))
             if step["save"]:
-                best_B[li] = groups.weights(li).cpu()
+                best_B[li] = groups.weights(li).cpu().T
                 best_epoch[layers[li]] = epoch
             if step["stop"]:
                 active.remove(li)
@@ -692,7 +700,7 @@ class _LayerGroups:
     """The probes of the layers still training, one stacked parameter per learning rate.
 
     Each layer keeps its own schedule (its own learning rate), yet layers that share a rate
-    share one ``(layers, rank, D)`` parameter and Adam group, so a step costs one product and one
+    share one stacked parameter (``(layers, D, rank)`` in :func:`fit_probe`: the matrices transposed) and Adam group, so a step costs one product and one
     optimizer update per distinct rate, not per layer. After each epoch :meth:`regroup` moves
     layers whose rate was cut and drops layers that stopped, carrying every layer's weights and
     Adam moments over unchanged (Adam is elementwise: this is the same optimisation as one Adam
