@@ -201,11 +201,19 @@ def test_decoding_probe_reads_a_value_encoded_number_fast():
 
 
 @pytest.mark.parametrize("probe", [nm.probe_decoding, nm.probe_addition, nm.probe_list_max])
-def test_inputs_are_embedded_with_every_thread_and_only_training_runs_on_one(probe):
+def test_inputs_are_embedded_with_every_thread_and_only_mlp_training_runs_on_one(probe, monkeypatch):
     """The model's forward passes that embed a probe's inputs keep all threads; only the tiny
-    probe's training is pinned to one (and the thread count is restored afterwards)."""
+    MLPs' training is pinned to one (and the thread count is restored afterwards); the BiLSTM of
+    list maximum trains with every thread."""
     value = nm.value_embedding(np.arange(100))
-    seen = []
+    seen, trained = [], []
+    real_train = nm._train
+
+    def recording_train(*args, **kwargs):
+        trained.append(torch.get_num_threads())
+        return real_train(*args, **kwargs)
+
+    monkeypatch.setattr(nm, "_train", recording_train)
 
     class Recording(nm.TableEmbedder):
         def __call__(self, lists):
@@ -218,6 +226,7 @@ def test_inputs_are_embedded_with_every_thread_and_only_training_runs_on_one(pro
         probe(Recording(value, 0), 0, 99, seed=0, cfg=nm.ProbeConfig(steps=2, max_steps=2, n_train_lists=50,
                                                                        n_test_lists=20))
         assert seen and set(seen) == {2} and torch.get_num_threads() == 2
+        assert trained == [2 if probe is nm.probe_list_max else 1]
     finally:
         torch.set_num_threads(before)
 
