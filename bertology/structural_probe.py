@@ -634,7 +634,7 @@ def fit_probe(train: WordStates, dev: WordStates, kind: str = "distance", rank: 
     gen = torch.Generator().manual_seed(seed)
     init = (torch.rand(len(layers), rank, D, generator=gen) * 2 - 1) * 0.05
     # in the compute precision once (autocast would round them the same way in every batch)
-    dtype = torch.float32 if precision == "float32" else getattr(torch, precision)
+    dtype = getattr(torch, precision)
     tr_states = torch.as_tensor(train.states[layers]).to(device, dtype)
     dv_states = torch.as_tensor(dev.states[layers]).to(device, dtype)
     tr_targets = [_targets(s, kind) for s in train.sentences]
@@ -700,8 +700,8 @@ class _LayerGroups:
     """The probes of the layers still training, one stacked parameter per learning rate.
 
     Each layer keeps its own schedule (its own learning rate), yet layers that share a rate
-    share one stacked parameter (``(layers, D, rank)`` in :func:`fit_probe`: the matrices transposed) and Adam group, so a step costs one product and one
-    optimizer update per distinct rate, not per layer. After each epoch :meth:`regroup` moves
+    share one stacked parameter (in :func:`fit_probe` ``(layers, D, rank)``, the matrices
+    transposed) and one Adam group, so a step costs one product and one optimizer update per distinct rate, not per layer. After each epoch :meth:`regroup` moves
     layers whose rate was cut and drops layers that stopped, carrying every layer's weights and
     Adam moments over unchanged (Adam is elementwise: this is the same optimisation as one Adam
     per layer). Iterating yields ``(layer indices, their index tensor, parameter)``.
