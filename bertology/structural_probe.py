@@ -702,8 +702,9 @@ class _LayerGroups:
     Each layer keeps its own schedule (its own learning rate), yet layers that share a rate
     share one stacked parameter (in :func:`fit_probe` ``(layers, D, rank)``, the matrices
     transposed) and one Adam group, so a step costs one product and one optimizer update per
-    distinct rate, not per layer. After each epoch :meth:`regroup` moves layers whose rate was cut and drops layers that stopped, carrying every layer's weights and
-    Adam moments over unchanged (Adam is elementwise: this is the same optimisation as one Adam
+    distinct rate, not per layer. After each epoch :meth:`regroup` moves layers whose rate was
+    cut and drops layers that stopped, carrying every layer's weights and Adam moments over
+    unchanged (Adam is elementwise: this is the same optimisation as one Adam
     per layer). Iterating yields ``(layer indices, their index tensor, parameter)``.
     """
 
