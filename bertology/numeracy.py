@@ -463,12 +463,25 @@ class ContextEmbedder:
     ``[CLS] n1 n2 ... [SEP]`` (numbers as words, no separators between them) and each number is
     the state of ``layer`` at its ``pool`` piece ("last", as their AllenNLP embedder with
     ``use_starting_offsets=False``). A one-number input is ``[CLS] n [SEP]``, i.e. the isolated
-    encoding, which :func:`embed_numbers` computes (and caches) once per number."""
+    encoding, which :func:`embed_numbers` computes once per number: the embedder keeps every
+    number it has embedded, so the decoding probes of all ranges and seeds (each its own subset of
+    the integers) run each number through the model once (on bert-base, 2026-12-03: the isolated
+    numbers cost 156 s of notebook 06 when each range and seed embedded its own numbers)."""
 
     def __init__(self, loaded, layer: int | None = None, pool: str = "last", batch_size: int = 256,
                  cache_dir: str | Path | None = None, progress: bool = False):
         self.loaded, self.layer, self.pool = loaded, layer, pool
         self.batch_size, self.cache_dir, self.progress = batch_size, cache_dir, progress
+        self._alone: dict[int, np.ndarray] = {}  # number -> its isolated embedding
+
+    def _isolated(self, values: np.ndarray) -> np.ndarray:
+        """``[len(values), d]``: each number alone, embedded only the first time it is asked for."""
+        new = sorted({int(v) for v in values.tolist()} - self._alone.keys())
+        if new:
+            emb = embed_numbers(self.loaded, [str(v) for v in new], self.layer, self.pool, self.batch_size,
+                                cache_dir=self.cache_dir, progress=self.progress)
+            self._alone.update(zip(new, emb))
+        return np.stack([self._alone[int(v)] for v in values.tolist()])
 
     def check(self, lo: int, hi: int) -> None:
         pass
@@ -478,10 +491,7 @@ class ContextEmbedder:
         if lists.ndim != 2:
             raise ValueError(f"lists must be [n, k], got shape {lists.shape}")
         if lists.shape[1] == 1:
-            vals, inv = np.unique(lists[:, 0], return_inverse=True)
-            emb = embed_numbers(self.loaded, [str(v) for v in vals], self.layer, self.pool, self.batch_size,
-                                cache_dir=self.cache_dir, progress=self.progress)
-            return emb[inv][:, None, :]
+            return self._isolated(lists[:, 0])[:, None, :]
         rows, inv = np.unique(lists, axis=0, return_inverse=True)  # a repeated list is run once
         emb = embed_lists(self.loaded, rows, self.layer, self.pool, self.batch_size, cache_dir=self.cache_dir,
                           progress=self.progress)

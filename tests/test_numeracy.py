@@ -88,7 +88,7 @@ def test_embed_numbers_takes_the_last_piece_of_the_chosen_layer(tokenizer, tmp_p
         nm.embed_numbers(loaded, nums, pool="max", progress=False)
 
 
-def test_lists_are_embedded_in_one_sequence_at_each_numbers_last_piece(tokenizer, tmp_path):
+def test_lists_are_embedded_in_one_sequence_at_each_numbers_last_piece(tokenizer, tmp_path, monkeypatch):
     """The authors' encoding: [CLS] n1 n2 [SEP] is one input; each number is its last piece's state."""
     from bertology.models import random_bert
 
@@ -113,6 +113,18 @@ def test_lists_are_embedded_in_one_sequence_at_each_numbers_last_piece(tokenizer
     assert np.allclose(rep[0], emb[0], atol=1e-6) and np.allclose(rep[2], emb[0], atol=1e-6)
     assert np.allclose(rep[1], emb[1], atol=1e-6)
     assert len(list(tmp_path.glob("states-*/index.json"))) == 1  # one states() cache entry: the lists
+    # a number is run through the model once per embedder, whichever calls ask for it
+    asked = []
+    real = nm.embed_numbers
+    monkeypatch.setattr(nm, "embed_numbers", lambda loaded, nums, *a, **k: asked.append(list(nums)) or real(
+        loaded, nums, *a, **k))
+    ctx2 = nm.ContextEmbedder(loaded, layer=2)
+    first = ctx2(np.array([[7], [3], [7]]))
+    second = ctx2(np.array([[3], [12345], [7]]))
+    assert asked == [["3", "7"], ["12345"]]
+    assert np.allclose(first[0, 0], alone, atol=1e-6) and np.allclose(second[2, 0], alone, atol=1e-6)
+    assert np.array_equal(first[1], second[0]) and second.shape == (3, 1, 16)
+    assert np.allclose(second[1, 0], nm.embed_numbers(loaded, ["12345"], layer=2, progress=False)[0], atol=1e-6)
     with pytest.raises(ValueError, match="pool"):
         nm.embed_lists(loaded, lists, pool="max")
 
