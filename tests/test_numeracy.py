@@ -421,6 +421,12 @@ def test_findings_from_hand_made_tables():
     assert "did not consistently" in text and "cosine 0.80 vs 0.50" in text
     assert "hit@1 25.0%, above a uniform guess (8.3%)" in text and "'two' would get 40.0%" in text
     assert lines[-1].startswith("- m has no MLM head")
+    one = "\n".join(nm.findings(ints, by_digits, decs, pairs, probes, near, ns, {"answer": "two", "hit@1": 0.4},
+                                ranges=[99, 999], probe_layer=6, n_seeds=1, tokenize_max=3, model_name="m",
+                                has_mlm_head=False, n_items=12))
+    # one run (the default, as the paper's Table 4): no spread is printed, since there is none to show
+    assert "one run, as the paper's Table 4" in one and "list maximum 0.80 (last step 0.70) on the model" in one
+    assert "±" not in one
 
 
 # ----------------------------------------------------------------------------- notebook 06 sections
