@@ -828,9 +828,11 @@ def probe_layers(train: WordStates, dev: WordStates, test: WordStates, rank: int
 # ----------------------------------------------------------------------------- notebook 04: runs, findings, text
 
 
-def check_parameters(ranks: Sequence[int], batching: str = "shuffled", uuas_gold: str = "mst") -> None:
+def check_parameters(ranks: Sequence[int], batching: str = "shuffled", uuas_gold: str = "mst",
+                     control_layers: int | None = None) -> None:
     """Notebook 04's probe parameters: ``probe_batching`` one of :data:`BATCHINGS`, ``uuas_gold`` one
-    of :data:`UUAS_GOLD`, ``ranks`` a non-empty list of positive integers; else a
+    of :data:`UUAS_GOLD`, ``ranks`` a non-empty list of positive integers, ``control_layers`` None
+    or an integer >= 2 (:func:`control_layer_set`); else a
     :class:`bertology.notebook.ParameterError` naming the parameter."""
     from .notebook import ParameterError, check_choice
 
@@ -838,6 +840,10 @@ def check_parameters(ranks: Sequence[int], batching: str = "shuffled", uuas_gold
     check_choice("uuas_gold", uuas_gold, UUAS_GOLD)
     if not isinstance(ranks, (list, tuple)) or not ranks or not all(isinstance(r, int) and r > 0 for r in ranks):
         raise ParameterError(f"parameter 'ranks' must be a list of positive integers, got {ranks!r}")
+    try:
+        control_layer_set(2, control_layers)
+    except ValueError as exc:
+        raise ParameterError(f"parameter 'control_layers': {exc}") from None
 
 
 def split_states(loaded: LoadedModel, splits: dict[str, Sequence[Sentence]], *, batch_size: int = 32,
@@ -902,17 +908,34 @@ class ProbeStudy:
         return self.summary["best_layer_uuas"]
 
 
+def control_layer_set(n_states: int, n_spaced: int | None, best: Sequence[int] = ()) -> list[int]:
+    """The layers (0 = embeddings .. ``n_states - 1``) at which notebook 04 probes the random-init
+    control: ``n_spaced`` evenly spaced ones, the first and the last included, and the ``best``
+    layers of the model (so that the model's best layer is compared at the same depth); every
+    layer when ``n_spaced`` is None or covers them all. 13 states, 4 spaced, best 7 and 5:
+    ``[0, 4, 5, 7, 8, 12]``."""
+    if n_spaced is None or n_spaced >= n_states:
+        return list(range(n_states))
+    if isinstance(n_spaced, bool) or not isinstance(n_spaced, (int, np.integer)) or n_spaced < 2:
+        raise ValueError(f"control_layers must be None or an integer >= 2 (first and last layer), got {n_spaced!r}")
+    spaced = {int(round(i * (n_states - 1) / (n_spaced - 1))) for i in range(n_spaced)}
+    return sorted(spaced | {int(b) for b in best})
+
+
 def probe_study(run, splits: dict[str, Sequence[Sentence]], rank: int | None = None, *, batch_size: int = 32,
                 max_epochs: int = 40, patience: int = 5, lr: float = 1e-3, batching: str = "shuffled",
-                uuas_gold: str = "mst", progress: bool = True) -> ProbeStudy:
+                uuas_gold: str = "mst", control_layers: int | None = None, progress: bool = True) -> ProbeStudy:
     """Notebook 04, section 1: structural probes of every layer of ``run.loaded`` and of its
-    random-init control (:func:`bertology.models.random_init_control`, seeded with ``run.seed``).
+    random-init control (:func:`bertology.models.random_init_control`, seeded with ``run.seed``),
+    the control at :func:`control_layer_set` (``control_layers`` evenly spaced layers and the
+    model's best distance and depth layers; None, the default here: every layer).
 
     :func:`split_states` of ``splits`` (:func:`probe_splits`) for the model and for the control,
     both fitted with :func:`fit_splits` (``rank``, ``max_epochs``, ``patience``, ``lr``,
     ``batching``, ``uuas_gold``; seed, device and precision of the run). Records on ``run``
     (:class:`bertology.notebook.Run`) the :func:`dropped_notes`, the method
-    ``hewitt_manning.probe`` with its options, :func:`fit_record`, ``values["probe_summary"]``
+    ``hewitt_manning.probe`` with its options, :func:`fit_record`, ``values["control_layers"]``
+    (with a note in the report when the control skips layers), ``values["probe_summary"]``
     (:func:`findings`) and its :func:`key_numbers`; the tables are left to the caller."""
     from .models import random_init_control
 
@@ -924,9 +947,18 @@ def probe_study(run, splits: dict[str, Sequence[Sentence]], rank: int | None = N
     fit.update(seed=run.seed, device=run.loaded.device, precision=run.info.precision)
     model_table, probes = fit_splits(states, rank, label=run.info.name, progress=progress, **fit)
     run.record(**fit_record(probes))
+    n_states = states["train"].n_layers
+    best = [best_layer(model_table, "uuas"), best_layer(model_table, "nspr")]
+    layers = control_layer_set(n_states, control_layers, best)
+    run.value("control_layers", layers)
+    if len(layers) < n_states:
+        run.note(f"Random-init control: structural probes at layers {', '.join(map(str, layers))} of 0-{n_states - 1} "
+                 f"({control_layers} evenly spaced and the model's best distance and depth layers), for CPU time; "
+                 "control_layers=None probes every layer. Hewitt & Manning report their random baseline as one number.")
     control = random_init_control(run.loaded, seed=run.seed)
     control_states = split_states(control, splits, batch_size=batch_size, desc="control states", progress=progress)
-    control_table, _ = fit_splits(control_states, rank, label="random-init control", progress=progress, **fit)
+    control_table, _ = fit_splits(control_states, rank, layers=layers, label="random-init control",
+                                  progress=progress, **fit)
     del control, control_states
     summary = findings(model_table, control_table)
     run.value("probe_summary", summary)

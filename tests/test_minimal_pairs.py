@@ -298,6 +298,30 @@ def test_agreement_and_blimp_studies_are_their_parts(scorer, tmp_path):
     assert run.meta["notes"] == []  # the stimuli were asked for: nothing fell back
 
 
+def test_blimp_study_cuts_only_the_control(scorer, tmp_path):
+    import copy
+
+    run = _run(tmp_path)
+    control = copy.copy(scorer)
+    control.source, control.label = "control", "random-init control"
+    blimp = mp.blimp_study(run, [scorer, control], data="stimuli", control_limit=1, progress=False)
+    pairs, _ = mp.blimp_pairs("stimuli")
+    first = pairs.groupby("paradigm", sort=False).head(1)
+    assert len(first) == pairs["paradigm"].nunique() < len(pairs)
+    # the model scores every pair, the control the first pair of each paradigm: the same numbers as by hand
+    by_hand = mp.blimp_tables(pd.concat([mp.score_blimp(scorer, pairs, progress=False),
+                                         mp.score_blimp(control, first, progress=False)], ignore_index=True))
+    pd.testing.assert_frame_equal(blimp["overall"], by_hand["overall"])
+    n = blimp["overall"].set_index("source")["n"]
+    assert n["control"] == len(first) and n[scorer.source] == len(pairs)
+    assert run.values["blimp_pairs"] == {**mp.blimp_sizes(pairs, None), "n_pairs_control": len(first)}
+    assert any(note.startswith("BLiMP: the random-init control scored the first 1 pairs") for note in run.meta["notes"])
+    # without a control among the scorers nothing is cut or noted
+    run2 = _run(tmp_path)
+    mp.blimp_study(run2, [scorer], data="stimuli", control_limit=1, progress=False)
+    assert run2.values["blimp_pairs"] == mp.blimp_sizes(pairs, None) and run2.meta["notes"] == []
+
+
 def test_shuffled_agreement_needs_the_models_own_head(scorer, tmp_path):
     s = mp.score_agreement(scorer, items(), progress=False)
     run = _run(tmp_path)

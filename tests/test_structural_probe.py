@@ -451,12 +451,24 @@ def test_probe_study_is_its_parts(tmp_path, tokenizer):
     assert sp.example_tree(ps) == sp.predicted_tree(probes["distance"], states["test"], k, layer=ps.best)
 
 
+def test_control_layer_set_spaces_layers_and_keeps_the_best():
+    assert sp.control_layer_set(13, 4) == [0, 4, 8, 12]  # 12 / 3 apart
+    assert sp.control_layer_set(13, 4, best=[7, 5]) == [0, 4, 5, 7, 8, 12]
+    assert sp.control_layer_set(7, 4, best=[6]) == [0, 2, 4, 6]  # a best layer already there
+    assert sp.control_layer_set(13, 2) == [0, 12]
+    assert sp.control_layer_set(7, None) == sp.control_layer_set(7, 7) == list(range(7))  # every layer
+    with pytest.raises(ValueError, match="control_layers"):
+        sp.control_layer_set(13, 1)
+
+
 def test_check_parameters_names_the_parameter():
     from bertology.notebook import ParameterError
 
     sp.check_parameters([4, 16], "length", "arcs")  # fine
     with pytest.raises(ParameterError, match="'probe_batching'"):
         sp.check_parameters([4], "sorted")
+    with pytest.raises(ParameterError, match="'control_layers'"):
+        sp.check_parameters([4], control_layers=1)
     with pytest.raises(ParameterError, match="'uuas_gold'"):
         sp.check_parameters([4], uuas_gold="tree")
     for bad in ([], [0], [4.0], 4):
