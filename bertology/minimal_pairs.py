@@ -561,7 +561,7 @@ def blimp_study(run, scorers: Sequence[Scorer], limit: int | None = None, groupi
     if len(few) < len(pairs) and any(s.source == "control" for s in scorers):
         sizes["n_pairs_control"] = len(few)
         run.note(f"BLiMP: the random-init control scored the first {control_limit} pairs of each paradigm "
-                 f"({len(few)} pairs), the model all {len(pairs)}, for CPU time (a chance-level baseline needs fewer).")
+                 f"({len(few)} pairs), the model all {len(pairs)}, for CPU time: the control's accuracies rest on fewer pairs.")
     run.value("blimp_pairs", sizes)
     scored = pd.concat([score_blimp(s, few if s.source == "control" else pairs, batch_size=batch_size,
                                     progress=progress) for s in scorers], ignore_index=True)

@@ -914,10 +914,11 @@ def control_layer_set(n_states: int, n_spaced: int | None, best: Sequence[int] =
     layers of the model (so that the model's best layer is compared at the same depth); every
     layer when ``n_spaced`` is None or covers them all. 13 states, 4 spaced, best 7 and 5:
     ``[0, 4, 5, 7, 8, 12]``."""
+    if n_spaced is not None and (isinstance(n_spaced, bool) or not isinstance(n_spaced, (int, np.integer))
+                                 or n_spaced < 2):
+        raise ValueError(f"control_layers must be None or an integer >= 2 (first and last layer), got {n_spaced!r}")
     if n_spaced is None or n_spaced >= n_states:
         return list(range(n_states))
-    if isinstance(n_spaced, bool) or not isinstance(n_spaced, (int, np.integer)) or n_spaced < 2:
-        raise ValueError(f"control_layers must be None or an integer >= 2 (first and last layer), got {n_spaced!r}")
     spaced = {int(round(i * (n_states - 1) / (n_spaced - 1))) for i in range(n_spaced)}
     return sorted(spaced | {int(b) for b in best})
 

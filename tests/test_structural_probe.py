@@ -459,6 +459,8 @@ def test_control_layer_set_spaces_layers_and_keeps_the_best():
     assert sp.control_layer_set(7, None) == sp.control_layer_set(7, 7) == list(range(7))  # every layer
     with pytest.raises(ValueError, match="control_layers"):
         sp.control_layer_set(13, 1)
+    with pytest.raises(ValueError, match="control_layers"):  # checked before it is compared
+        sp.control_layer_set(13, "4")
 
 
 def test_check_parameters_names_the_parameter():
