@@ -817,11 +817,24 @@ def single_removals(heads: pd.DataFrame, base: float, tolerance: float = 0.01) -
 def curves(loaded: LoadedModel, task: Task, orders: dict[str, Sequence[tuple[int, int]]], steps: Sequence[int],
            n_random: int = 3, seed: int = 0) -> pd.DataFrame:
     """:func:`pruning_curve` for each named order (``seed`` -1) and for ``n_random`` random orders
-    (``order="random"``, ``seed`` 0..n_random-1, drawn by :func:`random_orders` with ``seed``)."""
-    out = [pruning_curve(loaded, task, o, steps).assign(order=name, seed=-1) for name, o in orders.items()]
+    (``order="random"``, ``seed`` 0..n_random-1, drawn by :func:`random_orders` with ``seed``).
+
+    Each distinct mask is evaluated once (the unpruned model and the model without any head are
+    on every curve), and the layers below the lowest removed head are replayed
+    (:func:`layer_outputs`): the same numbers as evaluating every point afresh, fewer passes."""
     L, H = _shape(loaded.model)
+    prefix = layer_outputs(loaded, task)
+    seen: dict[bytes, float] = {}
+
+    def ev(mask):  # every distinct mask once: each curve starts unpruned and ends with every head removed
+        key = np.asarray(mask, dtype=np.float32).tobytes()
+        if key not in seen:
+            seen[key] = evaluate(loaded, task, mask, prefix)
+        return seen[key]
+
+    out = [pruning_curve(loaded, task, o, steps, ev).assign(order=name, seed=-1) for name, o in orders.items()]
     for i, o in enumerate(random_orders((L, H), n_random, seed)):
-        out.append(pruning_curve(loaded, task, o, steps).assign(order="random", seed=i))
+        out.append(pruning_curve(loaded, task, o, steps, ev).assign(order="random", seed=i))
     return pd.concat(out, ignore_index=True)
 
 
@@ -845,8 +858,10 @@ def findings(base: float, removable: pd.DataFrame, best_single: pd.DataFrame, la
         return float(layers_vs_heads[(layers_vs_heads.strategy == strategy) & (layers_vs_heads.k_layers == 1)].metric.iloc[0])
 
     by = removable.groupby("order")["removable_95"]
+    n_random = int((removable.order == "random").sum())
     return {"base": float(base), "removable_95_importance": int(by.first()["gradient importance"]),
-            "removable_95_ablation": int(by.first()["ablation"]), "removable_95_random": float(by.mean()["random"]),
+            "removable_95_ablation": int(by.first()["ablation"]),
+            "removable_95_random": float(by.mean()["random"]) if n_random else None, "n_random": n_random,
             "curve_step": int(steps[1]), "n_layers": int(len(best_single)),
             "layers_near_full_one_head": int((best_single.delta >= -tolerance * abs(base)).sum()),
             "one_layer_removed": at_one("whole layers"), "same_heads_removed": at_one("heads by importance"),
@@ -866,8 +881,10 @@ def findings_text(f: dict, metric_name: str, n_sentences: int, timing: dict, sin
         f"Alone, {single['within_1pct']} of {n} heads cost at most 1% of the metric; {single['improving']} single "
         "removals improve it.",
         f"Keeping 95% of the metric, importance order removes {f['removable_95_importance']} heads, ablation order "
-        f"{f['removable_95_ablation']}, random order {f['removable_95_random']:.0f} on average "
-        f"(curve steps of {f['curve_step']} heads).",
+        f"{f['removable_95_ablation']}"
+        + ("" if f["removable_95_random"] is None else
+           f", random order {f['removable_95_random']:.0f}" + (" on average" if f["n_random"] > 1 else ""))
+        + f" (curve steps of {f['curve_step']} heads).",
         f"With one head kept, {f['layers_near_full_one_head']} of {f['n_layers']} layers stay within 5% of the unpruned metric.",
     ] + ([] if f["one_layer_removed"] is None else [
         f"Removing the least harmful whole layer gives {f['one_layer_removed']:.3f}; removing the same number of heads "
@@ -895,12 +912,15 @@ def reference_text() -> str:
             "and task):**\n" + "\n".join(f"- *{r['claim']}*: {r['statement']} (source: {r['source']})" for r in MICHEL_REFERENCE))
 
 
-def orders(importance: dict) -> dict[str, list[tuple[int, int]]]:
+def orders(importance: dict, raw: bool = True) -> dict[str, list[tuple[int, int]]]:
     """The named removal orders of Michel §4.2 from :func:`importance_vs_ablation`'s result:
-    layer-normalised importance (the authors'), raw importance and the oracle's ablation drops."""
-    return {"gradient importance": removal_order(importance["normalised"]),
-            "gradient importance (raw)": removal_order(importance["raw"]),
-            "ablation": removal_order(importance["drops"])}
+    layer-normalised importance (the authors', their Fig. 3 solid line), raw importance (ours,
+    left out when ``raw`` is False) and the oracle's ablation drops (their dashed line)."""
+    named = {"gradient importance": removal_order(importance["normalised"])}
+    if raw:
+        named["gradient importance (raw)"] = removal_order(importance["raw"])
+    named["ablation"] = removal_order(importance["drops"])
+    return named
 
 
 def data_deviation(metric_name: str, n_dev: int, dev_data: str, n_importance: int | None = None) -> str:
@@ -1008,15 +1028,21 @@ class CurveStudy:
 
 
 def curve_study(run, task: Task, importance: dict, base: float, step: float = PRUNE_STEP,
-                n_random: int = 3) -> CurveStudy:
+                n_random: int = 1, raw_order: bool = False) -> CurveStudy:
     """Notebook 08, pruning curves (Michel §4.2, Fig. 3): heads of ``run.loaded`` removed in
     :func:`curve_steps` of ``step`` by each order of :func:`orders` (``importance``:
-    :func:`importance_vs_ablation`) and by ``n_random`` random orders (seeded with ``run.seed``).
-    Records on ``run`` (:class:`bertology.notebook.Run`) the key number "heads removable at 95%
-    (importance order, share)"; the tables are left to the caller."""
+    :func:`importance_vs_ablation`; the raw-importance order only with ``raw_order``) and by
+    ``n_random`` random orders (seeded with ``run.seed``). Michel et al.'s Fig. 3 draws the first
+    and the ablation order; the random orders are our baseline, noted on ``run``
+    (:class:`bertology.notebook.Run`) with their number. Records the key number "heads removable
+    at 95% (importance order, share)"; the tables are left to the caller."""
     info = run.info
     steps = curve_steps(info.n_layers * info.n_heads, step)
-    named = orders(importance)
+    named = orders(importance, raw=raw_order)
+    if n_random:
+        run.note(f"Pruning curves: {n_random} random removal order{'s' if n_random > 1 else ''} (n_random) as a baseline "
+                 "of ours; Michel et al.'s Fig. 3 shows the importance and ablation orders only."
+                 + ("" if raw_order else " The raw-importance order is drawn with raw_order=True."))
     table = curves(run.loaded, task, named, steps, n_random=n_random, seed=run.seed)
     study = CurveStudy(steps, named, table, removable_table(table, base))
     run.key("heads removable at 95% (importance order, share)",

@@ -109,7 +109,7 @@ def test_pruning_findings_and_text():
                         "metric": [1.0, 0.7, 0.9]})
     f = pr.findings(2.0, removable, best_single, lvh, steps=[0, 3, 6], n_heads=4)
     assert f == {"base": 2.0, "removable_95_importance": 4, "removable_95_ablation": 6, "removable_95_random": 1.5,
-                 "curve_step": 3, "n_layers": 3, "layers_near_full_one_head": 2, "one_layer_removed": 0.7,
+                 "n_random": 2, "curve_step": 3, "n_layers": 3, "layers_near_full_one_head": 2, "one_layer_removed": 0.7,
                  "same_heads_removed": 0.9, "heads_per_layer": 4}
     timing = {"seconds_gradient": 1.0, "seconds_ablation": 30.0, "speedup": 30.0, "spearman_raw": 0.5, "spearman_normalised": 0.25}
     speed = {"heads_removed": 4, "params_unpruned": 1000, "params_pruned": 900, "speedup": 1.1, "max_abs_state_diff": 0.0}
@@ -119,6 +119,14 @@ def test_pruning_findings_and_text():
     assert "removes 4 heads, ablation order 6, random order 2 on average (curve steps of 3 heads)" in lines[3]
     assert lines[4] == "With one head kept, 2 of 3 layers stay within 5% of the unpruned metric."
     assert "from 1,000 to 900" in lines[6]
+    one = pr.findings(2.0, removable.iloc[:3], best_single, lvh, steps=[0, 3, 6], n_heads=4)
+    assert one["n_random"] == 1 and one["removable_95_random"] == 1.0
+    line = pr.findings_text(one, "cosine", 24, timing, {"within_1pct": 7, "improving": 0}, speed, "cpu")[3]
+    assert "ablation order 6, random order 1 (curve steps of 3 heads)" in line  # one order: no "on average"
+    none = pr.findings(2.0, removable.iloc[:2], best_single, lvh, steps=[0, 3, 6], n_heads=4)
+    assert none["removable_95_random"] is None
+    assert "ablation order 6 (curve steps" in pr.findings_text(none, "cosine", 24, timing, {"within_1pct": 7, "improving": 0},
+                                                             speed, "cpu")[3]
 
 
 def test_attention_key_numbers_and_reference():
@@ -173,6 +181,7 @@ def test_pruning_orders_deviation_and_equality_check():
     assert o["gradient importance"] == [(1, 1), (0, 1), (0, 0), (1, 0)]  # least important first
     assert o["gradient importance (raw)"] == [(0, 0), (0, 1), (1, 0), (1, 1)]
     assert o["ablation"] == [(1, 0), (1, 1), (0, 0), (0, 1)]  # ties keep head order
+    assert pr.orders(imp, raw=False) == {k: o[k] for k in ("gradient importance", "ablation")}
     assert pr.data_deviation("cosine", 24, "sample (dev)").startswith("Data: cosine on 24 dev sentences of sample (dev) (Michel")
     assert ", importance on 12 training sentences (" in pr.data_deviation("cosine", 24, "sample (dev)", 12)
     ok = {"metric_pruned": 0.9, "metric_masked": 0.9004}

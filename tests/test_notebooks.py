@@ -131,6 +131,9 @@ def test_notebook_08_quick_report(tmp_path):
             assert abs(row["metric"] - base) < 1e-6
     ends = {round(row["metric"], 6) for row in curves if row["n_removed"] == 72}
     assert len(ends) == 1
+    # the orders of Michel et al.'s Fig. 3 and one random order, which the report calls ours
+    assert {(row["order"], row["seed"]) for row in curves} == {("gradient importance", -1), ("ablation", -1), ("random", 0)}
+    assert any(n.startswith("Pruning curves: 1 random removal order (n_random) as a baseline of ours") for n in r["meta"]["notes"])
     for row in t["removable_heads"]:
         assert 0 <= row["removable_95"] <= row["removable_90"] <= 72
     assert {r_["strategy"] for r_ in t["layers_vs_heads"]} == {"whole layers", "attention of layers", "heads by importance"}

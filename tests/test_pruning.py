@@ -204,7 +204,22 @@ def test_curve_bookkeeping_on_hand_made_scores():
     assert [len(o) for o in pr.random_orders((2, 3), 2, seed=0)] == [6, 6]
 
 
+def test_curves_evaluate_each_mask_once_and_match_fresh_evaluations(tiny, monkeypatch):
+    T = pr.build_task(tiny, "mlm", SENTS)
+    order = pr.removal_order(np.arange(8.0).reshape(2, 4))  # layer 0 first: nothing to replay
+    late = [(1, h) for h in range(4)] + [(0, h) for h in range(4)]  # layer 1 first: layer 0 replayed
+    steps = [0, 2, 4, 8]
+    fresh = [pr.evaluate(tiny, T, pr.mask_without(o[:n], (2, 4))) for o in (order, late) for n in steps]
+    calls = []
+    real = pr.evaluate
+    monkeypatch.setattr(pr, "evaluate", lambda *a, **k: calls.append(a[2]) or real(*a, **k))
+    table = pr.curves(tiny, T, {"a": order, "b": late}, steps, n_random=0)
+    np.testing.assert_allclose(table.metric, fresh, rtol=0, atol=1e-12)
+    assert len(calls) == 6  # 8 points, the unpruned and the empty model once each
+
+
 def test_task_choice_and_missing_head(tokenizer):
+
     lm = random_bert(tokenizer, n_layers=1, n_heads=2, hidden_size=8, mlm=False)
     assert pr.default_task(lm.info) == "embedding"
     with pytest.raises(MissingHeadError):
@@ -275,8 +290,10 @@ def test_notebook_sections_are_their_parts(tiny, tmp_path):
     assert run.values["importance_vs_ablation"] is imp["summary"]
     assert run.values["key_numbers"]["Spearman(importance, ablation)"] == pytest.approx(imp["summary"]["spearman_raw"], abs=1e-4)
     cs = pr.curve_study(run, T, imp, base, step=0.25, n_random=1)
-    assert cs.steps == [0, 2, 4, 6, 8] and cs.orders == pr.orders(imp)
-    pd.testing.assert_frame_equal(cs.curves, pr.curves(tiny, T, pr.orders(imp), cs.steps, n_random=1, seed=0))
+    assert cs.steps == [0, 2, 4, 6, 8] and cs.orders == pr.orders(imp, raw=False)
+    pd.testing.assert_frame_equal(cs.curves, pr.curves(tiny, T, pr.orders(imp, raw=False), cs.steps, n_random=1, seed=0))
+    assert run.meta["notes"][-1].startswith("Pruning curves: 1 random removal order (n_random) as a baseline of ours")
+    assert set(pr.curve_study(run, T, imp, base, step=0.5, n_random=0, raw_order=True).curves.order) == set(pr.orders(imp))
     pd.testing.assert_frame_equal(cs.removable, pr.removable_table(cs.curves, base))
     n90 = int(cs.by_importance.removable_90)
     assert cs.removed_90 == pr.orders(imp)["gradient importance"][:max(n90, 2)]
