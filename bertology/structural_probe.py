@@ -831,8 +831,8 @@ def probe_layers(train: WordStates, dev: WordStates, test: WordStates, rank: int
 def check_parameters(ranks: Sequence[int], batching: str = "shuffled", uuas_gold: str = "mst",
                      control_layers: int | None = None) -> None:
     """Notebook 04's probe parameters: ``probe_batching`` one of :data:`BATCHINGS`, ``uuas_gold`` one
-    of :data:`UUAS_GOLD`, ``ranks`` a non-empty list of positive integers, ``control_layers`` None
-    or an integer >= 2 (:func:`control_layer_set`); else a
+    of :data:`UUAS_GOLD`, ``ranks`` a non-empty list of positive integers, ``control_layers`` None,
+    0 or an integer >= 2 (:func:`control_layer_set`); else a
     :class:`bertology.notebook.ParameterError` naming the parameter."""
     from .notebook import ParameterError, check_choice
 
@@ -841,7 +841,7 @@ def check_parameters(ranks: Sequence[int], batching: str = "shuffled", uuas_gold
     if not isinstance(ranks, (list, tuple)) or not ranks or not all(isinstance(r, int) and r > 0 for r in ranks):
         raise ParameterError(f"parameter 'ranks' must be a list of positive integers, got {ranks!r}")
     try:
-        control_layer_set(2, control_layers)
+        control_layer_set(2, control_layers, best=[0])
     except ValueError as exc:
         raise ParameterError(f"parameter 'control_layers': {exc}") from None
 
@@ -911,15 +911,18 @@ class ProbeStudy:
 def control_layer_set(n_states: int, n_spaced: int | None, best: Sequence[int] = ()) -> list[int]:
     """The layers (0 = embeddings .. ``n_states - 1``) at which notebook 04 probes the random-init
     control: ``n_spaced`` evenly spaced ones, the first and the last included, and the ``best``
-    layers of the model (so that the model's best layer is compared at the same depth); every
-    layer when ``n_spaced`` is None or covers them all. 13 states, 4 spaced, best 7 and 5:
-    ``[0, 4, 5, 7, 8, 12]``."""
+    layers of the model (so that the model's best layer is compared at the same depth); only the
+    ``best`` layers when ``n_spaced`` is 0; every layer when it is None or covers them all.
+    13 states, 4 spaced, best 7 and 5: ``[0, 4, 5, 7, 8, 12]``; 0 spaced: ``[5, 7]``."""
     if n_spaced is not None and (isinstance(n_spaced, bool) or not isinstance(n_spaced, (int, np.integer))
-                                 or n_spaced < 2):
-        raise ValueError(f"control_layers must be None or an integer >= 2 (first and last layer), got {n_spaced!r}")
+                                 or n_spaced < 0 or n_spaced == 1):
+        raise ValueError("control_layers must be None, 0 (the model's best layers only) or an integer >= 2 "
+                         f"(first and last layer), got {n_spaced!r}")
     if n_spaced is None or n_spaced >= n_states:
         return list(range(n_states))
-    spaced = {int(round(i * (n_states - 1) / (n_spaced - 1))) for i in range(n_spaced)}
+    if n_spaced == 0 and not len(best):
+        raise ValueError("control_layers=0 probes the model's best layers, and none were given")
+    spaced = {int(round(i * (n_states - 1) / (n_spaced - 1))) for i in range(n_spaced)} if n_spaced else set()
     return sorted(spaced | {int(b) for b in best})
 
 
@@ -953,9 +956,12 @@ def probe_study(run, splits: dict[str, Sequence[Sentence]], rank: int | None = N
     layers = control_layer_set(n_states, control_layers, best)
     run.value("control_layers", layers)
     if len(layers) < n_states:
-        run.note(f"Random-init control: structural probes at layers {', '.join(map(str, layers))} of 0-{n_states - 1} "
-                 f"({control_layers} evenly spaced and the model's best distance and depth layers), for CPU time; "
-                 "control_layers=None probes every layer. Hewitt & Manning report their random baseline as one number.")
+        which = (f"{control_layers} evenly spaced and the model's best distance and depth layers" if control_layers
+                 else "the model's best distance and depth layers")
+        run.note(f"Random-init control: structural probes at layer{'s' if len(layers) > 1 else ''} "
+                 f"{', '.join(map(str, layers))} of 0-{n_states - 1} ({which}), for CPU time; control_layers=4 adds 4 "
+                 "evenly spaced layers, None probes every layer. Hewitt & Manning report their random baseline as one "
+                 "number.")
     control = random_init_control(run.loaded, seed=run.seed)
     control_states = split_states(control, splits, batch_size=batch_size, desc="control states", progress=progress)
     control_table, _ = fit_splits(control_states, rank, layers=layers, label="random-init control",

@@ -456,6 +456,9 @@ def test_control_layer_set_spaces_layers_and_keeps_the_best():
     assert sp.control_layer_set(13, 4, best=[7, 5]) == [0, 4, 5, 7, 8, 12]
     assert sp.control_layer_set(7, 4, best=[6]) == [0, 2, 4, 6]  # a best layer already there
     assert sp.control_layer_set(13, 2) == [0, 12]
+    assert sp.control_layer_set(13, 0, best=[7, 5]) == [5, 7] and sp.control_layer_set(13, 0, best=[3, 3]) == [3]
+    with pytest.raises(ValueError, match="best layers"):
+        sp.control_layer_set(13, 0)
     assert sp.control_layer_set(7, None) == sp.control_layer_set(7, 7) == list(range(7))  # every layer
     with pytest.raises(ValueError, match="control_layers"):
         sp.control_layer_set(13, 1)
