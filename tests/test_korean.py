@@ -336,4 +336,6 @@ def test_notebooks_02_03_04_on_korean(tmp_path, korean_bert):
     assert any("after the first 50, which stay held out" in n for n in r04["meta"]["notes"])  # quick: n_dev = 50
     assert r04["meta"]["sizes"]["n_train"] == 150 and r04["meta"]["language"]["code"] == "ko"
     uuas = [r for r in r04["tables"]["structural_probe"] if r["metric"] == "uuas"]
-    assert len(uuas) == 2 * 3 and all(0 <= r["value"] <= 1 for r in uuas)  # model + control, layers 0-2
+    control = {r["layer"] for r in uuas if r["model"] == "random-init control"}
+    assert control == set(r04["values"]["control_layers"])  # the control at the model's best layers only
+    assert len(uuas) == 3 + len(control) and all(0 <= r["value"] <= 1 for r in uuas)  # model at layers 0-2
