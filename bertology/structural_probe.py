@@ -959,9 +959,9 @@ def probe_study(run, splits: dict[str, Sequence[Sentence]], rank: int | None = N
         which = (f"{control_layers} evenly spaced and the model's best distance and depth layers" if control_layers
                  else "the model's best distance and depth layers")
         run.note(f"Random-init control: structural probes at layer{'s' if len(layers) > 1 else ''} "
-                 f"{', '.join(map(str, layers))} of 0-{n_states - 1} ({which}), for CPU time; control_layers=4 adds 4 "
-                 "evenly spaced layers, None probes every layer. Hewitt & Manning report their random baseline as one "
-                 "number.")
+                 f"{', '.join(map(str, layers))} of 0-{n_states - 1} ({which}), for CPU time; "
+                 + ("" if control_layers else "control_layers=4 adds 4 evenly spaced layers, ")
+                 + "control_layers=None probes every layer. Hewitt & Manning report their random baseline as one number.")
     control = random_init_control(run.loaded, seed=run.seed)
     control_states = split_states(control, splits, batch_size=batch_size, desc="control states", progress=progress)
     control_table, _ = fit_splits(control_states, rank, layers=layers, label="random-init control",

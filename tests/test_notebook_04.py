@@ -27,6 +27,7 @@ def test_notebook_04_quick_report(tmp_path):
     assert control_layers == set(values["control_layers"]) == best  # the model's best layers only, by default
     assert len(probe) == ((n_layers + 1) + len(control_layers)) * 4
     assert any(n.startswith("Random-init control: structural probes at layer") and "(the model's best distance" in n
+               and "control_layers=4 adds 4 evenly spaced layers, control_layers=None probes every layer." in n
                for n in meta["notes"])
     for r in probe:
         lo = -1 if r["metric"] in ("dspr", "nspr") else 0
