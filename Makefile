@@ -9,6 +9,10 @@ TORCH  ?= torch==2.13.0
 MODEL  ?= minilm
 NOTEBOOKS ?=
 OUT    ?= reports
+# Notebooks run at once by `make reports`, each kernel with cores / JOBS CPU threads (README
+# "Speed and memory": on 2 cores, 2 jobs overlap one notebook's Python with another's matrix
+# products). JOBS=1 runs them one by one and halves the peak memory (bert-base: ~10 GB instead of ~18).
+JOBS   ?= 2
 # Compute precision: empty = float32 (the authors'); bfloat16 is ~1.7-3x faster on CPUs with AMX (a declared deviation)
 PRECISION ?=
 # Tests and CI read the data mirror next to the checkout when it exists.
@@ -30,10 +34,10 @@ $(STAMP): pyproject.toml Makefile
 	touch $@
 
 reports: $(STAMP)
-	$(BIN)/bertology run --model $(MODEL) --out $(OUT) $(if $(NOTEBOOKS),--notebooks $(NOTEBOOKS),) $(if $(PRECISION),--precision $(PRECISION),)
+	$(BIN)/bertology run --model $(MODEL) --out $(OUT) --jobs $(JOBS) $(if $(NOTEBOOKS),--notebooks $(NOTEBOOKS),) $(if $(PRECISION),--precision $(PRECISION),)
 
 reports-quick: $(STAMP)
-	$(BIN)/bertology run --model $(MODEL) --out $(OUT) --quick $(if $(NOTEBOOKS),--notebooks $(NOTEBOOKS),) $(if $(PRECISION),--precision $(PRECISION),)
+	$(BIN)/bertology run --model $(MODEL) --out $(OUT) --quick --jobs $(JOBS) $(if $(NOTEBOOKS),--notebooks $(NOTEBOOKS),) $(if $(PRECISION),--precision $(PRECISION),)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
@@ -44,7 +48,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_extract.py
 	$(BIN)/python benchmarks/bench_importance.py
 	$(BIN)/python benchmarks/bench_probes.py $(if $(PRECISION),--precision $(PRECISION),)
-	$(BIN)/python benchmarks/bench_reports.py $(if $(QUICK),--quick,) $(if $(PRECISION),--precision $(PRECISION),)
+	$(BIN)/python benchmarks/bench_reports.py --jobs $(JOBS) $(if $(QUICK),--quick,) $(if $(PRECISION),--precision $(PRECISION),)
 
 bench-reports: $(STAMP)
-	$(BIN)/python benchmarks/bench_reports.py $(if $(QUICK),--quick,) $(if $(PRECISION),--precision $(PRECISION),)
+	$(BIN)/python benchmarks/bench_reports.py --jobs $(JOBS) $(if $(QUICK),--quick,) $(if $(PRECISION),--precision $(PRECISION),)

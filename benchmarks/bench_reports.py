@@ -55,10 +55,10 @@ def notebooks() -> list[str]:
 
 
 def run_one(model: str, nb: str, out: Path, quick: bool, timings: Path, extra: list[str],
-            limit: float | None = None) -> dict:
-    env = {**os.environ, "BERTOLOGY_TIMINGS": str(timings), "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "")}
-    if not env["OMP_NUM_THREADS"]:
-        env.pop("OMP_NUM_THREADS")
+            limit: float | None = None, threads: int | None = None) -> dict:
+    env = {**os.environ, "BERTOLOGY_TIMINGS": str(timings)}
+    if threads is not None:  # what `bertology run --jobs` gives each kernel
+        env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
     cmd = [sys.executable, "-m", "bertology.cli", "run", "--model", model, "--notebooks", nb[:2], "--out", str(out),
            *(["--quick"] if quick else []), *extra]
     t0 = time.perf_counter()
@@ -100,35 +100,54 @@ def main(argv=None) -> int:
     ap.add_argument("--device", default="auto")
     ap.add_argument("--precision", default="float32", choices=("float32", "bfloat16", "float16"))
     ap.add_argument("--limit", type=float, default=None, help="seconds per notebook before it is stopped")
+    ap.add_argument("--jobs", type=int, default=1,
+                    help="notebooks at once, as `bertology run --jobs` (longest first by the last bench's runs; "
+                         "each with cores / JOBS threads); the model's total is then the wall time")
     args = ap.parse_args(argv)
 
     import pandas as pd
 
     args.work.mkdir(parents=True, exist_ok=True)
     wanted = notebooks() if not args.notebooks else [n for n in notebooks() if n[:2] in {x[:2] for x in args.notebooks}]
-    rows = []
+    from concurrent.futures import ThreadPoolExecutor
+
+    from bertology.report import kernel_threads, longest_first
+
+    threads = kernel_threads(args.jobs)
+    rows, walls = [], {}
     for name in args.models.split(","):
         model = str(bert_base(args.work)) if name == "bert-base" else name
         if args.cold:
             cache = args.work / f"cache-{name}"
             shutil.rmtree(cache, ignore_errors=True)
             os.environ["BERTOLOGY_CACHE"] = str(cache)
-        for nb in wanted:
+
+        def bench(nb: str, name=name, model=model) -> dict:
             timings = args.work / f"timings-{name}-{nb[:2]}.json"
             timings.unlink(missing_ok=True)
-            row = {"model": name, "precision": args.precision,
+            row = {"model": name, "precision": args.precision, "jobs": args.jobs,
                    **run_one(model, nb, args.work / "reports", args.quick, timings,
-                             ["--device", args.device, "--precision", args.precision], args.limit)}
-            rows.append(row)
+                             ["--device", args.device, "--precision", args.precision], args.limit, threads)}
             print(f"{name:10s} {nb:28s} {row['status']:6s} {row['seconds']:8.1f} s  {row['peak_rss_gb']:5.2f} GB  "
                   f"forward {row['forward_share']:5.1%}  train {row['train_share']:5.1%}", flush=True)
+            return row
+
+        order = [p.stem for p in longest_first([Path(nb) for nb in wanted], args.work / "reports", model)]
+        t0 = time.perf_counter()
+        with ThreadPoolExecutor(max_workers=args.jobs) as pool:
+            done = {nb: pool.submit(bench, nb) for nb in order}
+            rows += [done[nb].result() for nb in wanted]
+        walls[name] = round(time.perf_counter() - t0, 1)
     table = pd.DataFrame(rows)
     table.to_csv(args.work / "bench_reports.csv", index=False)
     print()
     print(table.drop(columns="error").to_string(index=False))
     print()
-    print(table.groupby("model", sort=False)[["seconds"]].sum().assign(minutes=lambda d: (d.seconds / 60).round(1))
-          .to_string())
+    total = table.groupby("model", sort=False)[["seconds"]].sum().rename(columns={"seconds": "notebook_seconds"})
+    total["wall_seconds"] = pd.Series(walls)
+    total["wall_minutes"] = (total["wall_seconds"] / 60).round(1)
+    print(f"jobs {args.jobs}, threads per kernel {threads or 'torch default'}")
+    print(total.to_string())
     return int((table.status != "ok").any())
 
 

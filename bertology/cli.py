@@ -25,6 +25,16 @@ def parse_param(text: str) -> tuple[str, object]:
         return key, value
 
 
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
 def _display(path: str | os.PathLike | None) -> str:
     if not path:
         return ""
@@ -59,6 +69,11 @@ def build_parser() -> argparse.ArgumentParser:
     p_run.add_argument("--notebook-dir", type=Path, default=None,
                        help="folder of NN_name.ipynb notebooks (default: the repo's notebooks/)")
     p_run.add_argument("--kernel", default=None, help="Jupyter kernel name (default: the notebook's)")
+    p_run.add_argument("-j", "--jobs", type=_positive, default=1,
+                       help="notebooks run at once (default 1), longest first; each kernel gets the CPU cores "
+                            "divided by JOBS as threads unless --threads or OMP_NUM_THREADS says otherwise")
+    p_run.add_argument("--threads", type=_positive, default=None,
+                       help="CPU threads per kernel (default: torch's own for one job, cores / JOBS for more)")
     p_run.add_argument("--no-index", action="store_true",
                        help="leave runs.json and index.html alone; write each run record to "
                             "<out>/<model>/<notebook>.run.json (for parallel workflow jobs; "
@@ -181,7 +196,8 @@ def main(argv: list[str] | None = None) -> int:
 
     records = report.run(notebooks, model=args.model, out=args.out, quick=args.quick, seed=args.seed,
                          device=args.device, params=params, kernel_name=args.kernel,
-                         on_start=on_start, on_done=on_done, update_index=not args.no_index)
+                         on_start=on_start, on_done=on_done, update_index=not args.no_index,
+                         jobs=args.jobs, threads=args.threads)
     if not args.no_index:
         print(f"index: {_display(Path(args.out) / 'index.html')}")
     failed = [r for r in records if not r.ok]

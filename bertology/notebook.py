@@ -341,6 +341,8 @@ def start(notebook: str, model: str = "minilm", seed: int = 0, quick: bool = Fal
         if precision == "float32" or "precision" not in str(exc):
             raise
         raise ParameterError(f"parameter 'precision': {exc}") from None
+    import torch
+
     out = Path(output_dir)
     (out / "figures").mkdir(parents=True, exist_ok=True)
     info = loaded.info
@@ -353,6 +355,7 @@ def start(notebook: str, model: str = "minilm", seed: int = 0, quick: bool = Fal
         "quick": quick,
         "device": str(loaded.device),
         "precision": precision,
+        "cpu_threads": torch.get_num_threads(),  # can change the last bits of a sum; in the header
         "version": __version__,
         "sizes": dict(sizes),
         "notes": [],

@@ -228,6 +228,65 @@ def run_notebook(
     return record
 
 
+def available_cores() -> int:
+    """CPU cores this process may run on (its affinity mask where the OS has one)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # pragma: no cover - macOS, Windows
+        return os.cpu_count() or 1
+
+
+def kernel_threads(jobs: int, threads: int | None = None) -> int | None:
+    """CPU threads each kernel gets when ``jobs`` notebooks run at once: ``threads`` when given,
+    None (torch's own default, every core) for one job or when ``OMP_NUM_THREADS`` is set in the
+    environment (the user's choice), else the available cores divided by ``jobs``, at least 1."""
+    if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
+        raise ValueError(f"jobs must be a positive integer, got {jobs!r}")
+    if threads is not None:
+        if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
+            raise ValueError(f"threads must be a positive integer, got {threads!r}")
+        return threads
+    if jobs == 1 or os.environ.get("OMP_NUM_THREADS"):
+        return None
+    return max(1, available_cores() // jobs)
+
+
+def longest_first(notebooks: Iterable[str | os.PathLike], out: str | os.PathLike, model: str) -> list[Path]:
+    """``notebooks`` in the order a pool of parallel jobs should start them: by the elapsed time of
+    their latest run for ``model`` in ``out/runs.json``, longest first (the classic longest-processing-
+    time rule, so the longest notebook never starts last); notebooks with no earlier run go first,
+    in their given order."""
+    runs, slug = read_runs(out), model_slug(model)
+    paths = [Path(nb) for nb in notebooks]
+
+    def cost(path: Path) -> float:
+        latest = (runs.get(f"{slug}/{path.stem}") or {}).get("latest") or {}
+        elapsed = latest.get("elapsed")
+        return float(elapsed) if isinstance(elapsed, (int, float)) and elapsed > 0 else float("inf")
+
+    return sorted(paths, key=cost, reverse=True)  # stable: ties (and unknowns) keep their order
+
+
+@contextlib.contextmanager
+def _thread_env(threads: int | None):
+    """``OMP_NUM_THREADS``/``MKL_NUM_THREADS`` for the kernels started inside (they inherit the
+    environment; torch sizes its intra-op pool from it), restored afterwards."""
+    if threads is None:
+        yield
+        return
+    keys = ("OMP_NUM_THREADS", "MKL_NUM_THREADS")
+    saved = {k: os.environ.get(k) for k in keys}
+    os.environ.update({k: str(threads) for k in keys})
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
 def run(
     notebooks: Iterable[str | os.PathLike],
     model: str = "minilm",
@@ -240,27 +299,54 @@ def run(
     on_start: Callable[[Path], Any] | None = None,
     on_done: Callable[[RunRecord], Any] | None = None,
     update_index: bool = True,
+    jobs: int = 1,
+    threads: int | None = None,
 ) -> list[RunRecord]:
-    """Run notebooks in order, carrying on after failures, then rebuild the index.
+    """Run notebooks, carrying on after failures, then rebuild the index; the records come back in
+    the order of ``notebooks``.
+
+    ``jobs`` > 1 runs that many notebooks at once, started :func:`longest_first`, each kernel with
+    :func:`kernel_threads` CPU threads (the cores divided by ``jobs`` unless ``threads`` or
+    ``OMP_NUM_THREADS`` says otherwise). On a CPU that overlaps one notebook's single-threaded
+    Python, plotting and rendering with another's matrix products (README "Speed and memory" has
+    the measured gain). Every report is the same as from a run of one job with that many threads
+    per kernel: the thread count can change the last bits of a sum, so the report header names it.
 
     ``update_index=False`` (one job of a workflow): neither ``runs.json`` nor ``index.html`` is
     touched; each run leaves its record in ``out/<slug>/<stem>.run.json`` for a final
     ``bertology index`` (:func:`merge_job_records` + :func:`write_index`).
     """
-    records = []
+    notebooks = [Path(nb) for nb in notebooks]
+    n_threads = kernel_threads(jobs, threads)
+
+    def one(nb: Path) -> RunRecord:
+        if on_start:
+            on_start(nb)
+        rec = run_notebook(nb, model, out=out, quick=quick, seed=seed, device=device,
+                           params=params, kernel_name=kernel_name, update_runs=update_index)
+        if on_done:
+            on_done(rec)
+        return rec
+
     try:
-        for nb in notebooks:
-            if on_start:
-                on_start(Path(nb))
-            rec = run_notebook(nb, model, out=out, quick=quick, seed=seed, device=device,
-                               params=params, kernel_name=kernel_name, update_runs=update_index)
-            records.append(rec)
-            if on_done:
-                on_done(rec)
+        with _thread_env(n_threads):
+            if jobs == 1:
+                return [one(nb) for nb in notebooks]
+            from concurrent.futures import ThreadPoolExecutor
+
+            with ThreadPoolExecutor(max_workers=jobs, thread_name_prefix="bertology-run") as pool:
+                rank = {nb: k for k, nb in enumerate(dict.fromkeys(longest_first(notebooks, out, model)))}
+                futures = {i: pool.submit(one, notebooks[i]) for i in sorted(range(len(notebooks)),
+                                                                             key=lambda i: rank[notebooks[i]])}
+                try:
+                    return [futures[i].result() for i in range(len(notebooks))]
+                except BaseException:
+                    for f in futures.values():
+                        f.cancel()  # the ones not started yet; running kernels finish or fail
+                    raise
     finally:
         if update_index:
             write_index(out)  # also after Ctrl-C, so the finished runs are listed
-    return records
 
 
 class NotebookFailure(Exception):
@@ -351,6 +437,13 @@ def _language(meta: dict) -> str:
     return f"{text}, {meta['treebank']}" if meta.get("treebank") else text
 
 
+def _threads(meta: dict) -> str:
+    """", 2 CPU threads" for a run on the CPU whose results.json names its thread count."""
+    n = meta.get("cpu_threads")
+    cpu = str(meta.get("device") or "").startswith("cpu")
+    return f", {n} CPU thread{'s' if n != 1 else ''}" if cpu and isinstance(n, int) and not isinstance(n, bool) else ""
+
+
 def header_markdown(record: RunRecord, meta: dict) -> str:
     """The report header: what ran, on what, with which software, and how to read layer-head names."""
     versions = meta.get("versions") if isinstance(meta.get("versions"), dict) else {}
@@ -371,7 +464,7 @@ def header_markdown(record: RunRecord, meta: dict) -> str:
         *([f"| language | {_md(_language(meta))} |"] if meta.get("language") else []),
         f"| sizes | {_md(meta.get('sizes'))} |",
         f"| seed | {_md(meta.get('seed', p.get('seed')))} |",
-        f"| device | {_md(meta.get('device') or p.get('device'))}"
+        f"| device | {_md(meta.get('device') or p.get('device'))}{_threads(meta)}"
         f"{'' if meta.get('precision', 'float32') == 'float32' else ', ' + _md(meta['precision']) + ' autocast'} |",
         f"| quick mode | {'yes' if p.get('quick') else 'no'} |",
         f"| software | bertology {_md(pkg_v)}, Python {_md(py)}, torch {_md(torch_v)}, transformers {_md(tf_v)} |",

@@ -262,3 +262,72 @@ def test_index_puts_key_numbers_of_several_models_side_by_side(tmp_path):
     page = report.write_index(tmp_path).read_text()
     assert "Models side by side" in page and "0.250" in page and "0.500" in page
     assert "figures/b_key.png" in page and "figures/a_first.png" not in page  # the key figure is the thumbnail
+
+
+# ---------------------------------------------------------------- parallel jobs
+def test_kernel_threads(monkeypatch):
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(report, "available_cores", lambda: 8)
+    assert report.kernel_threads(1) is None  # one job: torch's own default
+    assert report.kernel_threads(2) == 4 and report.kernel_threads(3) == 2 and report.kernel_threads(16) == 1
+    assert report.kernel_threads(2, threads=3) == 3
+    monkeypatch.setenv("OMP_NUM_THREADS", "2")
+    assert report.kernel_threads(2) is None  # the user's setting reaches the kernels unchanged
+    for bad in (0, -1, True, 1.5):
+        with pytest.raises(ValueError, match="jobs"):
+            report.kernel_threads(bad)
+    with pytest.raises(ValueError, match="threads"):
+        report.kernel_threads(2, threads=0)
+
+
+def test_longest_first_orders_by_the_last_runs(tmp_path):
+    from bertology.io import atomic_write_json
+
+    nbs = [tmp_path / f"{s}.ipynb" for s in ("01_a", "02_b", "03_c", "04_d")]
+    assert report.longest_first(nbs, tmp_path, "minilm") == nbs  # no history: the given order
+    atomic_write_json(tmp_path / "runs.json", {
+        "minilm/01_a": {"latest": {"elapsed": 5.0}}, "minilm/03_c": {"latest": {"elapsed": 50.0}},
+        "minilm/04_d": {"latest": {"elapsed": 7.5}}, "other/02_b": {"latest": {"elapsed": 99.0}}})
+    # 02_b never ran for this model: it goes first; then 50 s, 7.5 s, 5 s
+    assert [p.stem for p in report.longest_first(nbs, tmp_path, "minilm")] == ["02_b", "03_c", "04_d", "01_a"]
+
+
+def test_parallel_jobs_keep_order_isolate_failures_and_set_threads(nb_dir, tmp_path, monkeypatch):
+    import os
+
+    d, out = tmp_path / "nbs", tmp_path / "reports"
+    d.mkdir()
+    for stem in ("01_ok", "03_ok"):
+        shutil.copy(nb_dir / "01_ok.ipynb", d / f"{stem}.ipynb")
+    shutil.copy(nb_dir / "02_fails.ipynb", d / "02_fails.ipynb")
+    from bertology.io import atomic_write_json
+
+    atomic_write_json(out / "runs.json", {f"minilm/{s}": {"latest": {"elapsed": t}}
+                                          for s, t in (("01_ok", 5.0), ("02_fails", 1.0), ("03_ok", 9.0))})
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    started = []
+    recs = report.run(sorted(d.glob("*.ipynb")), out=out, jobs=2, threads=3, on_start=lambda p: started.append(p.stem))
+    assert [r.notebook for r in recs] == ["01_ok", "02_fails", "03_ok"]  # the given order, not the run order
+    assert [r.status for r in recs] == ["ok", "failed", "ok"]
+    assert started[-1] == "02_fails"  # the shortest waits for a free job
+    for stem in ("01_ok", "03_ok"):
+        meta = json.loads((out / "minilm" / stem / "results.json").read_text())["meta"]
+        assert meta["omp_threads"] == "3"  # each kernel got its share of the cores
+    assert "OMP_NUM_THREADS" not in os.environ  # restored after the run
+    runs = json.loads((out / "runs.json").read_text())
+    assert {k: v["latest"]["status"] for k, v in runs.items()} == {
+        "minilm/01_ok": "ok", "minilm/02_fails": "failed", "minilm/03_ok": "ok"}
+    assert not (out / ".staging").exists()
+
+
+def test_jobs_must_be_positive_on_the_command_line(nb_dir, capsys):
+    with pytest.raises(SystemExit):
+        cli.main(["run", "--notebook-dir", str(nb_dir), "--jobs", "0"])
+    assert "positive integer" in capsys.readouterr().err
+
+
+def test_header_names_the_cpu_threads():
+    rec = report.RunRecord(notebook="01_x", model="m", status="ok", elapsed=1.0, started="now", parameters={})
+    assert "| device | cpu, 2 CPU threads |" in report.header_markdown(rec, {"device": "cpu", "cpu_threads": 2})
+    assert "| device | cpu, 1 CPU thread |" in report.header_markdown(rec, {"device": "cpu", "cpu_threads": 1})
+    assert "| device | cuda:0 |" in report.header_markdown(rec, {"device": "cuda:0", "cpu_threads": 2})
