@@ -251,18 +251,35 @@ def kernel_threads(jobs: int, threads: int | None = None) -> int | None:
     return max(1, available_cores() // jobs)
 
 
+#: Seconds of each shipped notebook's full MiniLM run (README "Speed and memory": AMD EPYC, 2 cores,
+#: 2026-12-04, commit dbbbb81): the start order of parallel jobs before a notebook has run here.
+#: Only the order depends on them, never a result.
+TYPICAL_SECONDS = {"01_attention_patterns": 28, "02_attention_heads_syntax": 137, "03_head_clustering": 25,
+                   "04_syntax_probes": 385, "05_semantic_roles": 18, "06_numeracy": 167,
+                   "07_world_knowledge": 89, "08_pruning": 143}
+
+
 def longest_first(notebooks: Iterable[str | os.PathLike], out: str | os.PathLike, model: str) -> list[Path]:
-    """``notebooks`` in the order a pool of parallel jobs should start them: by the elapsed time of
-    their latest run for ``model`` in ``out/runs.json``, longest first (the classic longest-processing-
-    time rule, so the longest notebook never starts last); notebooks with no earlier run go first,
-    in their given order."""
+    """``notebooks`` in the order a pool of parallel jobs should start them, longest first (the
+    longest-processing-time rule, so the longest notebook never starts last): by the elapsed times
+    of their latest runs for ``model`` in ``out/runs.json`` when every one of them has run, else by
+    :data:`TYPICAL_SECONDS`; a notebook with no known time goes first. Ties keep the given order."""
     runs, slug = read_runs(out), model_slug(model)
     paths = [Path(nb) for nb in notebooks]
 
+    def seconds(entry) -> float | None:
+        elapsed = ((entry or {}).get("latest") or {}).get("elapsed")
+        return float(elapsed) if isinstance(elapsed, (int, float)) and not isinstance(elapsed, bool) and elapsed > 0 else None
+
+    own = {p.stem: seconds(runs.get(f"{slug}/{p.stem}")) for p in paths}
+    if all(v is not None for v in own.values()):
+        known = own
+    else:  # a first run for this model: the shipped typical timings
+        known = {p.stem: TYPICAL_SECONDS.get(p.stem) for p in paths}
+
     def cost(path: Path) -> float:
-        latest = (runs.get(f"{slug}/{path.stem}") or {}).get("latest") or {}
-        elapsed = latest.get("elapsed")
-        return float(elapsed) if isinstance(elapsed, (int, float)) and elapsed > 0 else float("inf")
+        v = known.get(path.stem)
+        return float("inf") if v is None else float(v)
 
     return sorted(paths, key=cost, reverse=True)  # stable: ties (and unknowns) keep their order
 

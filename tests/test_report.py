@@ -284,12 +284,17 @@ def test_longest_first_orders_by_the_last_runs(tmp_path):
     from bertology.io import atomic_write_json
 
     nbs = [tmp_path / f"{s}.ipynb" for s in ("01_a", "02_b", "03_c", "04_d")]
-    assert report.longest_first(nbs, tmp_path, "minilm") == nbs  # no history: the given order
-    atomic_write_json(tmp_path / "runs.json", {
-        "minilm/01_a": {"latest": {"elapsed": 5.0}}, "minilm/03_c": {"latest": {"elapsed": 50.0}},
-        "minilm/04_d": {"latest": {"elapsed": 7.5}}, "other/02_b": {"latest": {"elapsed": 99.0}}})
-    # 02_b never ran for this model: it goes first; then 50 s, 7.5 s, 5 s
-    assert [p.stem for p in report.longest_first(nbs, tmp_path, "minilm")] == ["02_b", "03_c", "04_d", "01_a"]
+    assert report.longest_first(nbs, tmp_path, "minilm") == nbs  # unknown notebooks: the given order
+    shipped = [tmp_path / f"{s}.ipynb" for s in sorted(report.TYPICAL_SECONDS)]
+    first = [p.stem for p in report.longest_first([tmp_path / "09_mine.ipynb", *shipped], tmp_path, "minilm")]
+    assert first[:3] == ["09_mine", "04_syntax_probes", "06_numeracy"]  # unknown first, then the typical times
+    runs = {"minilm/01_a": {"latest": {"elapsed": 5.0}}, "minilm/03_c": {"latest": {"elapsed": 50.0}},
+            "minilm/04_d": {"latest": {"elapsed": 7.5}}, "other/02_b": {"latest": {"elapsed": 99.0}}}
+    atomic_write_json(tmp_path / "runs.json", runs)
+    # 02_b never ran for this model, so this model's times are not used
+    assert report.longest_first(nbs, tmp_path, "minilm") == nbs
+    atomic_write_json(tmp_path / "runs.json", {**runs, "minilm/02_b": {"latest": {"elapsed": 6.0}}})
+    assert [p.stem for p in report.longest_first(nbs, tmp_path, "minilm")] == ["03_c", "04_d", "02_b", "01_a"]
 
 
 def test_parallel_jobs_keep_order_isolate_failures_and_set_threads(nb_dir, tmp_path, monkeypatch):
