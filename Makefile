@@ -9,10 +9,10 @@ TORCH  ?= torch==2.13.0
 MODEL  ?= minilm
 NOTEBOOKS ?=
 OUT    ?= reports
-# Notebooks run at once by `make reports`, each kernel with cores / JOBS CPU threads (README
-# "Speed and memory": on 2 cores, 2 jobs overlap one notebook's Python with another's matrix
-# products). JOBS=1 runs them one by one and halves the peak memory (bert-base: ~10 GB instead of ~18).
-JOBS   ?= 2
+# Notebooks run at once by `make reports`, longest first, each kernel with cores / JOBS CPU threads.
+# 1: one by one (the measured README figures). JOBS=2 overlaps one notebook's Python with another's
+# matrix products: on 2 cores MiniLM 990 -> 932 s, at up to twice the peak memory (README "Speed and memory").
+JOBS   ?= 1
 # Compute precision: empty = float32 (the authors'); bfloat16 is ~1.7-3x faster on CPUs with AMX (a declared deviation)
 PRECISION ?=
 # Tests and CI read the data mirror next to the checkout when it exists.

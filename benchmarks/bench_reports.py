@@ -101,7 +101,7 @@ def main(argv=None) -> int:
     ap.add_argument("--precision", default="float32", choices=("float32", "bfloat16", "float16"))
     ap.add_argument("--limit", type=float, default=None, help="seconds per notebook before it is stopped")
     ap.add_argument("--jobs", type=int, default=1,
-                    help="notebooks at once, as `bertology run --jobs` (longest first by the last bench's runs; "
+                    help="notebooks at once, as `bertology run --jobs` (longest first: the last bench runs, else typical times; "
                          "each with cores / JOBS threads); the model's total is then the wall time")
     args = ap.parse_args(argv)
 
