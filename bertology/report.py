@@ -324,7 +324,7 @@ def run(
 
     ``jobs`` > 1 runs that many notebooks at once, started :func:`longest_first`, each kernel with
     :func:`kernel_threads` CPU threads (the cores divided by ``jobs`` unless ``threads`` or
-    ``OMP_NUM_THREADS`` says otherwise). On a CPU that overlaps one notebook's single-threaded
+    ``OMP_NUM_THREADS`` says otherwise). On a CPU this overlaps one notebook's single-threaded
     Python, plotting and rendering with another's matrix products (README "Speed and memory" has
     the measured gain). Every report is the same as from a run of one job with that many threads
     per kernel: the thread count can change the last bits of a sum, so the report header names it.
