@@ -322,7 +322,9 @@ def run(
     """Run notebooks, carrying on after failures, then rebuild the index; the records come back in
     the order of ``notebooks``.
 
-    ``jobs`` > 1 runs that many notebooks at once, started :func:`longest_first`, each kernel with
+    ``jobs`` > 1 (experimental: a full-size clean-clone run lost a notebook to a KeyboardInterrupt in
+    its kernel, not yet diagnosed; README "Several notebooks at once") runs that many notebooks at
+    once, started :func:`longest_first`, each kernel with
     :func:`kernel_threads` CPU threads (the cores divided by ``jobs`` unless ``threads`` or
     ``OMP_NUM_THREADS`` says otherwise). On a CPU this overlaps one notebook's single-threaded
     Python, plotting and rendering with another's matrix products (README "Speed and memory" has
