@@ -322,9 +322,8 @@ def run(
     """Run notebooks, carrying on after failures, then rebuild the index; the records come back in
     the order of ``notebooks``.
 
-    ``jobs`` > 1 (experimental: a full-size clean-clone run lost a notebook to a KeyboardInterrupt in
-    its kernel, not yet diagnosed; README "Several notebooks at once") runs that many notebooks at
-    once, started :func:`longest_first`, each kernel with
+    ``jobs`` > 1 runs that many notebooks at once, each in a process of its own
+    (:func:`run_job_process`), started :func:`longest_first`, each with
     :func:`kernel_threads` CPU threads (the cores divided by ``jobs`` unless ``threads`` or
     ``OMP_NUM_THREADS`` says otherwise). On a CPU this overlaps one notebook's single-threaded
     Python, plotting and rendering with another's matrix products (README "Speed and memory" has
@@ -341,31 +340,137 @@ def run(
     def one(nb: Path) -> RunRecord:
         if on_start:
             on_start(nb)
-        rec = run_notebook(nb, model, out=out, quick=quick, seed=seed, device=device,
-                           params=params, kernel_name=kernel_name, update_runs=update_index)
+        if jobs == 1:
+            rec = run_notebook(nb, model, out=out, quick=quick, seed=seed, device=device,
+                               params=params, kernel_name=kernel_name, update_runs=update_index)
+        else:
+            rec = run_job_process(nb, model, out=out, quick=quick, seed=seed, device=device, params=params,
+                                  kernel_name=kernel_name, threads=n_threads, update_runs=update_index)
         if on_done:
             on_done(rec)
         return rec
 
     try:
-        with _thread_env(n_threads):
-            if jobs == 1:
+        if jobs == 1:
+            with _thread_env(n_threads):
                 return [one(nb) for nb in notebooks]
-            from concurrent.futures import ThreadPoolExecutor
+        from concurrent.futures import ThreadPoolExecutor
 
-            with ThreadPoolExecutor(max_workers=jobs, thread_name_prefix="bertology-run") as pool:
-                rank = {nb: k for k, nb in enumerate(dict.fromkeys(longest_first(notebooks, out, model)))}
-                futures = {i: pool.submit(one, notebooks[i]) for i in sorted(range(len(notebooks)),
-                                                                             key=lambda i: rank[notebooks[i]])}
-                try:
-                    return [futures[i].result() for i in range(len(notebooks))]
-                except BaseException:
-                    for f in futures.values():
-                        f.cancel()  # the ones not started yet; running kernels finish or fail
-                    raise
+        # Each thread only waits on its own ``bertology run`` process (one notebook, one kernel).
+        with ThreadPoolExecutor(max_workers=jobs, thread_name_prefix="bertology-run") as pool:
+            rank = {nb: k for k, nb in enumerate(dict.fromkeys(longest_first(notebooks, out, model)))}
+            futures = {i: pool.submit(one, notebooks[i]) for i in sorted(range(len(notebooks)),
+                                                                         key=lambda i: rank[notebooks[i]])}
+            try:
+                return [futures[i].result() for i in range(len(notebooks))]
+            except BaseException:
+                for f in futures.values():
+                    f.cancel()  # the ones not started yet; running jobs get the terminal's Ctrl-C themselves
+                raise
     finally:
         if update_index:
             write_index(out)  # also after Ctrl-C, so the finished runs are listed
+
+
+def job_command(
+    nb_path: str | os.PathLike,
+    model: str,
+    out: str | os.PathLike = "reports",
+    quick: bool = False,
+    seed: int = 0,
+    device: str = "auto",
+    params: dict | None = None,
+    kernel_name: str | None = None,
+    threads: int | None = None,
+) -> list[str]:
+    """The command line of one parallel job: this Python running ``bertology run --no-index`` on
+    one notebook (the same job the Snakemake workflow runs). Extra parameters travel as
+    ``-p KEY=JSON``, which :func:`bertology.cli.parse_param` reads back to the same value."""
+    params = dict(params or {})
+    try:
+        encoded = [f"{key}={json.dumps(value)}" for key, value in params.items()]
+    except TypeError as exc:
+        raise ValueError(f"parameters of parallel jobs must be JSON values: {exc}") from None
+    cmd = [sys.executable, "-m", "bertology.cli", "run", "--model", str(model), "--out", str(out),
+           "--notebooks", str(Path(nb_path).resolve()), "--seed", str(int(seed)), "--device", str(device),
+           "--no-index"]
+    if quick:
+        cmd.append("--quick")
+    if kernel_name:
+        cmd += ["--kernel", kernel_name]
+    if threads is not None:
+        cmd += ["--threads", str(int(threads))]
+    for item in encoded:
+        cmd += ["-p", item]
+    return cmd
+
+
+def _record_from_json(data: dict, out: Path) -> RunRecord:
+    """A :class:`RunRecord` from its ``runs.json`` form (paths relative to ``out``)."""
+    fields_ = {k: data.get(k) for k in RunRecord.__dataclass_fields__ if k in data}
+    for key in ("html", "ipynb", "results"):
+        if fields_.get(key):
+            fields_[key] = str(out / fields_[key])
+    params = dict(fields_.get("parameters") or {})
+    if params.get("output_dir"):
+        params["output_dir"] = str(out / params["output_dir"])
+    fields_["parameters"] = params
+    return RunRecord(**fields_)
+
+
+def run_job_process(
+    nb_path: str | os.PathLike,
+    model: str,
+    out: str | os.PathLike = "reports",
+    quick: bool = False,
+    seed: int = 0,
+    device: str = "auto",
+    params: dict | None = None,
+    kernel_name: str | None = None,
+    threads: int | None = None,
+    update_runs: bool = True,
+) -> RunRecord:
+    """:func:`run_notebook` in a process of its own (:func:`job_command`), so parallel notebooks
+    share no Python process, kernel manager or event loop with each other. ``threads`` sets
+    ``OMP_NUM_THREADS``/``MKL_NUM_THREADS`` of that process only. The job leaves its record in
+    ``out/<slug>/<stem>.run.json``; with ``update_runs`` it is moved into ``runs.json`` here.
+    A job process that dies without a record (killed, out of memory) gives a failed record that
+    says how it ended, with the end of what it printed."""
+    import subprocess
+
+    nb_path, out = Path(nb_path).resolve(), Path(out)
+    stem, slug = nb_path.stem, model_slug(model)
+    record_file = _job_record_path(out / slug, stem)
+    record_file.unlink(missing_ok=True)  # a stale record must not pass for this run's
+    env = dict(os.environ)
+    if threads is not None:
+        env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
+    started = datetime.now().astimezone().isoformat(timespec="seconds")
+    t0 = time.perf_counter()
+    proc = subprocess.run(job_command(nb_path, model, out=out, quick=quick, seed=seed, device=device,
+                                      params=params, kernel_name=kernel_name, threads=threads),
+                          env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, text=True, errors="replace")
+    try:
+        record = _record_from_json(json.loads(record_file.read_text(encoding="utf-8")), out)
+    except (OSError, ValueError, TypeError):
+        tail = (proc.stdout or "").strip().splitlines()[-5:]
+        how = (f"was stopped by signal {-proc.returncode}" if proc.returncode < 0
+               else f"exited with status {proc.returncode}")
+        record = RunRecord(
+            notebook=stem, model=model, status="failed", elapsed=time.perf_counter() - t0, started=started,
+            error={"ename": "JobError",
+                   "evalue": f"the job process {how} without a run record" + (": " + " | ".join(tail) if tail else "")},
+            parameters={"model": model, "quick": bool(quick), "seed": seed, "device": device, **dict(params or {}),
+                        "output_dir": str(out / slug / stem)},
+            slug=slug,
+        )
+        if not update_runs:
+            atomic_write_json(record_file, _record_json(record, out))
+    if update_runs:
+        _update_runs(out, record)
+        record_file.unlink(missing_ok=True)
+    return record
 
 
 class NotebookFailure(Exception):

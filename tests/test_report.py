@@ -323,6 +323,42 @@ def test_parallel_jobs_keep_order_isolate_failures_and_set_threads(nb_dir, tmp_p
     assert {k: v["latest"]["status"] for k, v in runs.items()} == {
         "minilm/01_ok": "ok", "minilm/02_fails": "failed", "minilm/03_ok": "ok"}
     assert not (out / ".staging").exists()
+    assert not list(out.glob("*/*.run.json"))  # each job's record went into runs.json
+    assert Path(recs[0].html) == out / "minilm" / "01_ok.html" and Path(recs[0].html).is_file()
+    assert recs[1].error and recs[1].error.get("cell")  # the failing cell survives the trip through the job's record
+    assert Path(recs[1].ipynb).is_file()
+
+
+def test_job_command_carries_every_setting_and_parameter(tmp_path):
+    params = {"n_items": 3, "label": "true", "layers": [1, 2], "rate": 0.5, "flag": False}
+    cmd = report.job_command(tmp_path / "01_x.ipynb", "some/model", out=tmp_path / "r", quick=True, seed=4,
+                             device="cuda:1", params=params, kernel_name="k", threads=2)
+    assert cmd[1:3] == ["-m", "bertology.cli"]
+    args = cli.build_parser().parse_args(cmd[3:])
+    assert (args.model, args.out, args.quick, args.seed, args.device, args.kernel, args.threads, args.no_index) == (
+        "some/model", str(tmp_path / "r"), True, 4, "cuda:1", "k", 2, True)
+    assert args.notebooks == [str((tmp_path / "01_x.ipynb").resolve())]
+    assert dict(args.params) == params  # the string "true" stays a string
+    with pytest.raises(ValueError, match="JSON"):
+        report.job_command(tmp_path / "01_x.ipynb", "m", params={"x": {1, 2}})
+
+
+@pytest.mark.parametrize("runs_json", [True, False])
+def test_a_job_process_that_dies_gives_a_failed_record(tmp_path, monkeypatch, runs_json):
+    import sys
+
+    monkeypatch.setattr(report, "job_command", lambda *a, **k: [
+        sys.executable, "-c", "import sys; print('loading'); print('out of memory'); sys.exit(3)"])
+    out = tmp_path / "reports"
+    rec = report.run_job_process(tmp_path / "05_x.ipynb", "minilm", out=out, params={"n": 1}, update_runs=runs_json)
+    assert rec.status == "failed" and rec.notebook == "05_x"
+    assert rec.error["evalue"] == "the job process exited with status 3 without a run record: loading | out of memory"
+    assert rec.parameters["n"] == 1
+    if runs_json:
+        assert json.loads((out / "runs.json").read_text())["minilm/05_x"]["latest"]["status"] == "failed"
+    else:  # a workflow job: the record waits for ``bertology index``
+        assert json.loads((out / "minilm" / "05_x.run.json").read_text())["status"] == "failed"
+        assert not (out / "runs.json").exists()
 
 
 def test_jobs_must_be_positive_on_the_command_line(nb_dir, capsys):
