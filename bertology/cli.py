@@ -187,12 +187,13 @@ def main(argv: list[str] | None = None) -> int:
     width = max(len(p.stem) for p in notebooks)
 
     def on_start(path: Path) -> None:
-        print(f"running {path.stem} (model {args.model}) ...", file=sys.stderr, flush=True)
+        sys.stderr.write(f"running {path.stem} (model {args.model}) ...\n")  # one write: jobs print from threads
+        sys.stderr.flush()
 
     def on_done(rec: report.RunRecord) -> None:
         path = rec.html if rec.ok else rec.ipynb
-        print(f"{rec.status:<6} {rec.notebook:<{width}} {report._fmt_elapsed(rec.elapsed):>12}  {_display(path)}",
-              flush=True)
+        sys.stdout.write(f"{rec.status:<6} {rec.notebook:<{width}} {report.format_elapsed(rec.elapsed):>12}  {_display(path)}\n")
+        sys.stdout.flush()
 
     records = report.run(notebooks, model=args.model, out=args.out, quick=args.quick, seed=args.seed,
                          device=args.device, params=params, kernel_name=args.kernel,

@@ -528,7 +528,8 @@ def _version(dist: str) -> str:
         return "not installed"
 
 
-def _fmt_elapsed(seconds: float | None) -> str:
+def format_elapsed(seconds: float | None) -> str:
+    """Seconds as people read them: ``"4.2 s"``, ``"3 min 06 s"``, ``"1 h 02 min"``; ``""`` for None."""
     if seconds is None:
         return ""
     if seconds < 60:
@@ -592,7 +593,7 @@ def header_markdown(record: RunRecord, meta: dict) -> str:
         f"{'' if meta.get('precision', 'float32') == 'float32' else ', ' + _md(meta['precision']) + ' autocast'} |",
         f"| quick mode | {'yes' if p.get('quick') else 'no'} |",
         f"| software | bertology {_md(pkg_v)}, Python {_md(py)}, torch {_md(torch_v)}, transformers {_md(tf_v)} |",
-        f"| run | started {_md(record.started)}, took {_md(_fmt_elapsed(record.elapsed))} |",
+        f"| run | started {_md(record.started)}, took {_md(format_elapsed(record.elapsed))} |",
         "",
         "Layers and heads are printed 1-indexed as `layer-head` (e.g. `8-10` is the 10th head of "
         "the 8th layer), as the papers write them; code and tables index them from 0.",
@@ -978,7 +979,7 @@ def write_index(out: str | os.PathLike = "reports") -> Path:
                 "<tr>"
                 f"<td>{name}</td><td>{status_html}</td>"
                 f"<td class=num>{esc(str(latest.get('started', '')).replace('T', ' '))}</td>"
-                f"<td class=num>{esc(_fmt_elapsed(latest.get('elapsed')))}</td>"
+                f"<td class=num>{esc(format_elapsed(latest.get('elapsed')))}</td>"
                 f"<td>{esc(_data_summary(out / slug / stem / 'results.json'))}</td>"
                 f'<td class="links">{" ".join(l for l in links if l)}</td>'
                 f"<td>{thumb}</td></tr>"
