@@ -148,6 +148,8 @@ def _run(scorer: Scorer, req: _Requests, batch_size: int, *, k: int = 0, allowed
     """Target log-prob, target rank among ``allowed`` ids and top-``k`` allowed ids for every request.
 
     Rank = 1 + number of allowed ids scored strictly higher than the target (ties favour the target).
+    Requests with the same sequence and position (one context with several single-piece targets,
+    e.g. Goldberg's correct and wrong verb form, or its top-k request) share one forward pass.
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
@@ -158,17 +160,22 @@ def _run(scorer: Scorer, req: _Requests, batch_size: int, *, k: int = 0, allowed
     top_lp = np.zeros((n, k))
     if n == 0:
         return lp, rank, top_ids, top_lp
+    first, members = _distinct_requests(req)
     dev = scorer.device
     allowed_dev = None if allowed is None else allowed.to(dev)
-    for batch, ids, mask in padded_batches(req.seqs, batch_size, 16384, progress=progress, desc=desc):
-        positions = torch.stack([torch.arange(len(batch)), torch.as_tensor([req.pos[i] for i in batch])], 1)
-        out = scorer.log_probs(ids, mask, positions)  # [B, V]
-        tgt = torch.as_tensor([req.target[i] for i in batch], device=out.device)
+    seqs = [req.seqs[r] for r in first]
+    for batch, ids, mask in padded_batches(seqs, batch_size, 16384, progress=progress, desc=desc):
+        positions = torch.stack([torch.arange(len(batch)), torch.as_tensor([req.pos[first[u]] for u in batch])], 1)
+        out = scorer.log_probs(ids, mask, positions)  # [B, V], one row per distinct sequence
+        idx = np.concatenate([members[u] for u in batch])
+        if len(idx) > len(batch):  # some sequences stand for several requests: one row per request
+            rows = np.repeat(np.arange(len(batch)), [len(members[u]) for u in batch])
+            out = out[torch.as_tensor(rows, device=out.device)]
+        tgt = torch.as_tensor([req.target[i] for i in idx], device=out.device)
         has = tgt >= 0
         t_lp = out.gather(1, tgt.clamp(min=0)[:, None])[:, 0]
         sub = out if allowed_dev is None else out[:, allowed_dev]
         t_rank = 1 + (sub > t_lp[:, None]).sum(1)
-        idx = np.asarray(batch, dtype=np.int64)
         keep = has.cpu().numpy()
         lp[idx[keep]] = t_lp[has].double().cpu().numpy()
         rank[idx[keep]] = t_rank[has].double().cpu().numpy()
@@ -181,6 +188,21 @@ def _run(scorer: Scorer, req: _Requests, batch_size: int, *, k: int = 0, allowed
             if kk < k:
                 top_lp[idx, kk:] = np.nan
     return lp, rank, top_ids, top_lp
+
+
+def _distinct_requests(req: _Requests) -> tuple[list[int], list[np.ndarray]]:
+    """The distinct (sequence, position) pairs of ``req``: the first request of each, in order, and
+    the indices of all requests that share it."""
+    where: dict[tuple, int] = {}
+    first: list[int] = []
+    members: list[list[int]] = []
+    for r, (seq, pos) in enumerate(zip(req.seqs, req.pos)):
+        u = where.setdefault((pos, *seq), len(first))
+        if u == len(first):
+            first.append(r)
+            members.append([])
+        members[u].append(r)
+    return first, [np.asarray(m, dtype=np.int64) for m in members]
 
 
 # --------------------------------------------------------------------------- tokenizing

@@ -221,3 +221,25 @@ def test_scorer_methods_cloze_topk_pll(bias_only, tokenizer, logz):
     assert p["n_pieces"].tolist() == [3]
     assert p["pll"].iloc[0] == pytest.approx(3 - 3 * logz, abs=1e-3)
     assert p.equals(C.pll(sc, ["paris is big"]))
+
+
+def test_targets_of_one_context_share_one_forward_pass(bias_only, tokenizer):
+    """Single-piece targets of a context mask the same sequence: it runs once for all of them (and
+    for the context's top-k), with the same numbers as one target at a time."""
+    sc = LeftEcho(bias_only)
+    lz = math.log(math.exp(2) + len(tokenizer) - 1)
+    contexts = ["you say [MASK] again", "we [MASK] it"]
+    targets = [["no", "say", "again"], ["we", "no no"]]
+    r = C.cloze(sc, contexts, targets, k=2, batch_size=2)
+    # distinct sequences: one per context (top-k and single-piece targets) + two steps of "no no"
+    assert len(sc.seen) == 4
+    t = r.targets.set_index(["item", "target"])
+    assert t.loc[(0, "say"), "logprob"] == pytest.approx(2 - lz, abs=1e-4) and t.loc[(0, "say"), "rank"] == 1
+    assert t.loc[(0, "no"), "logprob"] == pytest.approx(0 - lz, abs=1e-4)
+    assert t.loc[(1, "we"), "logprob"] == pytest.approx(2 - lz, abs=1e-4)
+    assert t.loc[(1, "no no"), "logprob"] == pytest.approx((0 - lz) + (2 - lz), abs=1e-4)
+    assert r.top.query("rank == 1")["token"].tolist() == ["say", "we"]
+    for i, (c, ts) in enumerate(zip(contexts, targets)):  # one target at a time: same numbers
+        for w in ts:
+            alone = C.cloze(LeftEcho(bias_only), [c], [[w]], k=0, batch_size=1).targets
+            assert alone["logprob"].iloc[0] == pytest.approx(t.loc[(i, w), "logprob"], abs=1e-6)
