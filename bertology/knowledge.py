@@ -295,7 +295,8 @@ def spearman(x: np.ndarray, y: np.ndarray) -> float:
 def score_lama(scorer, facts: pd.DataFrame, vocab: Sequence[str] | None = None, k: int = 10,
                batch_size: int = 32, queries: Sequence[str] = QUERIES, progress: bool = False
                ) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Run every query of every fact through ``scorer``; one forward pass per (fact, query).
+    """Run every query of every fact through ``scorer``: one forward pass per distinct (fact, query)
+    sequence, in the engine's length buckets (:func:`bertology.scorers.masked_log_probs`).
 
     Returns ``(ranks, top)``. ``ranks`` has per fact and query ``source, corpus, relation, uuid,
     query, obj_label, rank, logprob, spearman``: ``rank`` of the object among ``vocab`` (1 = best,
@@ -305,20 +306,19 @@ def score_lama(scorer, facts: pd.DataFrame, vocab: Sequence[str] | None = None, 
     ``lama/evaluation_metrics.py``, ``get_negation_metric``); NaN on other rows. ``top``: the
     top-``k`` tokens per fact and query (``source, corpus, relation, uuid, query, rank, token, logprob``).
     """
-    import torch
-    from tqdm.auto import tqdm
-
-    from .cloze import encode_masked, word_pieces
-    from .extract import pad_ids
+    from .scorers import encode_masked, masked_log_probs, word_pieces
 
     tok = scorer.tokenizer
     queries = list(queries)
     allowed = _allowed_ids(tok, vocab)
     n = len(facts)
-    seqs, pos = {}, {}
+    keys, seqs, pos = [], [], []
     for q in queries:
         for i, sent in enumerate(facts[q]):
-            seqs[q, i], pos[q, i] = encode_masked(scorer, sent, f"fact {i}, query {q!r}")
+            ids, at = encode_masked(scorer, sent, f"fact {i}, query {q!r}")
+            keys.append((q, i))
+            seqs.append(ids)
+            pos.append(at)
     target = []
     for obj in facts["obj_label"]:
         p = word_pieces(tok, obj)
@@ -326,38 +326,35 @@ def score_lama(scorer, facts: pd.DataFrame, vocab: Sequence[str] | None = None, 
     rank = {q: np.full(n, np.nan) for q in queries}
     logp = {q: np.full(n, np.nan) for q in queries}
     rho = np.full(n, np.nan)
+    negation = "original" in queries and "negated" in queries
+    waiting: dict[int, tuple[str, np.ndarray]] = {}  # fact -> the first of its original/negated rows to arrive
     top_rows = []
     names_of = {}
-    # facts in chunks of similar length (LAMA sorts by sentence length too); all queries of a fact
-    # in the same chunk, so the original and negated distributions meet without being stored
-    order = sorted(range(n), key=lambda i: (len(seqs[queries[0], i]), i))
-    per_chunk = max(1, batch_size // len(queries))
-    chunks = [order[j:j + per_chunk] for j in range(0, n, per_chunk)]
-    for chunk in tqdm(chunks, desc="LAMA", disable=not progress or len(chunks) < 5, leave=False):
-        keys = [(q, i) for i in chunk for q in queries]
-        ids, mask = pad_ids([seqs[key] for key in keys])
-        positions = torch.stack([torch.arange(len(keys)), torch.as_tensor([pos[key] for key in keys])], 1)
-        out = scorer.log_probs(ids, mask, positions).float().cpu()
+    for idx, out in masked_log_probs(scorer, seqs, pos, batch_size, progress=progress, desc="LAMA"):
+        out = out.float().cpu()
         sub = out[:, allowed]
-        row = {key: b for b, key in enumerate(keys)}
-        for (q, i), b in row.items():
+        for b, r in enumerate(idx.tolist()):
+            q, i = keys[r]
             t = target[i]
             if t >= 0:  # the engine's rank: allowed candidates scored strictly above the object, + 1
                 v = out[b, t]
                 logp[q][i] = float(v)
                 rank[q][i] = float(1 + (sub[b] > v).sum())
-        if "original" in queries and "negated" in queries:
-            for i in chunk:
-                rho[i] = spearman(sub[row["original", i]].numpy(), sub[row["negated", i]].numpy())
+            if negation and q in ("original", "negated"):
+                if i in waiting:  # Kassner & Schütze: rank correlation of the two distributions
+                    rho[i] = spearman(waiting.pop(i)[1], sub[b].numpy())
+                else:
+                    waiting[i] = (q, sub[b].numpy().copy())
         if k:
             kk = min(k, sub.shape[1])
             v, j = sub.topk(kk, dim=1)
-            for (q, i), b in row.items():
+            for b, r in enumerate(idx.tolist()):
+                q, i = keys[r]
                 toks = allowed[j[b]].tolist()
-                for r in range(kk):
-                    if toks[r] not in names_of:
-                        names_of[toks[r]] = tok.convert_ids_to_tokens(toks[r])
-                    top_rows.append((q, i, r + 1, names_of[toks[r]], float(v[b, r])))
+                for rr in range(kk):
+                    if toks[rr] not in names_of:
+                        names_of[toks[rr]] = tok.convert_ids_to_tokens(toks[rr])
+                    top_rows.append((q, i, rr + 1, names_of[toks[rr]], float(v[b, rr])))
     base = facts[["corpus", "relation", "uuid", "obj_label"]].reset_index(drop=True)
     ranks = pd.concat([base.assign(query=q, rank=rank[q], logprob=logp[q],
                                    spearman=rho if q == "negated" else np.nan) for q in queries], ignore_index=True)

@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import numpy as np
 import pandas as pd
@@ -160,17 +160,8 @@ def _run(scorer: Scorer, req: _Requests, batch_size: int, *, k: int = 0, allowed
     top_lp = np.zeros((n, k))
     if n == 0:
         return lp, rank, top_ids, top_lp
-    first, members = _distinct_requests(req)
-    dev = scorer.device
-    allowed_dev = None if allowed is None else allowed.to(dev)
-    seqs = [req.seqs[r] for r in first]
-    for batch, ids, mask in padded_batches(seqs, batch_size, 16384, progress=progress, desc=desc):
-        positions = torch.stack([torch.arange(len(batch)), torch.as_tensor([req.pos[first[u]] for u in batch])], 1)
-        out = scorer.log_probs(ids, mask, positions)  # [B, V], one row per distinct sequence
-        idx = np.concatenate([members[u] for u in batch])
-        if len(idx) > len(batch):  # some sequences stand for several requests: one row per request
-            rows = np.repeat(np.arange(len(batch)), [len(members[u]) for u in batch])
-            out = out[torch.as_tensor(rows, device=out.device)]
+    allowed_dev = None if allowed is None else allowed.to(scorer.device)
+    for idx, out in masked_log_probs(scorer, req.seqs, req.pos, batch_size, progress=progress, desc=desc):
         tgt = torch.as_tensor([req.target[i] for i in idx], device=out.device)
         has = tgt >= 0
         t_lp = out.gather(1, tgt.clamp(min=0)[:, None])[:, 0]
@@ -190,14 +181,37 @@ def _run(scorer: Scorer, req: _Requests, batch_size: int, *, k: int = 0, allowed
     return lp, rank, top_ids, top_lp
 
 
-def _distinct_requests(req: _Requests) -> tuple[list[int], list[np.ndarray]]:
-    """The distinct (sequence, position) pairs of ``req``: the first request of each, in order, and
-    the indices of all requests that share it."""
+def masked_log_probs(scorer: Scorer, seqs: Sequence[Sequence[int]], positions: Sequence[int], batch_size: int = 32,
+                     *, progress: bool = False, desc: str = "cloze") -> Iterator[tuple[np.ndarray, torch.Tensor]]:
+    """Log-probabilities over the vocabulary at one position of each token-id sequence, as
+    ``(indices, log_probs)`` per batch: ``log_probs[r]`` (on the scorer's device) belongs to
+    ``seqs[indices[r]]`` at ``positions[indices[r]]``. Sequences are length-bucketed and padded by
+    :func:`bertology.extract.padded_batches`; identical (sequence, position) pairs run once and
+    their rows are repeated. Every batch's indices are new; together they cover every sequence."""
+    if len(seqs) != len(positions):
+        raise ValueError(f"{len(seqs)} sequences but {len(positions)} positions")
+    if not len(seqs):
+        return
+    first, members = _distinct(seqs, positions)
+    distinct = [seqs[r] for r in first]
+    for batch, ids, mask in padded_batches(distinct, batch_size, 16384, progress=progress, desc=desc):
+        where = torch.stack([torch.arange(len(batch)), torch.as_tensor([int(positions[first[u]]) for u in batch])], 1)
+        out = scorer.log_probs(ids, mask, where)  # [B, V], one row per distinct sequence
+        idx = np.concatenate([members[u] for u in batch])
+        if len(idx) > len(batch):  # some sequences stand for several requests: one row per request
+            rows = np.repeat(np.arange(len(batch)), [len(members[u]) for u in batch])
+            out = out[torch.as_tensor(rows, device=out.device)]
+        yield idx, out
+
+
+def _distinct(seqs: Sequence[Sequence[int]], positions: Sequence[int]) -> tuple[list[int], list[np.ndarray]]:
+    """The distinct (sequence, position) pairs: the index of the first of each, in order, and the
+    indices of all that share it."""
     where: dict[tuple, int] = {}
     first: list[int] = []
     members: list[list[int]] = []
-    for r, (seq, pos) in enumerate(zip(req.seqs, req.pos)):
-        u = where.setdefault((pos, *seq), len(first))
+    for r, (seq, pos) in enumerate(zip(seqs, positions)):
+        u = where.setdefault((int(pos), *seq), len(first))
         if u == len(first):
             first.append(r)
             members.append([])
