@@ -243,3 +243,22 @@ def test_targets_of_one_context_share_one_forward_pass(bias_only, tokenizer):
         for w in ts:
             alone = C.cloze(LeftEcho(bias_only), [c], [[w]], k=0, batch_size=1).targets
             assert alone["logprob"].iloc[0] == pytest.approx(t.loc[(i, w), "logprob"], abs=1e-6)
+
+
+def test_masked_log_probs_covers_every_sequence_once(bias_only, tokenizer):
+    from bertology.scorers import masked_log_probs
+
+    sc = LeftEcho(bias_only)
+    a, b = tokenizer("you say it")["input_ids"], tokenizer("we say it again")["input_ids"]
+    seqs, pos = [a, b, a, a, b], [2, 2, 2, 3, 2]
+    seen = {}
+    for idx, out in masked_log_probs(sc, seqs, pos, batch_size=2):
+        assert out.shape == (len(idx), len(tokenizer))
+        for r, row in zip(idx.tolist(), out):
+            assert r not in seen
+            seen[r] = int(row.argmax())  # LeftEcho: the token left of the position
+    assert sorted(seen) == [0, 1, 2, 3, 4]
+    assert [seen[r] for r in range(5)] == [seqs[r][pos[r] - 1] for r in range(5)]
+    assert len(sc.seen) == 3  # (a, 2) ran once for rows 0 and 2
+    with pytest.raises(ValueError, match="positions"):
+        next(masked_log_probs(sc, seqs, pos[:2]))
