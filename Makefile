@@ -9,11 +9,14 @@ TORCH  ?= torch==2.13.0
 MODEL  ?= minilm
 NOTEBOOKS ?=
 OUT    ?= reports
-# Notebooks run at once by `make reports` (bertology run --jobs). 1: one by one, the tested default.
-# JOBS=2 is EXPERIMENTAL: a clean-clone `make reports` with it (2026-12-04) lost 06 to a KeyboardInterrupt
-# in its kernel and left reports/minilm empty; cause not found yet (README "Several notebooks at once").
-JOBS   ?= 1
-# Compute precision: empty = float32 (the authors'); bfloat16 is ~1.7-3x faster on CPUs with AMX (a declared deviation)
+# Notebooks run at once by `make reports` (bertology run --jobs: each notebook in a process of its
+# own, the cores shared out). 2 for the embedded MiniLM (two kernels need about 3 + 4 GB); 1 for any
+# other model, whose notebooks can each need ~10 GB (bert-base 04): set JOBS=2 where memory allows.
+JOBS   ?= $(if $(filter minilm,$(MODEL)),2,1)
+# Parallel notebooks in `make bench`/`bench-reports` (its per-notebook table is for one job at a time)
+BENCH_JOBS ?= 1
+# Compute precision: empty = float32 (the authors'); bfloat16 is ~1.7-3x faster on CPUs with AMX or AVX-512 BF16
+# and several times slower on CPUs without bfloat16 arithmetic, where runs refuse it (a declared deviation)
 PRECISION ?=
 # Tests and CI read the data mirror next to the checkout when it exists.
 SHARED_DATA := $(abspath ../shared/data)
@@ -48,7 +51,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_extract.py
 	$(BIN)/python benchmarks/bench_importance.py
 	$(BIN)/python benchmarks/bench_probes.py $(if $(PRECISION),--precision $(PRECISION),)
-	$(BIN)/python benchmarks/bench_reports.py --jobs $(JOBS) $(if $(QUICK),--quick,) $(if $(PRECISION),--precision $(PRECISION),)
+	$(BIN)/python benchmarks/bench_reports.py --jobs $(BENCH_JOBS) $(if $(QUICK),--quick,) $(if $(PRECISION),--precision $(PRECISION),)
 
 bench-reports: $(STAMP)
-	$(BIN)/python benchmarks/bench_reports.py --jobs $(JOBS) $(if $(QUICK),--quick,) $(if $(PRECISION),--precision $(PRECISION),)
+	$(BIN)/python benchmarks/bench_reports.py --jobs $(BENCH_JOBS) $(if $(QUICK),--quick,) $(if $(PRECISION),--precision $(PRECISION),)

@@ -184,6 +184,15 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as exc:
         parser.error(str(exc))
 
+    precision = params.get("precision", "float32")
+    if precision != "float32":  # before any notebook starts: a precision slower than float32 here is refused
+        from .models import check_precision_speed
+
+        try:
+            check_precision_speed(precision, args.device)
+        except ValueError as exc:
+            parser.error(str(exc))
+
     width = max(len(p.stem) for p in notebooks)
 
     def on_start(path: Path) -> None:

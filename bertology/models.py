@@ -5,6 +5,7 @@ attention maps (silently, as ``None``), and every analysis here needs them.
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -106,6 +107,65 @@ def check_precision(precision: str, device: str | torch.device = "cpu") -> str:
     if precision == "float16" and torch.device(device).type != "cuda":
         raise ValueError("precision 'float16' needs a CUDA device; on CPU use 'bfloat16'")
     return precision
+
+
+#: A lower precision that multiplies more slowly than float32 by this factor or more is refused by
+#: :func:`check_precision_speed`: it only exists to be faster, and on CPUs without bfloat16
+#: arithmetic (e.g. AVX2-only x86) autocast products ran about 70x slower than float32 (measured
+#: on a 2-core AMD EPYC Zen 3, 2026-12-07: 0.7 against 47-68 GFLOP/s).
+SLOW_PRECISION = 2.0
+
+
+@functools.lru_cache(maxsize=None)
+def autocast_speedup(precision: str, device: str = "cpu") -> float | None:
+    """How many times faster a BERT-sized matrix product (512 x 768 by 768 x 768: an attention
+    projection of a batch of short sentences) runs under ``torch.autocast`` in ``precision`` than in float32, measured
+    once per process on ``device`` (best of a few calls; well under a second, also where the lower
+    precision is slow). 1.0 for float32; None on a non-CPU device (not measured: GPUs that take
+    bfloat16/float16 have it in hardware). Only a timing: never changes a result."""
+    import time
+
+    check_precision(precision, device)
+    if precision == "float32":
+        return 1.0
+    dev = torch.device(device)
+    if dev.type != "cpu":
+        return None
+    gen = torch.Generator().manual_seed(0)
+    x, w = torch.randn(512, 768, generator=gen), torch.randn(768, 768, generator=gen)
+
+    def best(dtype: torch.dtype | None, repeats: int, give_up: float = float("inf")) -> float:
+        times = []
+        with torch.inference_mode():
+            for _ in range(repeats + 1):  # the first call warms up
+                t0 = time.perf_counter()
+                if dtype is None:
+                    torch.nn.functional.linear(x, w)
+                else:
+                    with torch.autocast("cpu", dtype=dtype):
+                        torch.nn.functional.linear(x, w)
+                times.append(time.perf_counter() - t0)
+                if times[-1] > give_up:  # hopelessly slow: one call says enough
+                    return times[-1]
+        return min(times[1:])
+
+    t32 = best(None, 5)
+    tlow = best(getattr(torch, precision), 3, give_up=max(0.05, 20 * t32))
+    return t32 / tlow
+
+
+def check_precision_speed(precision: str, device: str | torch.device = "cpu") -> float | None:
+    """:func:`autocast_speedup` of ``precision`` on ``device``; raises ``ValueError`` (saying how
+    much slower, and to use float32) when it is :data:`SLOW_PRECISION` times slower than float32
+    or worse. Called where a run starts (``bertology run``, :func:`bertology.notebook.start`), not by
+    :func:`load_model`: the Python API computes in any precision it is asked for."""
+    speedup = autocast_speedup(precision, str(resolve_device(device)))
+    if speedup is not None and speedup * SLOW_PRECISION <= 1.0:
+        raise ValueError(
+            f"precision {precision!r} would make every forward pass about {1 / speedup:.0f}x slower than float32 "
+            f"on this CPU (it has no fast {precision} arithmetic: a measured 512x768x768 product under autocast "
+            f"took {1 / speedup:.1f} times as long as in float32); use precision 'float32', the authors' and faster here")
+    return speedup
 
 
 def set_precision(loaded: "LoadedModel", precision: str) -> "LoadedModel":

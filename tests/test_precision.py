@@ -1,5 +1,6 @@
 """Compute precision: float32 by default (the authors'), bfloat16 autocast as a named, declared option."""
 import json
+import math
 
 import numpy as np
 import pytest
@@ -92,7 +93,10 @@ def test_feature_cache_keys_precision_apart(lm, tmp_path):
     assert k32 != kbf
 
 
-def test_start_records_precision_as_a_deviation(tmp_path):
+def test_start_records_precision_as_a_deviation(tmp_path, monkeypatch):
+    from bertology import models
+
+    monkeypatch.setattr(models, "autocast_speedup", lambda precision, device="cpu": 2.5)  # a CPU with bfloat16
     lm = random_bert(n_layers=1, n_heads=2, hidden_size=16, seed=0)
     lm.model.save_pretrained(tmp_path / "m")
     lm.tokenizer.save_pretrained(tmp_path / "m")
@@ -101,6 +105,7 @@ def test_start_records_precision_as_a_deviation(tmp_path):
     assert run.meta["precision"] == "bfloat16"
     assert any(d.startswith("Precision: every forward pass runs under torch.autocast in bfloat16")
                for d in run.meta["deviations"])
+    assert "bfloat16 matrix products ran 2.5x as fast as float32 on this CPU" in " ".join(run.meta["notes"])
     json.dumps(run.meta, default=str)
     plain = start("test", model=str(tmp_path / "m"), output_dir=tmp_path / "out2", n=2)
     assert plain.loaded.info.precision == "float32" and not any("Precision" in d for d in plain.meta["deviations"])
@@ -108,3 +113,36 @@ def test_start_records_precision_as_a_deviation(tmp_path):
         start("test", model=str(tmp_path / "m"), output_dir=tmp_path / "out3", precision="half", n=2)
     with pytest.raises(ParameterError, match="needs a CUDA device"):
         start("test", model=str(tmp_path / "m"), device="cpu", output_dir=tmp_path / "out4", precision="float16", n=2)
+
+
+def test_autocast_speedup_is_one_for_float32_and_measured_otherwise():
+    from bertology.models import autocast_speedup
+
+    assert autocast_speedup("float32") == 1.0  # by definition, nothing timed
+    s = autocast_speedup("bfloat16", "cpu")
+    assert s > 0 and math.isfinite(s)
+    with pytest.raises(ValueError, match="needs a CUDA device"):
+        autocast_speedup("float16", "cpu")
+
+
+def test_a_precision_slower_than_float32_is_refused_before_the_run(tmp_path, monkeypatch, capsys):
+    """On a CPU without bfloat16 arithmetic autocast makes every product several times slower: the
+    run stops at once with the measured factor instead of running for hours."""
+    from bertology import cli, models
+
+    lm = random_bert(n_layers=1, n_heads=2, hidden_size=16, seed=0)
+    lm.model.save_pretrained(tmp_path / "m")
+    lm.tokenizer.save_pretrained(tmp_path / "m")
+    monkeypatch.setattr(models, "autocast_speedup", lambda precision, device="cpu": 0.2)
+    with pytest.raises(ValueError, match="about 5x slower than float32"):
+        models.check_precision_speed("bfloat16", "cpu")
+    with pytest.raises(ParameterError, match="parameter 'precision': .*5x slower .*use precision 'float32'"):
+        start("test", model=str(tmp_path / "m"), output_dir=tmp_path / "out", precision="bfloat16", n=2)
+    assert not (tmp_path / "out").exists()
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["run", "--model", str(tmp_path / "m"), "--out", str(tmp_path / "r"), "--precision", "bfloat16",
+                  "--notebooks", "01"])
+    assert exc.value.code == 2 and "5x slower than float32" in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()
+    monkeypatch.setattr(models, "autocast_speedup", lambda precision, device="cpu": 0.6)  # slower, not refused
+    assert models.check_precision_speed("bfloat16", "cpu") == 0.6
