@@ -70,7 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="folder of NN_name.ipynb notebooks (default: the repo's notebooks/)")
     p_run.add_argument("--kernel", default=None, help="Jupyter kernel name (default: the notebook's)")
     p_run.add_argument("-j", "--jobs", type=_positive, default=1,
-                       help="EXPERIMENTAL (see README): notebooks run at once (default 1), longest first; each kernel gets the CPU cores "
+                       help="notebooks run at once (default 1), each in a process of its own, longest first; each gets the CPU cores "
                             "divided by JOBS as threads unless --threads or OMP_NUM_THREADS says otherwise")
     p_run.add_argument("--threads", type=_positive, default=None,
                        help="CPU threads per kernel (default: torch's own for one job, cores / JOBS for more)")
