@@ -327,7 +327,7 @@ def score_lama(scorer, facts: pd.DataFrame, vocab: Sequence[str] | None = None, 
     logp = {q: np.full(n, np.nan) for q in queries}
     rho = np.full(n, np.nan)
     negation = "original" in queries and "negated" in queries
-    waiting: dict[int, tuple[str, np.ndarray]] = {}  # fact -> the first of its original/negated rows to arrive
+    waiting: dict[int, np.ndarray] = {}  # fact -> the first of its original/negated rows to arrive
     top_rows = []
     names_of = {}
     for idx, out in masked_log_probs(scorer, seqs, pos, batch_size, progress=progress, desc="LAMA"):
@@ -342,9 +342,9 @@ def score_lama(scorer, facts: pd.DataFrame, vocab: Sequence[str] | None = None, 
                 rank[q][i] = float(1 + (sub[b] > v).sum())
             if negation and q in ("original", "negated"):
                 if i in waiting:  # Kassner & Schütze: rank correlation of the two distributions
-                    rho[i] = spearman(waiting.pop(i)[1], sub[b].numpy())
+                    rho[i] = spearman(waiting.pop(i), sub[b].numpy())
                 else:
-                    waiting[i] = (q, sub[b].numpy().copy())
+                    waiting[i] = sub[b].numpy().copy()
         if k:
             kk = min(k, sub.shape[1])
             v, j = sub.topk(kk, dim=1)
