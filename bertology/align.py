@@ -77,15 +77,60 @@ def encode_words(
     Words the tokenizer turns into no piece at all (e.g. lone control or zero-width characters)
     are replaced by the unknown token so that every gold word keeps a unit. Inputs longer than
     ``max_length`` pieces lose whole words from the end (of the longer segment, for pairs);
-    ``n_words_kept`` says how many words remain.
+    ``n_words_kept`` says how many words remain. Many inputs at once: :func:`encode_many`.
     """
+    _check_input(tokenizer, words_a, words_b)
+    max_length = max_length or getattr(tokenizer, "model_max_length", 512)
+    words_a, words_b = fill_empty_words(tokenizer, words_a), fill_empty_words(tokenizer, words_b)
+    return _encode_filled(tokenizer, words_a, words_b, max_length)
+
+
+def encode_many(tokenizer, inputs: list[tuple[list[str], list[str] | None]], max_length: int | None = None,
+                chunk: int = 1024) -> list[Encoding]:
+    """:func:`encode_words` of every ``(words_a, words_b or None)`` in ``inputs``, with the same
+    result, in a few calls to the tokenizer instead of several per input: one batched call finds
+    the words without pieces (over the distinct words), one per ``chunk`` inputs tokenizes them.
+    An input longer than ``max_length`` goes through :func:`encode_words`'s word dropping.
+    (Notebook 06 embeds 87,518 number lists: one tokenizer call per word and input took 32 s.)
+    An error names the input: ``input 3: ...``."""
+    inputs = list(inputs)
+    for i, (a, b) in enumerate(inputs):
+        try:
+            _check_input(tokenizer, a, b)
+        except AlignmentError as exc:
+            raise AlignmentError(f"input {i}: {exc}") from exc
+    max_length = max_length or getattr(tokenizer, "model_max_length", 512)
+    empty = empty_words(tokenizer, [w for a, b in inputs for w in (*a, *(b or ()))])
+    filled = [(fill_empty_words(tokenizer, a, empty), fill_empty_words(tokenizer, b, empty)) for a, b in inputs]
+    out: list[Encoding | None] = [None] * len(filled)
+    for pair in (False, True):
+        todo = [i for i, (_, b) in enumerate(filled) if (b is not None) == pair]
+        for start in range(0, len(todo), chunk):
+            idx = todo[start:start + chunk]
+            enc = tokenizer([filled[i][0] for i in idx], [filled[i][1] for i in idx] if pair else None,
+                            is_split_into_words=True, add_special_tokens=True, truncation=False)
+            for j, i in enumerate(idx):
+                a, b = filled[i]
+                try:
+                    if len(enc["input_ids"][j]) > max_length:
+                        out[i] = _encode_filled(tokenizer, a, b, max_length)
+                    else:
+                        tt = enc["token_type_ids"][j] if "token_type_ids" in enc else None
+                        out[i] = _encoding(tokenizer, enc["input_ids"][j], tt, enc.word_ids(j), enc.sequence_ids(j),
+                                           a, b, len(a), len(b) if b is not None else 0)
+                except AlignmentError as exc:
+                    raise AlignmentError(f"input {i}: {exc}") from exc
+    return out
+
+
+def _check_input(tokenizer, words_a, words_b) -> None:
     if not words_a or (words_b is not None and not words_b):
         raise AlignmentError("cannot encode an empty sentence (no words)")
     if not getattr(tokenizer, "is_fast", False):
         raise AlignmentError("word alignment needs a fast tokenizer (one with word_ids())")
-    max_length = max_length or getattr(tokenizer, "model_max_length", 512)
-    words_a, words_b = _fill_empty(tokenizer, words_a), _fill_empty(tokenizer, words_b)
-    n_words = len(words_a) + (len(words_b) if words_b is not None else 0)
+
+
+def _encode_filled(tokenizer, words_a: list[str], words_b: list[str] | None, max_length: int) -> Encoding:
     keep_a, keep_b = len(words_a), len(words_b) if words_b is not None else 0
     while True:
         enc = tokenizer(
@@ -103,10 +148,16 @@ def encode_words(
             keep_b = max(1, keep_b - step)
         else:
             keep_a = max(1, keep_a - step)
+    return _encoding(tokenizer, enc["input_ids"], enc.get("token_type_ids"), enc.word_ids(), enc.sequence_ids(),
+                     words_a, words_b, keep_a, keep_b)
 
-    word_ids, seq_ids = enc.word_ids(), enc.sequence_ids()
-    ids = np.asarray(enc["input_ids"], dtype=np.int64)
-    tt = np.asarray(enc.get("token_type_ids", [0] * len(ids)), dtype=np.int64)
+
+def _encoding(tokenizer, input_ids, token_type_ids, word_ids, seq_ids, words_a, words_b, keep_a: int,
+              keep_b: int) -> Encoding:
+    """The :class:`Encoding` of one tokenized input whose first ``keep_a`` (and ``keep_b``) words were kept."""
+    ids = np.asarray(input_ids, dtype=np.int64)
+    tt = np.asarray(token_type_ids if token_type_ids is not None else [0] * len(ids), dtype=np.int64)
+    n_words = len(words_a) + (len(words_b) if words_b is not None else 0)
     kept_words = list(words_a[:keep_a]) + (list(words_b[:keep_b]) if words_b is not None else [])
     unit_of_token = np.empty(len(ids), dtype=np.int64)
     unit_kind: list[str] = []
@@ -148,16 +199,26 @@ def encode_words(
     )
 
 
-def _fill_empty(tokenizer, words):
+def empty_words(tokenizer, words, chunk: int = 4096) -> set[str]:
+    """The distinct words of ``words`` that ``tokenizer`` turns into no piece at all (empty or blank
+    strings, lone control or zero-width characters), found by batched calls over distinct words."""
+    distinct = set(words)
+    out = {w for w in distinct if not w or not w.strip()}
+    rest = sorted(distinct - out)
+    for start in range(0, len(rest), chunk):
+        part = rest[start:start + chunk]
+        ids = tokenizer(part, add_special_tokens=False, truncation=False)["input_ids"]
+        out.update(w for w, i in zip(part, ids) if not len(i))
+    return out
+
+
+def fill_empty_words(tokenizer, words: list[str] | None, empty: set[str] | None = None) -> list[str] | None:
+    """``words`` with every word that has no piece (:func:`empty_words`, or the given set) replaced
+    by the unknown token, so that each keeps a unit; None stays None."""
     if words is None:
         return None
-    out = []
-    for w in words:
-        if not w or not w.strip() or not tokenizer.tokenize(w):
-            out.append(tokenizer.unk_token)
-        else:
-            out.append(w)
-    return out
+    empty = empty_words(tokenizer, words) if empty is None else empty
+    return [tokenizer.unk_token if w in empty else w for w in words]
 
 
 def token_level(enc: Encoding) -> Encoding:

@@ -335,7 +335,7 @@ def make_windows(documents: Sequence[Document], tokenizer, max_length: int) -> W
 
 def _n_pieces(tokenizer, words: list[str]) -> int:
     # as align.encode_words sees them: words without any piece become the unknown token
-    words = align._fill_empty(tokenizer, list(words))
+    words = align.fill_empty_words(tokenizer, list(words))
     return len(tokenizer(words, is_split_into_words=True, add_special_tokens=False)["input_ids"])
 
 

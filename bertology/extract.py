@@ -69,17 +69,15 @@ Input = Sequence[str] | tuple[Sequence[str], Sequence[str]]
 
 
 def encode_inputs(tokenizer, inputs: Iterable[Input], max_length: int) -> list[Encoding]:
-    """Encode word lists, or ``(words_a, words_b)`` pairs, into :class:`Encoding` objects."""
-    encodings = []
-    for i, x in enumerate(inputs):
-        try:
-            if isinstance(x, tuple) and len(x) == 2 and not isinstance(x[0], str):
-                encodings.append(align.encode_words(tokenizer, list(x[0]), list(x[1]), max_length))
-            else:
-                encodings.append(align.encode_words(tokenizer, list(x), None, max_length))
-        except align.AlignmentError as exc:
-            raise align.AlignmentError(f"input {i}: {exc}") from exc
-    return encodings
+    """Encode word lists, or ``(words_a, words_b)`` pairs, into :class:`Encoding` objects
+    (:func:`bertology.align.encode_many`: batched tokenizer calls)."""
+    parsed = []
+    for x in inputs:
+        if isinstance(x, tuple) and len(x) == 2 and not isinstance(x[0], str):
+            parsed.append((list(x[0]), list(x[1])))
+        else:
+            parsed.append((list(x), None))
+    return align.encode_many(tokenizer, parsed, max_length)
 
 
 def as_encodings(loaded: LoadedModel, inputs) -> list[Encoding]:

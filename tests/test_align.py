@@ -57,3 +57,40 @@ def test_empty_sentence_and_empty_words(tokenizer):
         align.encode_words(tokenizer, [])
     e = align.encode_words(tokenizer, ["a", "\u200b", "b"])  # zero-width space has no pieces
     assert e.n_words_kept == 3 and e.tokens[2] == "[UNK]"
+
+
+def _same_encoding(a: align.Encoding, b: align.Encoding) -> None:
+    assert a.tokens == b.tokens and a.unit_kind == b.unit_kind and a.words == b.words
+    for name in ("input_ids", "token_type_ids", "unit_of_token", "unit_word", "unit_segment"):
+        assert np.array_equal(getattr(a, name), getattr(b, name)), name
+    assert (a.n_words, a.n_words_kept) == (b.n_words, b.n_words_kept)
+
+
+@pytest.mark.parametrize("arch", ["bert", "roberta", "albert"])
+def test_encode_many_equals_one_at_a_time(arch, tokenizer):
+    """The batched encoder gives encode_words' result for single inputs and pairs, words without
+    pieces, and an input that must drop words, on WordPiece, byte-level BPE and unigram tokenizers."""
+    from bertology import zoo
+
+    texts = ["the house is unaffordable .", "It cost 1.06 million !", "numbers 12 345 6789 and 10000"] * 20
+    tok = tokenizer if arch == "bert" else zoo.train_tokenizer(arch, texts, vocab_size=200)
+    inputs = [(["The", "unaffordable", "house", "."], None),
+              (["It", "\u200b", "cost", "1.06"], ["!", "house"]),
+              (["12", "345", "6789"], None),
+              (["unaffordable"] * 40, None),  # over max_length: words dropped from the end
+              (["a"] * 3, ["unaffordable"] * 30),
+              ([" ", "house"], None)]  # a blank word becomes the unknown token
+    many = align.encode_many(tok, inputs, max_length=32, chunk=2)
+    assert len(many) == len(inputs)
+    for (a, b), e in zip(inputs, many):
+        _same_encoding(e, align.encode_words(tok, a, b, max_length=32))
+    assert many[3].truncated and many[4].truncated and not many[0].truncated
+    assert many[5].words[0] == tok.unk_token
+    if arch == "bert":  # byte-level BPE has pieces for a zero-width space
+        assert many[1].tokens[2] == "[UNK]"
+
+
+def test_encode_many_names_the_bad_input(tokenizer):
+    with pytest.raises(align.AlignmentError, match="input 1: cannot encode an empty sentence"):
+        align.encode_many(tokenizer, [(["ok"], None), ([], None)])
+    assert align.empty_words(tokenizer, ["a", "\u200b", "", " ", "a"]) == {"\u200b", "", " "}
