@@ -46,6 +46,7 @@ word is the gold root (root%).
 """
 from __future__ import annotations
 
+import functools
 import math
 import time
 from contextlib import nullcontext
@@ -148,6 +149,26 @@ def tree_depths(heads: Sequence[int]) -> np.ndarray:
 
     ``heads`` in CoNLL-U numbering (1-based, 0 = root). Raises on cycles.
     """
+    return _tree(_key(heads))[0].copy()
+
+
+def tree_distances(heads: Sequence[int]) -> np.ndarray:
+    """``(n, n)`` path lengths between all pairs of words in the (undirected) tree."""
+    return _tree(_key(heads))[1].copy()
+
+
+def _key(heads: Sequence[int]) -> tuple[int, ...]:
+    return tuple(int(h) for h in heads)
+
+
+@functools.lru_cache(maxsize=1 << 14)
+def _tree(heads: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
+    """(depths, distances) of one tree, read-only, computed once per distinct tree in a process:
+    fitting and scoring ask for the same gold trees at every layer, rank and epoch (on notebook 04,
+    MiniLM, 2026-12-07: 31,500 shortest-path calls, 26 s of the perturbation study's 69 s)."""
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import shortest_path
+
     h = _check_heads(heads)
     n = len(h)
     depth = np.full(n, -1, dtype=np.int64)
@@ -162,20 +183,22 @@ def tree_depths(heads: Sequence[int]) -> np.ndarray:
         depth[j] = base
         for k, node in enumerate(reversed(path), start=1):
             depth[node] = base + k
-    return depth
-
-
-def tree_distances(heads: Sequence[int]) -> np.ndarray:
-    """``(n, n)`` path lengths between all pairs of words in the (undirected) tree."""
-    from scipy.sparse import coo_matrix
-    from scipy.sparse.csgraph import shortest_path
-
-    h = _check_heads(heads)
-    tree_depths(h)  # raises on cycles
-    n = len(h)
     dep = np.flatnonzero(h > 0)
     adj = coo_matrix((np.ones(len(dep)), (dep, h[dep] - 1)), shape=(n, n)).tocsr()
-    return shortest_path(adj, directed=False, unweighted=True).astype(np.int64)
+    dist = shortest_path(adj, directed=False, unweighted=True).astype(np.int64)
+    depth.setflags(write=False)
+    dist.setflags(write=False)
+    return depth, dist
+
+
+@functools.lru_cache(maxsize=1 << 14)
+def _centered_ranks(heads: tuple[int, ...], kind: str) -> np.ndarray:
+    """Rows of gold distances (``kind="distance"``) or the gold depths (``(1, n)``) as average
+    ranks minus their row mean, for :func:`_row_spearman` (the same for every layer's predictions)."""
+    depth, dist = _tree(heads)
+    r = _centered(_rank_rows(dist if kind == "distance" else depth[None]))
+    r.setflags(write=False)
+    return r
 
 
 def mst_edges(dist: np.ndarray) -> set[tuple[int, int]]:
@@ -223,15 +246,20 @@ def gold_edges(s: Sentence, uuas_gold: str = "mst") -> set[tuple[int, int]]:
     ``"arcs"`` (ours): only the gold arcs whose two ends are non-punctuation words.
     """
     _check_uuas_gold(uuas_gold)
-    keep = np.flatnonzero(~_punct_mask(s))
+    return set(_gold_edges(_key(s.heads), tuple(_punct_mask(s).tolist()), uuas_gold))
+
+
+@functools.lru_cache(maxsize=1 << 14)
+def _gold_edges(heads: tuple[int, ...], punct: tuple[bool, ...], uuas_gold: str) -> frozenset:
+    keep = np.flatnonzero(~np.asarray(punct, dtype=bool))
     if uuas_gold == "arcs":
         kept = set(keep.tolist())
-        return {(min(i, h - 1), max(i, h - 1)) for i, h in enumerate(s.heads)
-                if h > 0 and i in kept and (h - 1) in kept}
+        return frozenset((min(i, h - 1), max(i, h - 1)) for i, h in enumerate(heads)
+                         if h > 0 and i in kept and (h - 1) in kept)
     if len(keep) < 2:
-        return set()
-    sub = tree_distances(s.heads)[np.ix_(keep, keep)]
-    return {(int(keep[a]), int(keep[b])) for a, b in mst_edges(sub)}
+        return frozenset()
+    sub = _tree(heads)[1][np.ix_(keep, keep)]
+    return frozenset((int(keep[a]), int(keep[b])) for a, b in mst_edges(sub))
 
 
 def uuas_counts(pred: np.ndarray, s: Sentence, uuas_gold: str = "mst") -> tuple[int, int]:
@@ -258,16 +286,32 @@ def uuas(pred_distances: Sequence[np.ndarray], sentences: Sequence[Sentence], uu
 
 
 def _rank_rows(x: np.ndarray) -> np.ndarray:
-    from scipy.stats import rankdata
+    """Average ranks (1-based, ties share the mean of their positions) along the last axis of a 2-D
+    array: ``scipy.stats.rankdata(x, axis=-1)`` without its per-call cost (two calls per sentence
+    and layer made it 16 s of notebook 04's perturbation study, MiniLM, 2026-12-07)."""
+    x = np.atleast_2d(np.asarray(x))
+    rows, n = x.shape
+    order = np.argsort(x, axis=-1, kind="stable")
+    xs = np.take_along_axis(x, order, -1)
+    new = np.ones(x.shape, dtype=bool)
+    new[:, 1:] = xs[:, 1:] != xs[:, :-1]
+    group = np.cumsum(new, axis=-1) - 1 + (np.arange(rows) * n)[:, None]  # tie group, unique over rows
+    pos = np.broadcast_to(np.arange(1, n + 1, dtype=np.float64), x.shape)
+    mean = np.bincount(group.ravel(), pos.ravel(), rows * n) / np.maximum(np.bincount(group.ravel(), minlength=rows * n), 1)
+    out = np.empty(x.shape, dtype=np.float64)
+    np.put_along_axis(out, order, mean[group], -1)
+    return out
 
-    return rankdata(x, axis=-1)
+
+def _centered(r: np.ndarray) -> np.ndarray:
+    return r - r.mean(-1, keepdims=True)
 
 
-def _row_spearman(pred: np.ndarray, gold: np.ndarray) -> np.ndarray:
-    """Spearman correlation of each row of ``pred`` with the same row of ``gold`` (NaN if constant)."""
-    rp, rg = _rank_rows(np.atleast_2d(pred)), _rank_rows(np.atleast_2d(gold))
-    rp = rp - rp.mean(-1, keepdims=True)
-    rg = rg - rg.mean(-1, keepdims=True)
+def _row_spearman(pred: np.ndarray, gold: np.ndarray, gold_centered: np.ndarray | None = None) -> np.ndarray:
+    """Spearman correlation of each row of ``pred`` with the same row of ``gold`` (NaN if constant);
+    ``gold_centered``: ``gold``'s centred ranks when already known."""
+    rp = _centered(_rank_rows(np.atleast_2d(pred)))
+    rg = _centered(_rank_rows(np.atleast_2d(gold))) if gold_centered is None else gold_centered
     den = np.sqrt((rp ** 2).sum(-1) * (rg ** 2).sum(-1))
     with np.errstate(invalid="ignore", divide="ignore"):
         return np.where(den > 0, (rp * rg).sum(-1) / np.where(den > 0, den, 1), np.nan)
@@ -292,7 +336,9 @@ def distance_spearman(pred_distances: Sequence[np.ndarray], sentences: Sequence[
     for p, s in zip(pred_distances, sentences):
         if s.n < 2:
             continue
-        by_len.setdefault(s.n, []).extend(_row_spearman(np.asarray(p), tree_distances(s.heads)).tolist())
+        key = _key(s.heads)
+        by_len.setdefault(s.n, []).extend(
+            _row_spearman(np.asarray(p), _tree(key)[1], _centered_ranks(key, "distance")).tolist())
     return _length_average(by_len, min_len, max_len)
 
 
@@ -319,7 +365,9 @@ def norm_spearman(pred_depths: Sequence[np.ndarray], sentences: Sequence[Sentenc
     for p, s in zip(pred_depths, sentences):
         if s.n < 2:
             continue
-        by_len.setdefault(s.n, []).append(float(_row_spearman(np.asarray(p)[None], tree_depths(s.heads)[None])[0]))
+        key = _key(s.heads)
+        by_len.setdefault(s.n, []).append(
+            float(_row_spearman(np.asarray(p)[None], _tree(key)[0][None], _centered_ranks(key, "depth"))[0]))
     return _length_average(by_len, min_len, max_len)
 
 
@@ -388,7 +436,8 @@ def word_states(loaded: LoadedModel, sentences: Sequence[Sentence], *, batch_siz
 
 
 def _targets(s: Sentence, kind: str) -> np.ndarray:
-    return tree_distances(s.heads) if kind == "distance" else tree_depths(s.heads)
+    depth, dist = _tree(_key(s.heads))  # read-only, shared
+    return dist if kind == "distance" else depth
 
 
 @dataclass
@@ -435,7 +484,7 @@ def _assemble(ws: WordStates, targets: Sequence[np.ndarray], ks: Sequence[int], 
         tgt = torch.full((len(group), n, n) if kind == "distance" else (len(group), n), -1.0)
         for b, k in enumerate(group):
             m = ws.sentences[k].n
-            t = torch.as_tensor(targets[k], dtype=torch.float32)
+            t = torch.tensor(targets[k], dtype=torch.float32)  # a copy: the cached trees are read-only
             if kind == "distance":
                 tgt[b, :m, :m] = t
             else:
@@ -606,6 +655,21 @@ def fit_probe(train: WordStates, dev: WordStates, kind: str = "distance", rank: 
     (the run's compute precision, :func:`bertology.models.check_precision`) computes the probe's
     products under ``torch.autocast`` (the parameters and Adam stay float32); default float32.
     """
+    return fit_probes(train, dev, kind, [rank], layers=layers, max_epochs=max_epochs, patience=patience, lr=lr,
+                      batch_size=batch_size, batching=batching, seed=seed, device=device, precision=precision,
+                      progress=progress)[0]
+
+
+def fit_probes(train: WordStates, dev: WordStates, kind: str = "distance", ranks: Sequence[int | None] = (None,), *,
+               layers: Sequence[int] | None = None, max_epochs: int = 40, patience: int = 5, lr: float = 1e-3,
+               batch_size: int = 20, batching: str = "shuffled", seed: int = 0, device: str | torch.device = "cpu",
+               precision: str = "float32", progress: bool = True) -> list[FittedProbe]:
+    """:func:`fit_probe` at every maximum rank of ``ranks`` (None: the hidden size), in one
+    optimisation: one :class:`FittedProbe` per rank, each what :func:`fit_probe` gives with the
+    same arguments (the same initialisation from ``seed``, the same batches, its own schedule and
+    early stop per layer; the losses are summed but share no parameter). The rank sweep costs one
+    loop over the batches instead of one per rank (its probes are small: Python, not products,
+    set the pace). ``seconds`` of each is the wall time of the joint fit."""
     from tqdm.auto import tqdm
 
     if kind not in KINDS:
@@ -613,10 +677,13 @@ def fit_probe(train: WordStates, dev: WordStates, kind: str = "distance", rank: 
     if batching not in BATCHINGS:
         raise ValueError(f"batching must be one of {BATCHINGS}, not {batching!r}")
     D = train.states.shape[-1]
-    rank = D if rank is None else rank
-    if isinstance(rank, bool) or not isinstance(rank, (int, np.integer)) or rank < 1:
-        raise ValueError(f"rank must be a positive integer or None (the hidden size), got {rank!r}")
-    rank = int(rank)
+    ranks = [D if r is None else r for r in ranks]
+    for r in ranks:
+        if isinstance(r, bool) or not isinstance(r, (int, np.integer)) or r < 1:
+            raise ValueError(f"rank must be a positive integer or None (the hidden size), got {r!r}")
+    ranks = [int(r) for r in ranks]
+    if not ranks or len(set(ranks)) < len(ranks):
+        raise ValueError(f"ranks must be distinct and at least one, got {ranks}")
     if not len(train) or not len(dev):
         raise ValueError("the probe needs training and development sentences")
     layers = list(range(train.n_layers)) if layers is None else [int(x) for x in layers]
@@ -631,8 +698,11 @@ def fit_probe(train: WordStates, dev: WordStates, kind: str = "distance", rank: 
                 else nullcontext())
 
     t0 = time.perf_counter()
-    gen = torch.Generator().manual_seed(seed)
-    init = (torch.rand(len(layers), rank, D, generator=gen) * 2 - 1) * 0.05
+    # slot = (rank, layer), rank after rank; each rank's matrices drawn as a fit of that rank alone
+    slot_rank = [r for r in ranks for _ in layers]
+    slot_row = [i for _ in ranks for i in range(len(layers))]  # row of tr_states / dv_states
+    init = [(torch.rand(len(layers), r, D, generator=torch.Generator().manual_seed(seed)) * 2 - 1) * 0.05
+            for r in ranks]  # (layers, rank, D) per rank
     # in the compute precision once (autocast would round them the same way in every batch)
     dtype = getattr(torch, precision)
     tr_states = torch.as_tensor(train.states[layers]).to(device, dtype)
@@ -641,49 +711,59 @@ def fit_probe(train: WordStates, dev: WordStates, kind: str = "distance", rank: 
     tr_fixed = _make_batches(train, kind, batch_size, targets=tr_targets) if batching == "length" else None
     dv_batches = [_to(b, device) for b in _make_batches(dev, kind, batch_size)]
     rng = np.random.default_rng(seed)
-    sched = [DevSchedule(lr, patience) for _ in layers]
-    best_B = init.clone()
-    best_epoch = {layer: 0 for layer in layers}
-    active = list(range(len(layers)))
-    groups = _LayerGroups(init.transpose(1, 2).contiguous().to(device), active, [lr] * len(layers))  # B^T
+    n_slots = len(slot_rank)
+    sched = [DevSchedule(lr, patience) for _ in range(n_slots)]
+    best_B = [B.clone() for B in init]
+    best_epoch = [0] * n_slots
+    active = list(range(n_slots))
+    groups = _LayerGroups([B.transpose(1, 2).contiguous().to(device) for B in init], slot_row, active, [lr] * n_slots)  # B^T
     rows = []
-    for epoch in tqdm(range(1, max_epochs + 1), desc=f"{kind} probe rank {rank}", disable=not progress):
+    what = f"rank {ranks[0]}" if len(ranks) == 1 else f"ranks {', '.join(map(str, ranks))}"
+    for epoch in tqdm(range(1, max_epochs + 1), desc=f"{kind} probe {what}", disable=not progress):
         if tr_fixed is not None:
             epoch_batches = [tr_fixed[i] for i in rng.permutation(len(tr_fixed))]
         else:
             epoch_batches = (_assemble(train, tr_targets, ks, kind)
                              for ks in shuffled_batches(len(train), batch_size, rng))
-        tr_loss = torch.zeros(len(layers))
+        tr_loss = torch.zeros(n_slots)
         for b in epoch_batches:
             b = _to(b, device)
             groups.opt.zero_grad(set_to_none=True)
+            total = 0
             for idx, which, P in groups:
                 with autocast():
                     loss = _batch_loss(P, tr_states, b, kind, which)
-                (loss.sum() / b.n).backward()  # mean over the batch's sentences, as Hewitt & Manning
+                total = total + loss.sum()
                 tr_loss[idx] += loss.detach().cpu()
+            (total / b.n).backward()  # mean over the batch's sentences, as Hewitt & Manning
             groups.opt.step()
         tr_loss /= len(train)
-        dv_loss = torch.zeros(len(layers))
+        dv_loss = torch.zeros(n_slots)
         with torch.inference_mode(), autocast():
             for idx, which, P in groups:
                 for b in dv_batches:
                     dv_loss[idx] += _batch_loss(P.detach(), dv_states, b, kind, which).cpu()
         dv_loss /= len(dev)
         for li in list(active):
-            rows.append((epoch, layers[li], float(tr_loss[li]), float(dv_loss[li]), sched[li].lr))
+            rows.append((epoch, slot_rank[li], layers[slot_row[li]], float(tr_loss[li]), float(dv_loss[li]),
+                         sched[li].lr))
             step = sched[li].step(float(dv_loss[li]))
             if step["save"]:
-                best_B[li] = groups.weights(li).cpu().T
-                best_epoch[layers[li]] = epoch
+                best_B[li // len(layers)][slot_row[li]] = groups.weights(li).cpu().T
+                best_epoch[li] = epoch
             if step["stop"]:
                 active.remove(li)
         if not active:
             break
         groups.regroup(active, [sd.lr for sd in sched])
-    history = pd.DataFrame(rows, columns=["epoch", "layer", "train_loss", "dev_loss", "lr"])
-    return FittedProbe(kind, rank, layers, best_B.numpy(), history, best_epoch,
-                       time.perf_counter() - t0, len(train))
+    history = pd.DataFrame(rows, columns=["epoch", "rank", "layer", "train_loss", "dev_loss", "lr"])
+    seconds = time.perf_counter() - t0
+    out = []
+    for j, r in enumerate(ranks):
+        h = history[history["rank"] == r].drop(columns="rank").reset_index(drop=True)
+        epochs = {layer: best_epoch[j * len(layers) + i] for i, layer in enumerate(layers)}
+        out.append(FittedProbe(kind, r, layers, best_B[j].numpy(), h, epochs, seconds, len(train)))
+    return out
 
 
 def _adam(param_groups) -> torch.optim.Adam:
@@ -697,20 +777,24 @@ def _adam(param_groups) -> torch.optim.Adam:
 
 
 class _LayerGroups:
-    """The probes of the layers still training, one stacked parameter per learning rate.
+    """The probes still training, one stacked parameter per (rank, learning rate).
 
-    Each layer keeps its own schedule (its own learning rate), yet layers that share a rate
-    share one stacked parameter (in :func:`fit_probe` ``(layers, D, rank)``, the matrices
-    transposed) and one Adam group, so a step costs one product and one optimizer update per
-    distinct rate, not per layer. After each epoch :meth:`regroup` moves layers whose rate was
-    cut and drops layers that stopped, carrying every layer's weights and Adam moments over
-    unchanged (Adam is elementwise: this is the same optimisation as one Adam
-    per layer). Iterating yields ``(layer indices, their index tensor, parameter)``.
+    A probe is a *slot* (in :func:`fit_probes` one (rank, layer) pair) with its own schedule
+    (its own learning rate), yet slots that share a rank and a rate share one stacked parameter
+    (``(slots, D, rank)``, the matrices transposed) and one Adam group, so a step costs one
+    product and one optimizer update per distinct (rank, rate), not per slot. After each epoch
+    :meth:`regroup` moves slots whose rate was cut and drops slots that stopped, carrying every
+    slot's weights and Adam moments over unchanged (Adam is elementwise: this is the same
+    optimisation as one Adam per slot). Iterating yields ``(slot indices, the index tensor of
+    their rows of the states, parameter)``.
     """
 
-    def __init__(self, weights: torch.Tensor, active: list[int], lrs: list[float]):
-        self.opt, self._groups = None, []
-        self._build({li: (weights[li], None, None) for li in active}, None, active, lrs)
+    def __init__(self, weights: Sequence[torch.Tensor], rows: Sequence[int], active: list[int], lrs: list[float]):
+        """``weights``: ``(layers, D, rank)`` blocks, slot after slot (slot ``i`` is row ``i`` of the
+        blocks laid end to end); ``rows[i]``: the row of the states that slot ``i`` reads."""
+        self.opt, self._groups, self._rows = None, [], list(rows)
+        flat = [w for block in weights for w in block]
+        self._build({li: (flat[li], None, None) for li in active}, None, active, lrs)
 
     def __iter__(self):
         return iter(self._groups)
@@ -735,13 +819,13 @@ class _LayerGroups:
         self._build(per, step, active, lrs)
 
     def _build(self, per: dict, step, active: list[int], lrs: list[float]) -> None:
-        by_lr: dict[float, list[int]] = {}
+        by_key: dict[tuple[int, float], list[int]] = {}
         for li in sorted(active):
-            by_lr.setdefault(lrs[li], []).append(li)
+            by_key.setdefault((per[li][0].shape[-1], lrs[li]), []).append(li)
         groups, param_groups, states = [], [], []
-        for rate, idx in by_lr.items():
+        for (_, rate), idx in by_key.items():
             P = torch.nn.Parameter(torch.stack([per[li][0] for li in idx]))
-            groups.append((idx, torch.tensor(idx, device=P.device), P))
+            groups.append((idx, torch.tensor([self._rows[li] for li in idx], device=P.device), P))
             param_groups.append({"params": [P], "lr": rate})
             if per[idx[0]][1] is not None:
                 states.append((P, {"step": step.clone(), "exp_avg": torch.stack([per[li][1] for li in idx]),
@@ -991,8 +1075,16 @@ def rank_sweep(states: dict[str, WordStates], ranks: Sequence[int], layer: int, 
                **kwargs) -> pd.DataFrame:
     """Distance and depth probes of ``layer`` refitted at every maximum rank in ``ranks`` (Hewitt &
     Manning's rank figure): one table ``model, layer, kind, rank, metric, value, n`` (``model`` = ``label``)."""
-    return pd.concat([fit_splits(states, r, layers=[layer], label=label, **kwargs)[0] for r in ranks],
-                     ignore_index=True)
+    uuas_gold = kwargs.pop("uuas_gold", "mst")
+    fitted = {kind: fit_probes(states["train"], states["dev"], kind, list(ranks), layers=[layer], **kwargs)
+              for kind in KINDS}  # every rank in one loop per kind
+    tables = []
+    for j in range(len(ranks)):
+        table = pd.concat([evaluate(fitted[kind][j], states["test"], uuas_gold=uuas_gold) for kind in KINDS],
+                          ignore_index=True)
+        table.insert(0, "model", label)
+        tables.append(table)
+    return pd.concat(tables, ignore_index=True)
 
 
 def example_sentence(ws: WordStates, min_words: int = 10, max_words: int = 16) -> int:

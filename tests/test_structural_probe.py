@@ -479,3 +479,23 @@ def test_check_parameters_names_the_parameter():
     for bad in ([], [0], [4.0], 4):
         with pytest.raises(ParameterError, match="'ranks' must be a list of positive integers"):
             sp.check_parameters(bad)
+
+
+@pytest.mark.parametrize("kind", ["distance", "depth"])
+def test_ranks_fitted_together_equal_fits_of_one_rank(planted, kind):
+    """fit_probes fits several ranks in one loop; each rank's probe is the probe a fit of that rank
+    alone gives: same start, batches, per-layer schedule and early stop (layer 0 holds noise and
+    stops early), up to float rounding."""
+    train, dev, _ = planted
+    fit = dict(lr=0.05, max_epochs=6, patience=2, batch_size=40, progress=False)
+    together = sp.fit_probes(train, dev, kind, [4, 15], **fit)
+    assert [p.rank for p in together] == [4, 15]
+    for p in together:
+        alone = sp.fit_probe(train, dev, kind, p.rank, **fit)
+        assert p.B.shape == alone.B.shape == (2, p.rank, 15) and p.layers == alone.layers == [0, 1]
+        np.testing.assert_allclose(p.B, alone.B, rtol=1e-4, atol=1e-6)
+        assert p.best_epoch == alone.best_epoch
+        pd.testing.assert_frame_equal(p.history[["epoch", "layer", "lr"]], alone.history[["epoch", "layer", "lr"]])
+        np.testing.assert_allclose(p.history.dev_loss, alone.history.dev_loss, rtol=1e-5)
+    with pytest.raises(ValueError, match="distinct"):
+        sp.fit_probes(train, dev, kind, [4, 4], **fit)
