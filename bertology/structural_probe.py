@@ -1074,7 +1074,9 @@ def fit_record(probes: dict[str, FittedProbe]) -> dict:
 def rank_sweep(states: dict[str, WordStates], ranks: Sequence[int], layer: int, *, label: str = "",
                **kwargs) -> pd.DataFrame:
     """Distance and depth probes of ``layer`` refitted at every maximum rank in ``ranks`` (Hewitt &
-    Manning's rank figure): one table ``model, layer, kind, rank, metric, value, n`` (``model`` = ``label``)."""
+    Manning's rank figure): one table ``model, layer, kind, rank, metric, value, n`` (``model`` = ``label``).
+    ``kwargs``: ``uuas_gold`` for the scores, the rest to :func:`fit_probes`, which fits all ranks of a
+    kind in one loop (each rank's probe as a fit of its own)."""
     uuas_gold = kwargs.pop("uuas_gold", "mst")
     fitted = {kind: fit_probes(states["train"], states["dev"], kind, list(ranks), layers=[layer], **kwargs)
               for kind in KINDS}  # every rank in one loop per kind
