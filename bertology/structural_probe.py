@@ -1078,7 +1078,8 @@ def rank_sweep(states: dict[str, WordStates], ranks: Sequence[int], layer: int, 
     ``kwargs``: ``uuas_gold`` for the scores, the rest to :func:`fit_probes`, which fits all ranks of a
     kind in one loop (each rank's probe as a fit of its own)."""
     uuas_gold = kwargs.pop("uuas_gold", "mst")
-    fitted = {kind: fit_probes(states["train"], states["dev"], kind, list(ranks), layers=[layer], **kwargs)
+    ranks = list(dict.fromkeys(ranks))  # a rank asked for twice is fitted once
+    fitted = {kind: fit_probes(states["train"], states["dev"], kind, ranks, layers=[layer], **kwargs)
               for kind in KINDS}  # every rank in one loop per kind
     tables = []
     for j in range(len(ranks)):
