@@ -900,13 +900,16 @@ def probe_layers(train: WordStates, dev: WordStates, test: WordStates, rank: int
     :func:`fit_probe`. Returns the long table ``model, layer, kind, rank, metric, value, n``
     (``model`` = ``label``) and the fitted probes by kind.
     """
-    probes, tables = {}, []
-    for kind in kinds:
-        probes[kind] = fit_probe(train, dev, kind, rank, layers=layers, **fit_kwargs)
-        tables.append(evaluate(probes[kind], test, uuas_gold=uuas_gold))
-    table = pd.concat(tables, ignore_index=True)
+    probes = {kind: fit_probe(train, dev, kind, rank, layers=layers, **fit_kwargs) for kind in kinds}
+    return score_probes(probes.values(), test, label, uuas_gold), probes
+
+
+def score_probes(probes, test: WordStates, label: str = "", uuas_gold: str = "mst") -> pd.DataFrame:
+    """:func:`evaluate` of every probe in ``probes`` on ``test``, one long table ``model, layer,
+    kind, rank, metric, value, n`` (``model`` = ``label``), the probes' rows in their order."""
+    table = pd.concat([evaluate(p, test, uuas_gold=uuas_gold) for p in probes], ignore_index=True)
     table.insert(0, "model", label)
-    return table, probes
+    return table
 
 
 # ----------------------------------------------------------------------------- notebook 04: runs, findings, text
@@ -1081,13 +1084,7 @@ def rank_sweep(states: dict[str, WordStates], ranks: Sequence[int], layer: int, 
     ranks = list(dict.fromkeys(ranks))  # a rank asked for twice is fitted once
     fitted = {kind: fit_probes(states["train"], states["dev"], kind, ranks, layers=[layer], **kwargs)
               for kind in KINDS}  # every rank in one loop per kind
-    tables = []
-    for j in range(len(ranks)):
-        table = pd.concat([evaluate(fitted[kind][j], states["test"], uuas_gold=uuas_gold) for kind in KINDS],
-                          ignore_index=True)
-        table.insert(0, "model", label)
-        tables.append(table)
-    return pd.concat(tables, ignore_index=True)
+    return score_probes([fitted[kind][j] for j in range(len(ranks)) for kind in KINDS], states["test"], label, uuas_gold)
 
 
 def example_sentence(ws: WordStates, min_words: int = 10, max_words: int = 16) -> int:

@@ -19,6 +19,17 @@ def test_depths_and_distances_by_hand():
     assert d[0, 3] == 4  # The-cat-sat-mat-on
     assert d[1, 5] == 2 and d[3, 4] == 2 and d[6, 2] == 1 and d[0, 6] == 3
     assert (d == d.T).all() and (np.diag(d) == 0).all()
+    d[0, 3] = 99  # a caller's copy: the tree cached for the next caller is untouched
+    assert sp.tree_distances(CAT.heads)[0, 3] == 4 and sp.tree_depths(tuple(CAT.heads))[0] == 2
+
+
+def test_average_ranks_by_hand():
+    """Ties share the mean of their positions (scipy's rankdata 'average'), row by row."""
+    r = sp._rank_rows(np.array([[3, 1, 3, 2], [5, 5, 5, 5]]))
+    assert r.tolist() == [[3.5, 1.0, 3.5, 2.0], [2.5, 2.5, 2.5, 2.5]]
+    # Spearman of (1, 2, 3) with (1, 3, 3): ranks (1, 2, 3) and (1, 2.5, 2.5), centred (-1, 0, 1) and (-1, .5, .5):
+    # 1.5 / sqrt(2 * 1.5) = 0.866
+    assert np.isclose(sp._row_spearman(np.array([1, 2, 3]), np.array([1, 3, 3]))[0], 1.5 / np.sqrt(3.0))
 
 
 def test_bad_trees_are_refused():
