@@ -313,7 +313,7 @@ def gradient_importance(
 
 
 def attention_gradients(loaded: LoadedModel, inputs: dict, masked: torch.Tensor, objective: GradientObjective):
-    """dL/dα for every layer's attention (tuple of B x H x T x T), for one padded batch.
+    """dL/dα for every layer's attention (tuple of float32 B x H x T x T), for one padded batch.
 
     ``masked`` (B x T, bool) marks the pieces replaced by [MASK]; the loss is the MLM
     cross-entropy of the original pieces there, or the reconstruction substitute
@@ -327,7 +327,7 @@ def attention_gradients(loaded: LoadedModel, inputs: dict, masked: torch.Tensor,
         else:
             clean = forward(loaded, inputs, hidden_states=True).hidden_states[-1]
             loss = (out.hidden_states[-1][masked] - clean[masked].clone()).pow(2).mean()
-        return torch.autograd.grad(loss, out.attentions)
+        return tuple(g.float() for g in torch.autograd.grad(loss, out.attentions))
 
 
 # ----------------------------------------------------------------------------- reading the results

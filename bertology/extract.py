@@ -150,11 +150,13 @@ def _precision_of(loaded) -> str:
 
 
 def _running(precision: str, device: torch.device, grad: bool):
-    """The context of every model call: inference mode unless ``grad``, timed, autocast if asked."""
+    """The context of every model call: inference mode unless ``grad``, timed, autocast if asked.
+    Passes with gradients skip float16 autocast (no loss scaling here, so small gradients such as
+    Michel's importances would underflow): they run in float32; bfloat16 keeps float32's range."""
     stack = ExitStack()
     stack.enter_context(torch.enable_grad() if grad else torch.inference_mode())
     stack.enter_context(timed("forward"))
-    if precision != "float32":
+    if precision != "float32" and not (grad and precision == "float16"):
         stack.enter_context(torch.autocast(device.type, dtype=getattr(torch, precision)))
     return stack
 
@@ -170,7 +172,8 @@ def forward(loaded: LoadedModel | torch.nn.Module, batch: dict, *, attention: bo
     ``torch.inference_mode`` unless ``grad=True`` (gradients with respect to attention, head gates
     or a probe's input). A model loaded with ``precision="bfloat16"``/``"float16"``
     (:func:`bertology.models.set_precision`) runs under ``torch.autocast``; its floating outputs
-    come back as float32.
+    come back as float32, except, with ``grad=True``, the attention maps and hidden states (the
+    graph's own tensors, so that gradients with respect to them exist).
     """
     model = loaded.model if isinstance(loaded, LoadedModel) else loaded
     precision = _precision_of(loaded)
@@ -181,7 +184,10 @@ def forward(loaded: LoadedModel | torch.nn.Module, batch: dict, *, attention: bo
     with _running(precision, device, grad):
         out = model(**inputs, output_attentions=attention, output_hidden_states=hidden_states)
     if precision != "float32":
-        out = _as_float32(out)
+        # With gradients, the attention maps and hidden states may be what a caller differentiates
+        # with respect to: they stay the tensors of the graph (a float32 copy of a bfloat16 map is
+        # not what the loss depends on), and the caller casts what it reads.
+        out = _as_float32(out, keep=("attentions", "hidden_states") if grad else ())
     if attention and (out.attentions is None or out.attentions[0] is None):
         raise RuntimeError(
             "the model returned no attention maps; load it with attn_implementation='eager' "
@@ -220,8 +226,9 @@ def logits_at(loaded: LoadedModel | torch.nn.Module, batch: dict, rows: torch.Te
     return out.float() if precision != "float32" else out
 
 
-def _as_float32(out):
-    """A model output with every floating tensor (also inside tuples) cast to float32."""
+def _as_float32(out, keep=()):
+    """A model output with every floating tensor (also inside tuples) cast to float32, except the
+    fields named in ``keep``."""
     def cast(v):
         if torch.is_tensor(v) and v.is_floating_point():
             return v.float()
@@ -230,7 +237,8 @@ def _as_float32(out):
         return v
 
     for k in list(out.keys()):
-        out[k] = cast(out[k])
+        if k not in keep:
+            out[k] = cast(out[k])
     return out
 
 

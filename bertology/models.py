@@ -185,6 +185,9 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
     dev = torch.device(device)
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device {device!r} was asked for but CUDA is not available; use 'auto' or 'cpu'")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise ValueError(f"device {device!r} was asked for but this machine has {torch.cuda.device_count()} "
+                         f"CUDA device(s): cuda:0 to cuda:{torch.cuda.device_count() - 1}")
     return dev
 
 
@@ -463,12 +466,12 @@ def _bertology_attention(module, query, key, value, attention_mask, scaling=None
         _, weights = eager_attention_forward(module, query, key, value, attention_mask, scaling, dropout, **kwargs)
     else:
         ids, mask = module._bertology_inputs
-        weights = planted(layer, ids, mask).to(value.dtype)
+        weights = planted(layer, ids, mask).to(device=value.device, dtype=value.dtype)
         # a leaf in the graph, so gradients with respect to planted attention exist too
         weights = weights.detach().requires_grad_(torch.is_grad_enabled())
     head_mask = getattr(module, "_bertology_head_masks", {}).get(layer)
     if head_mask is not None:  # ξ_h multiplies the head's attention, hence its output
-        weights = weights * head_mask.view(1, -1, 1, 1)
+        weights = weights * head_mask.to(weights.device).view(1, -1, 1, 1)
     out = torch.matmul(weights, value).transpose(1, 2).contiguous()
     capture = getattr(module, "_bertology_capture", None)
     if capture is not None:  # the heads' outputs (B, T, H, d) before the output projection

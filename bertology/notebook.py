@@ -370,7 +370,9 @@ def start(notebook: str, model: str = "minilm", seed: int = 0, quick: bool = Fal
                       f"{precision}; softmax and layer norms in float32); the authors computed in float32. "
                       "On MiniLM (two sentences, measured 2026-12-02) attention weights moved by at most 0.014 "
                       "(mean 0.0003), hidden states by under 1% of their norm, and up to 1.5% of rows changed "
-                      "their most-attended token; findings near a tie can flip.")
+                      "their most-attended token; findings near a tie can flip."
+                      + (" Passes that take gradients (gradient importance, head importance) run in float32: "
+                         "float16 gradients underflow without loss scaling." if precision == "float16" else ""))
         if speedup is not None:
             run.note(f"{precision} matrix products ran {speedup:.1f}x as fast as float32 on this CPU "
                      "(a 512x768x768 product timed when the run started).")

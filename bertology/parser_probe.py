@@ -646,7 +646,7 @@ def run_parser_probes(
     seed: int = 0,
     epochs: int = 10,
     decode: str = "argmax",
-    device: str | torch.device = "auto",
+    device: str | torch.device | None = None,
     batch_size: int = 32,
     cache_dir=None,
     progress: bool = True,
@@ -659,9 +659,12 @@ def run_parser_probes(
     Transformer layers; :func:`random_init_with_embeddings`), ``"all"``
     (:func:`~bertology.models.random_init_control`: every weight random) or ``None``. The attn+word
     probe of a control uses the trained model's input embeddings as word vectors (GloVe's role).
+    ``device``: where the probes train (None: the model's device).
     ``recipes``: ``"ours"`` runs every probe on every model; ``"clark"`` adds the authors' recipe
     (:data:`CLARK_RECIPE`, their ROOT) for every probe on ``loaded`` only.
     """
+    if device is None:  # the probes train where the model runs
+        device = loaded.device
     runs = [ProbeRun("right-branching", "-", right_branching(test), list(test), recipe="-")]
     models = [loaded]
     if random_init == "embeddings":

@@ -12,6 +12,7 @@ from __future__ import annotations
 import atexit
 import json
 import os
+import sys
 import time
 from collections import defaultdict
 from contextlib import contextmanager
@@ -35,13 +36,23 @@ def timed(section: str):
     if not _registered:
         atexit.register(flush)
         _registered = True
+    _synchronize()
     t0 = time.perf_counter()
     try:
         yield
     finally:
+        _synchronize()
         entry = _tally[section]
         entry[0] += time.perf_counter() - t0
         entry[1] += 1
+
+
+def _synchronize() -> None:
+    """Wait for queued GPU work, so a section's time is its work and not its launch (CUDA runs
+    asynchronously). Only when timings are on and a GPU is in use; torch is not imported here."""
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.synchronize()
 
 
 def tally() -> dict[str, dict[str, float]]:

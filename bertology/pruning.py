@@ -235,7 +235,8 @@ def build_task(loaded: LoadedModel, task: str, sentences: Sequence, train_senten
         with torch.no_grad(), masked_heads(model, None):
             X = torch.cat([word_states(model, b) for b in train]).float()
             y = torch.cat([b["labels"] for b in train])
-        probe = _train_probe(X, y, len(tags), seed, probe_epochs).to(loaded.device)
+        # the probe is trained on the CPU whatever the model's device (the same probe either way)
+        probe = _train_probe(X.cpu(), y.cpu(), len(tags), seed, probe_epochs).to(loaded.device)
         ev, imp = both(word_batches)
 
         def metric(m, b):
@@ -703,13 +704,23 @@ def pruned_copy(loaded: LoadedModel, removed: Sequence[tuple[int, int]]) -> Load
     return LoadedModel(loaded.tokenizer, model, loaded.info)
 
 
+def _synchronize(device: torch.device) -> None:
+    """Wait for the device's queued work (CUDA runs asynchronously; a CPU has nothing to wait for)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 def time_forward(model, batches: list, repeats: int = 3) -> float:
-    """Best-of-``repeats`` seconds for one inference pass over ``batches``."""
+    """Best-of-``repeats`` seconds for one inference pass over ``batches``. On a GPU the clock
+    starts and stops with the device's queue empty, so it times the work, not its launch."""
+    device = next(model.parameters()).device
     best = float("inf")
     for _ in range(repeats):
+        _synchronize(device)
         t = time.perf_counter()
         for b in batches:
             forward(model, b, base=True)
+        _synchronize(device)
         best = min(best, time.perf_counter() - t)
     return best
 

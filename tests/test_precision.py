@@ -83,6 +83,17 @@ def test_gradients_flow_under_bfloat16(lm):
         set_precision(lm, "float32")
 
 
+def test_gradients_flow_under_bfloat16_without_padding(lm):
+    # one input, so no padding and no additive mask: the attention weights stay bfloat16, and the
+    # float32 copies handed back must not replace the tensors the gradient is taken with respect to
+    lb = set_precision(lm, "bfloat16")
+    try:
+        grads, _ = gradient_importance(lb, encode_inputs(lm.tokenizer, SENTENCES[:1], 64), seed=0, progress=False)
+        assert np.isfinite(grads["value"].to_numpy()).all() and (grads["value"] > 0).any()
+    finally:
+        set_precision(lm, "float32")
+
+
 def test_feature_cache_keys_precision_apart(lm, tmp_path):
     encs = encode_inputs(lm.tokenizer, [["a", "b", "."]], 64)
     lb = set_precision(random_bert(n_layers=1, n_heads=2, hidden_size=16, seed=3), "bfloat16")
