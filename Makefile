@@ -18,6 +18,11 @@ BENCH_JOBS ?= 1
 # Compute precision: empty = float32 (the authors'); bfloat16 is ~1.7-3x faster on CPUs with AMX or AVX-512 BF16
 # and several times slower on CPUs without bfloat16 arithmetic, where runs refuse it (a declared deviation)
 PRECISION ?=
+# Device of every forward pass: empty = auto (CUDA when present, else the CPU); e.g. DEVICE=cuda:1
+DEVICE ?=
+# Sample sizes: empty = full (the notebooks' defaults); laptop caps them (bertology/sizes.py) to about a
+# quarter of the work, for bert-base-sized models on a CPU; each report lists what was capped
+SIZE ?=
 # Tests and CI read the data mirror next to the checkout when it exists.
 SHARED_DATA := $(abspath ../shared/data)
 export BERTOLOGY_DATA ?= $(if $(wildcard $(SHARED_DATA)/MANIFEST.tsv),$(SHARED_DATA),)
@@ -37,10 +42,10 @@ $(STAMP): pyproject.toml Makefile
 	touch $@
 
 reports: $(STAMP)
-	$(BIN)/bertology run --model $(MODEL) --out $(OUT) --jobs $(JOBS) $(if $(NOTEBOOKS),--notebooks $(NOTEBOOKS),) $(if $(PRECISION),--precision $(PRECISION),)
+	$(BIN)/bertology run --model $(MODEL) --out $(OUT) --jobs $(JOBS) $(if $(NOTEBOOKS),--notebooks $(NOTEBOOKS),) $(if $(PRECISION),--precision $(PRECISION),) $(if $(DEVICE),--device $(DEVICE),) $(if $(SIZE),--size $(SIZE),)
 
 reports-quick: $(STAMP)
-	$(BIN)/bertology run --model $(MODEL) --out $(OUT) --quick --jobs $(JOBS) $(if $(NOTEBOOKS),--notebooks $(NOTEBOOKS),) $(if $(PRECISION),--precision $(PRECISION),)
+	$(BIN)/bertology run --model $(MODEL) --out $(OUT) --quick --jobs $(JOBS) $(if $(NOTEBOOKS),--notebooks $(NOTEBOOKS),) $(if $(PRECISION),--precision $(PRECISION),) $(if $(DEVICE),--device $(DEVICE),) $(if $(SIZE),--size $(SIZE),)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
@@ -51,7 +56,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_extract.py
 	$(BIN)/python benchmarks/bench_importance.py
 	$(BIN)/python benchmarks/bench_probes.py $(if $(PRECISION),--precision $(PRECISION),)
-	$(BIN)/python benchmarks/bench_reports.py --jobs $(BENCH_JOBS) $(if $(QUICK),--quick,) $(if $(PRECISION),--precision $(PRECISION),)
+	$(BIN)/python benchmarks/bench_reports.py --jobs $(BENCH_JOBS) $(if $(QUICK),--quick,) $(if $(PRECISION),--precision $(PRECISION),) $(if $(SIZE),--size $(SIZE),)
 
 bench-reports: $(STAMP)
-	$(BIN)/python benchmarks/bench_reports.py --jobs $(BENCH_JOBS) $(if $(QUICK),--quick,) $(if $(PRECISION),--precision $(PRECISION),)
+	$(BIN)/python benchmarks/bench_reports.py --jobs $(BENCH_JOBS) $(if $(QUICK),--quick,) $(if $(PRECISION),--precision $(PRECISION),) $(if $(SIZE),--size $(SIZE),)

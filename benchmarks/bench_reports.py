@@ -3,6 +3,7 @@
     python benchmarks/bench_reports.py                       # MiniLM and a bert-base-shaped model, full size
     python benchmarks/bench_reports.py --quick --models bert-base --notebooks 01 08
     python benchmarks/bench_reports.py --models bert-base --precision bfloat16 --limit 1800
+    python benchmarks/bench_reports.py --models bert-base --size laptop --jobs 2 --cold
 
 ``bert-base`` is built here, not downloaded: ``BertForMaskedLM(BertConfig())`` (12 layers x 12
 heads x 768, random weights) with the uncased WordPiece vocabulary that MiniLM ships (BERT's
@@ -99,6 +100,8 @@ def main(argv=None) -> int:
     ap.add_argument("--cold", action="store_true", help="empty feature cache for each model")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--precision", default="float32", choices=("float32", "bfloat16", "float16"))
+    ap.add_argument("--size", default="full", choices=("full", "laptop"),
+                    help="sample sizes of the notebooks (bertology.sizes): full defaults, or the laptop caps")
     ap.add_argument("--limit", type=float, default=None, help="seconds per notebook before it is stopped")
     ap.add_argument("--jobs", type=int, default=1,
                     help="notebooks at once, as `bertology run --jobs` (longest first: the last bench runs, else typical times; "
@@ -125,9 +128,10 @@ def main(argv=None) -> int:
         def bench(nb: str, name=name, model=model) -> dict:
             timings = args.work / f"timings-{name}-{nb[:2]}.json"
             timings.unlink(missing_ok=True)
-            row = {"model": name, "precision": args.precision, "jobs": args.jobs,
+            row = {"model": name, "precision": args.precision, "size": args.size, "jobs": args.jobs,
                    **run_one(model, nb, args.work / "reports", args.quick, timings,
-                             ["--device", args.device, "--precision", args.precision], args.limit, threads)}
+                             ["--device", args.device, "--precision", args.precision, "--size", args.size],
+                             args.limit, threads)}
             print(f"{name:10s} {nb:28s} {row['status']:6s} {row['seconds']:8.1f} s  {row['peak_rss_gb']:5.2f} GB  "
                   f"forward {row['forward_share']:5.1%}  train {row['train_share']:5.1%}", flush=True)
             return row

@@ -64,6 +64,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="compute precision of the forward passes (default float32, as the authors); "
                             "bfloat16 is about 3x faster on CPUs with AMX, float16 is CUDA only; "
                             "a deviation in the report header")
+    p_run.add_argument("--size", choices=("full", "laptop"), default=None,
+                       help="sample sizes: full (default, the notebooks' own) or laptop (capped to about a quarter of the "
+                            "work, for bert-base-sized models on a CPU; each report lists what was capped)")
     p_run.add_argument("-p", "--param", dest="params", action="append", type=parse_param, default=[],
                        metavar="KEY=VALUE", help="extra notebook parameter; VALUE parsed as JSON if possible")
     p_run.add_argument("--notebook-dir", type=Path, default=None,
@@ -175,6 +178,8 @@ def main(argv: list[str] | None = None) -> int:
     params = dict(args.params)
     if args.precision is not None:
         params["precision"] = args.precision
+    if args.size is not None:
+        params["size"] = args.size
     clash = sorted(set(params) & set(report.RESERVED_PARAMS))
     if clash:
         parser.error(f"-p {clash[0]}=...: use the --{clash[0].replace('_', '-')} option instead"

@@ -20,6 +20,7 @@ import pandas as pd
 from . import __version__
 from .io import atomic_write_json, atomic_write_text
 from .models import PRECISIONS, LoadedModel, check_precision_speed, load_model
+from .sizes import check as check_size, sampled_note
 
 _DEVICE = re.compile(r"^(auto|cpu|cuda(:\d+)?|mps)$")
 
@@ -320,15 +321,21 @@ def _records(df: pd.DataFrame) -> list[dict]:
 
 def start(notebook: str, model: str = "minilm", seed: int = 0, quick: bool = False, device: str = "auto",
           output_dir: str | Path = ".", paper_model: str = "bert-base-uncased", optional=(),
-          precision: str = "float32", **sizes) -> Run:
+          precision: str = "float32", size: str = "full", **sizes) -> Run:
     """Check parameters, seed every generator, load the model and open the run record.
 
     ``sizes`` are positive integers; those named in ``optional`` may be None ("no limit").
     ``paper_model`` is the model the reproduced paper used; running another one is recorded as
     a deviation in the report header. ``precision`` (``"float32"``, ``"bfloat16"``, or
     ``"float16"`` on CUDA) is the engine's compute precision; anything but float32 is a deviation.
+    ``size`` names the notebook's size preset (:mod:`bertology.sizes`; the notebook has applied it
+    to ``sizes`` already): outside quick mode, every size below its full default is a deviation.
     """
     check_params(model, seed, quick, device, output_dir, optional=optional, **sizes)
+    try:
+        check_size(size)
+    except ValueError as exc:
+        raise ParameterError(str(exc)) from None
     if precision not in PRECISIONS:
         raise ParameterError(f"parameter 'precision' must be one of {PRECISIONS}, got {precision!r}")
     from .plots import set_style
@@ -360,6 +367,7 @@ def start(notebook: str, model: str = "minilm", seed: int = 0, quick: bool = Fal
         "precision": precision,
         "cpu_threads": torch.get_num_threads(),  # can change the last bits of a sum; in the header
         "version": __version__,
+        "size": size,
         "sizes": dict(sizes),
         "notes": [],
         "deviations": [],
@@ -376,6 +384,9 @@ def start(notebook: str, model: str = "minilm", seed: int = 0, quick: bool = Fal
         if speedup is not None:
             run.note(f"{precision} matrix products ran {speedup:.1f}x as fast as float32 on this CPU "
                      "(a 512x768x768 product timed when the run started).")
+    below = None if quick else sampled_note(notebook, size, sizes)
+    if below:
+        run.deviation(below)
     if info.name != paper_model:
         run.deviation(f"Model: {info.name} ({info.n_layers} layers x {info.n_heads} heads, "
                       f"{'with' if info.has_mlm_head else 'without'} masked-LM head); the paper used {paper_model}.")

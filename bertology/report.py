@@ -592,6 +592,7 @@ def header_markdown(record: RunRecord, meta: dict) -> str:
         f"| device | {_md(meta.get('device') or p.get('device'))}{_threads(meta)}"
         f"{'' if meta.get('precision', 'float32') == 'float32' else ', ' + _md(meta['precision']) + ' autocast'} |",
         f"| quick mode | {'yes' if p.get('quick') else 'no'} |",
+        f"| size | {_md(meta.get('size') or p.get('size') or 'full')} |",
         f"| software | bertology {_md(pkg_v)}, Python {_md(py)}, torch {_md(torch_v)}, transformers {_md(tf_v)} |",
         f"| run | started {_md(record.started)}, took {_md(format_elapsed(record.elapsed))} |",
         "",

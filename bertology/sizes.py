@@ -1,0 +1,83 @@
+"""Named run sizes: how many sentences, pairs, lists and items each notebook samples.
+
+``"full"`` (the default) is each notebook's parameters cell: the sizes closest to the papers that a
+2-core CPU runs for MiniLM in minutes. ``"laptop"`` caps them (:data:`LAPTOP`) to about a quarter of
+the full run's work, for a bert-base-sized model (12 layers x 768) on a CPU (README "Speed and
+memory" has the measured times); the figures and tables are the same, on fewer items, so their
+numbers are noisier. Every report lists each size that is below its full default
+(:func:`sampled_note`, in the header's deviations).
+
+A notebook applies its size after its parameters cell::
+
+    n_train, n_test = sizes.cap("04_syntax_probes", size, n_train=n_train, n_test=n_test)
+
+A size caps, it never raises: ``size="laptop"`` with ``n_train=5000`` gives the laptop's cap, and a
+smaller value stays. ``None`` (or 0) means "all items" and is capped like any other value.
+"""
+from __future__ import annotations
+
+SIZES = ("full", "laptop")
+
+#: notebook -> parameter -> (full default, laptop cap). The full defaults are the notebooks'
+#: parameters cells (``tests/test_sizes.py`` checks they agree); None means all items.
+LAPTOP: dict[str, dict[str, tuple[int | None, int]]] = {
+    "01_attention_patterns": {"n_pairs": (1000, 300), "n_gradient_pairs": (200, 50)},
+    "02_attention_heads_syntax": {"n_sentences": (None, 500), "probe_train_sentences": (4000, 1000),
+                                  "probe_test_sentences": (None, 500)},
+    "03_head_clustering": {"n_sentences": (1000, 300)},
+    "04_syntax_probes": {"n_train": (2000, 500), "n_dev": (400, 100), "n_test": (1000, 300),
+                         "n_perturb": (400, 100), "n_agreement": (2000, 500), "n_blimp": (30, 8),
+                         "n_blimp_control": (10, 3)},
+    "05_semantic_roles": {},
+    "06_numeracy": {"n_train_lists": (5000, 1000), "n_test_lists": (1000, 300)},
+    "07_world_knowledge": {"facts_per_relation": (30, 10)},
+    "08_pruning": {"n_sentences": (128, 32), "n_importance": (128, 32), "n_train": (2000, 500)},
+}
+
+
+def check(size) -> str:
+    """``size`` if it is one of :data:`SIZES`, else a ValueError naming the choices."""
+    if size not in SIZES:
+        raise ValueError(f"parameter 'size' must be one of {', '.join(map(repr, SIZES))}, got {size!r}")
+    return size
+
+
+def _all(value) -> bool:
+    return value is None or value == 0
+
+
+def cap(notebook: str, size: str, **values):
+    """The ``values`` (keyword order) capped by ``size`` for ``notebook``: a tuple, or the one value
+    when one was given. Names without a cap, and every value under ``"full"``, come back as given."""
+    caps = LAPTOP.get(notebook, {}) if check(size) == "laptop" else {}
+    out = []
+    for name, value in values.items():
+        limit = caps.get(name, (None, None))[1]
+        if limit is not None and (_all(value) or value > limit):
+            value = limit
+        out.append(value)
+    return out[0] if len(out) == 1 else tuple(out)
+
+
+def sampled(notebook: str, values: dict) -> list[str]:
+    """``"name value (full: default)"`` for each of ``notebook``'s sizes in ``values`` that is below
+    its full default (a number where the default is all items counts as below)."""
+    out = []
+    for name, (full, _) in LAPTOP.get(notebook, {}).items():
+        if name not in values or _all(values[name]):
+            continue
+        value = values[name]
+        if _all(full) or value < full:
+            out.append(f"{name} {value:,} (full: {'all' if _all(full) else f'{full:,}'})")
+    return out
+
+
+def sampled_note(notebook: str, size: str, values: dict) -> str | None:
+    """The report header's line on sampling, or None when every size is at its full default."""
+    below = sampled(notebook, values)
+    if not below:
+        return None
+    why = ("size 'laptop': samples capped to about a quarter of the full run's work, for CPU time"
+           if size == "laptop" else "sizes set below the full defaults")
+    return (f"Smaller samples than the full run ({why}): {'; '.join(below)}. The figures are the same, "
+            "their numbers rest on fewer items; size='full' (the default) runs the full defaults.")
