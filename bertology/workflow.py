@@ -12,6 +12,7 @@ The models file::
 
     notebooks: ["01", "03"]      # default for every model (default: all notebooks)
     quick: false                 # default for every model
+    size: full                   # default for every model: full, or laptop (bertology.sizes)
     defaults: {device: auto}     # any per-model key, for every model
     models:
       - model: checkpoints/step-1000      # hub id, local directory (relative to this file) or "minilm"
@@ -35,11 +36,12 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__
+from .sizes import SIZES
 
 #: Keys of one model entry (and of ``defaults``).
-MODEL_KEYS = ("model", "notebooks", "quick", "seed", "device", "batch_size", "data", "params", "resources")
+MODEL_KEYS = ("model", "notebooks", "quick", "size", "seed", "device", "batch_size", "data", "params", "resources")
 #: Top-level keys of the models file.
-TOP_KEYS = ("out", "notebook_dir", "notebooks", "quick", "defaults", "models")
+TOP_KEYS = ("out", "notebook_dir", "notebooks", "quick", "size", "defaults", "models")
 #: Resources of every job unless the model entry sets them. ``gpu`` is 0 for ``device: cpu``.
 #: Sized for a BERT-base model on full data; quick runs of small models need far less.
 DEFAULT_RESOURCES = {"threads": 4, "mem_mb": 16000, "runtime": 240, "gpu": 1}
@@ -193,7 +195,7 @@ def load_config(path: str | os.PathLike, out: str | os.PathLike | None = None,
 
     defaults = doc.get("defaults") or {}
     check.mapping(defaults, ("defaults",), tuple(k for k in MODEL_KEYS if k != "model"))
-    for key in ("notebooks", "quick"):
+    for key in ("notebooks", "quick", "size"):
         if key in doc:
             defaults = {key: doc[key], **defaults}
     models = doc.get("models")
@@ -225,6 +227,9 @@ def load_config(path: str | os.PathLike, out: str | os.PathLike | None = None,
         quick = spec.get("quick", False)
         if not isinstance(quick, bool):
             check.fail(where["quick"], f"expected true or false, got {_kind(quick)}")
+        size = spec.get("size", "full")
+        if size not in SIZES:
+            check.fail(where["size"], f"expected one of {', '.join(SIZES)}, got {_kind(size)}")
         seed = spec.get("seed", 0)
         if not isinstance(seed, int) or isinstance(seed, bool):
             check.fail(where["seed"], f"expected an integer, got {_kind(seed)}")
@@ -240,6 +245,8 @@ def load_config(path: str | os.PathLike, out: str | os.PathLike | None = None,
                     "--device", device, "--notebook-dir", str(nb_dir), "--no-index"]
             if quick:
                 args.append("--quick")
+            if size != "full":
+                args += ["--size", size]
             for key, value in extra.items():
                 if key in declared:
                     args += ["-p", f"{key}={json.dumps(value)}"]
@@ -291,7 +298,7 @@ def _params(check: _Checker, spec: dict, where: dict, base: Path) -> dict[str, A
     for key, value in params.items():
         if not isinstance(key, str) or not key.isidentifier():
             check.fail(where["params"] + (key,), "a notebook parameter name must be a Python identifier")
-        if key in RESERVED_PARAMS or key in ("batch_size", "data"):
+        if key in RESERVED_PARAMS or key in ("batch_size", "data", "size"):
             own = "out" if key == "output_dir" else key
             check.fail(where["params"] + (key,), f"set {own} as its own key of the model entry, not under params")
         extra[key] = value

@@ -105,10 +105,37 @@ def test_params_only_reach_the_notebooks_that_declare_them(tmp_path):
     assert wf.job("minilm", "06_numeracy").resources["gpu"] == 1  # device auto: asks for a GPU
 
 
+def test_size_is_a_key_of_the_file_and_of_each_model(tmp_path):
+    cfg = _config(tmp_path, """
+        size: laptop
+        notebooks: ["03"]
+        models:
+          - model: minilm
+        """)
+    args = load_config(cfg, notebook_dir=NB_DIR).job("minilm", "03_head_clustering").args
+    assert args[args.index("--size"):args.index("--size") + 2] == ("--size", "laptop")
+    cfg = _config(tmp_path, """
+        notebooks: ["03"]
+        models:
+          - model: minilm
+        """)
+    assert "--size" not in load_config(cfg, notebook_dir=NB_DIR).job("minilm", "03_head_clustering").args
+    cfg = _config(tmp_path, """
+        size: laptop
+        notebooks: ["03"]
+        models:
+          - model: minilm
+            size: full
+        """)
+    assert "--size" not in load_config(cfg, notebook_dir=NB_DIR).job("minilm", "03_head_clustering").args
+
+
 @pytest.mark.parametrize("body, message", [
     ("models:\n  - model: minilm\n    bach_size: 3\n", r"line 3: models\[0\]\.bach_size: unknown key"),
     ("models:\n  - model: minilm\n    batch_size: -1\n", r"line 3: models\[0\]\.batch_size: expected a positive integer"),
     ("models:\n  - model: minilm\n    quick: yes please\n", r"line 3: models\[0\]\.quick: expected true or false"),
+    ("models:\n  - model: minilm\n    size: small\n", r"line 3: models\[0\]\.size: expected one of full, laptop"),
+    ("models:\n  - model: minilm\n    params: {size: laptop}\n", r"models\[0\]\.params\.size: set size as its own key"),
     ("models:\n  - model: ./nowhere\n", r"line 2: models\[0\]\.model: no such checkpoint directory"),
     ("models:\n  - device: cpu\n", r"line 2: models\[0\]: each entry needs a `model:`"),
     ("models: []\n", r"line 1: models: expected a list of model entries"),
