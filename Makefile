@@ -10,9 +10,10 @@ MODEL  ?= minilm
 NOTEBOOKS ?=
 OUT    ?= reports
 # Notebooks run at once by `make reports` (bertology run --jobs: each notebook in a process of its
-# own, the cores shared out). 2 for the embedded MiniLM (two kernels need about 3 + 4 GB); 1 for any
-# other model, whose notebooks can each need ~10 GB (bert-base 04): set JOBS=2 where memory allows.
-JOBS   ?= $(if $(filter minilm,$(MODEL)),2,1)
+# own, the cores shared out). 2 for the embedded MiniLM (two kernels need about 3 + 4 GB) and for
+# SIZE=laptop (bert-base: at most 3.8 GB a notebook); 1 for any other model at full size, whose notebooks
+# can each need ~10 GB (bert-base 04): set JOBS=2 where memory allows.
+JOBS   ?= $(if $(filter minilm,$(MODEL))$(filter laptop,$(SIZE)),2,1)
 # Parallel notebooks in `make bench`/`bench-reports` (its per-notebook table is for one job at a time)
 BENCH_JOBS ?= 1
 # Compute precision: empty = float32 (the authors'); bfloat16 is ~1.7-3x faster on CPUs with AMX or AVX-512 BF16
