@@ -45,6 +45,23 @@ def _display(path: str | os.PathLike | None) -> str:
     return str(path) if rel.startswith("..") else rel
 
 
+def _cpu_advice(model: str, device: str, size) -> str | None:
+    """:func:`bertology.sizes.cpu_advice` for a run's model, read without the network (None where it cannot be)."""
+    from .models import local_config, resolve_device
+    from .sizes import SIZES, cpu_advice
+
+    if size not in SIZES:
+        return None  # the notebook's own check names the choices
+    try:
+        config, dev = local_config(model), resolve_device(device)
+    except Exception:  # noqa: BLE001 - the run itself reports a bad model or device
+        return None
+    layers, width = getattr(config, "num_hidden_layers", None), getattr(config, "hidden_size", None)
+    if not (isinstance(layers, int) and isinstance(width, int)):
+        return None
+    return cpu_advice(layers, width, dev.type, size, False, os.cpu_count() or 1)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="bertology", description="Run the BERTology notebooks for a model and publish HTML reports."
@@ -197,6 +214,11 @@ def main(argv: list[str] | None = None) -> int:
             check_precision_speed(precision, args.device)
         except ValueError as exc:
             parser.error(str(exc))
+
+    if not args.quick:  # a large model on a small CPU at the full sizes: say that --size laptop exists
+        advice = _cpu_advice(args.model, args.device, params.get("size", "full"))
+        if advice:
+            print(advice, file=sys.stderr, flush=True)
 
     width = max(len(p.stem) for p in notebooks)
 

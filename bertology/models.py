@@ -207,6 +207,20 @@ def _fingerprint_dir(path: Path) -> str:
     return "local-" + h.hexdigest()[:16]
 
 
+def local_config(name: str, revision: str | None = None):
+    """The model's config where it can be read without the network (the embedded MiniLM's alias, a
+    local checkpoint directory, the Hugging Face cache), else None; never loads weights."""
+    from transformers import AutoConfig
+
+    path = default_model_path() if name.lower() in OFFLINE_ALIASES else Path(name).expanduser()
+    if path.is_dir():
+        return AutoConfig.from_pretrained(path) if (path / "config.json").exists() else None
+    try:
+        return AutoConfig.from_pretrained(name, revision=revision, local_files_only=True)
+    except Exception:  # noqa: BLE001 - not cached (or not a model id)
+        return None
+
+
 def _resolve(name: str, revision: str | None):
     """Return (source, is_local, config) or raise ModelLoadError naming everything tried."""
     from transformers import AutoConfig

@@ -18,6 +18,14 @@ from __future__ import annotations
 
 SIZES = ("full", "laptop")
 
+#: Forward cost per token of the embedded MiniLM-L6 (6 layers, 384 wide) as layers x width^2: the
+#: model the full defaults were chosen for. bert-base (12 x 768) costs 8 times as much.
+MINILM_COST = 6 * 384 ** 2
+#: From this many times MiniLM's cost on at most :data:`FEW_CORES` CPU cores, ``bertology run`` at
+#: the full size suggests ``--size laptop`` (:func:`cpu_advice`).
+ADVICE_FACTOR = 4
+FEW_CORES = 8
+
 #: notebook -> parameter -> (full default, laptop cap). The full defaults are the notebooks'
 #: parameters cells (``tests/test_sizes.py`` checks they agree); None means all items.
 LAPTOP: dict[str, dict[str, tuple[int | None, int]]] = {
@@ -82,3 +90,21 @@ def sampled_note(notebook: str, size: str, values: dict) -> str | None:
     return (f"Smaller samples than the full run ({why}): {'; '.join(below)}. The figures are the same, "
             "on fewer items: noisier, and probes trained on fewer sentences score lower (README 'Sizes' has "
             "MiniLM's full and laptop numbers side by side); size='full' is the default.")
+
+
+def relative_cost(n_layers: int, hidden_size: int) -> float:
+    """A model's forward cost per token relative to MiniLM-L6's: layers x width^2 over :data:`MINILM_COST`."""
+    return n_layers * hidden_size ** 2 / MINILM_COST
+
+
+def cpu_advice(n_layers: int, hidden_size: int, device_type: str, size: str, quick: bool, cores: int) -> str | None:
+    """The note ``bertology run`` prints before a full-size run of a large model on a small CPU: at least
+    :data:`ADVICE_FACTOR` times MiniLM's cost per token, on ``"cpu"`` with at most :data:`FEW_CORES`
+    cores, at size ``"full"`` and not ``quick``; None otherwise. It suggests ``--size laptop``."""
+    factor = relative_cost(n_layers, hidden_size)
+    if quick or check(size) != "full" or device_type != "cpu" or cores > FEW_CORES or factor < ADVICE_FACTOR:
+        return None
+    return (f"note: this model ({n_layers} layers x {hidden_size}) costs about {factor:.0f}x MiniLM's forward passes, "
+            f"on the CPU ({cores} cores) at the full sizes: on a 2-core machine a bert-base-sized model's full run took "
+            "an hour even in bfloat16 (README 'Speed and memory'). --size laptop (make reports SIZE=laptop) caps "
+            "the samples to about a quarter of the work and lists them in each report.")

@@ -81,3 +81,37 @@ def test_start_puts_the_capped_sizes_in_the_deviations(tmp_path):
     assert not quick.meta["deviations"]  # quick mode is a smoke run, not a report to read
     with pytest.raises(ParameterError, match="'size' must be one of"):
         start("04_syntax_probes", size="tiny", output_dir=tmp_path / "d", n_train=1, **kw)
+
+
+def test_relative_cost_and_cpu_advice_by_hand():
+    assert sizes.relative_cost(6, 384) == 1.0
+    assert sizes.relative_cost(12, 768) == 8.0  # 12 * 768^2 / (6 * 384^2) = 2 * 4
+    assert sizes.relative_cost(6, 768) == 4.0  # DistilBERT: the threshold itself
+    note = sizes.cpu_advice(12, 768, "cpu", "full", False, 2)
+    assert note.startswith("note: this model (12 layers x 768) costs about 8x") and "--size laptop" in note
+    assert sizes.cpu_advice(6, 768, "cpu", "full", False, 8) is not None
+    assert sizes.cpu_advice(6, 384, "cpu", "full", False, 2) is None  # MiniLM
+    assert sizes.cpu_advice(4, 768, "cpu", "full", False, 2) is None  # 2x
+    assert sizes.cpu_advice(12, 768, "cpu", "laptop", False, 2) is None
+    assert sizes.cpu_advice(12, 768, "cpu", "full", True, 2) is None
+    assert sizes.cpu_advice(12, 768, "cuda", "full", False, 2) is None
+    assert sizes.cpu_advice(12, 768, "cpu", "full", False, 9) is None
+    with pytest.raises(ValueError, match="'size' must be one of"):
+        sizes.cpu_advice(12, 768, "cpu", "huge", False, 2)
+
+
+@pytest.mark.parametrize("args, shown", [([], True), (["--size", "laptop"], False), (["--quick"], False),
+                                         (["--model", "minilm"], False)])
+def test_run_suggests_the_laptop_size_for_a_large_local_model_on_a_small_cpu(tmp_path, monkeypatch, capsys, args, shown):
+    from bertology import cli, report
+    from transformers import BertConfig
+
+    BertConfig(num_hidden_layers=12, hidden_size=768).save_pretrained(tmp_path / "big")  # a config, no weights
+    monkeypatch.setattr(report, "run", lambda notebooks, **kw: [])
+    monkeypatch.setattr(cli.os, "cpu_count", lambda: 2)
+    argv = ["run", "--model", str(tmp_path / "big"), "--device", "cpu", "--notebooks", "01", "--no-index", *args]
+    if "--model" in args:
+        argv = ["run", *args, "--device", "cpu", "--notebooks", "01", "--no-index"]
+    assert cli.main(argv) == 0
+    err = capsys.readouterr().err
+    assert ("costs about 8x MiniLM's forward passes" in err) is shown
