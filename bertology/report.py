@@ -45,6 +45,58 @@ _NOTEBOOK_RE = re.compile(r"^(\d\d)_[A-Za-z0-9_.-]+$")
 
 
 # --------------------------------------------------------------------------- notebooks
+#: Longest socket path the kernel's IPC transport may use (AF_UNIX: 108 bytes on Linux, 104 on macOS).
+_MAX_SOCKET_PATH = 100
+
+
+def kernel_manager_class(runtime_dir: str | os.PathLike | None = None):
+    """The kernel manager papermill starts each notebook's kernel with. On POSIX it talks to the
+    kernel over Unix sockets in Jupyter's runtime folder (``transport="ipc"``): no TCP ports that
+    parallel jobs could race for, and no "Kernel is running over TCP without encryption" warning
+    on the console. TCP (jupyter_client's default) on Windows, or where the runtime folder's path
+    would make the socket paths too long (``runtime_dir``: default Jupyter's)."""
+    from jupyter_client.manager import AsyncKernelManager
+
+    if os.name != "posix":
+        return AsyncKernelManager
+    if runtime_dir is None:
+        from jupyter_core.paths import jupyter_runtime_dir
+
+        runtime_dir = jupyter_runtime_dir()
+    # sockets are <runtime>/kernel-<36-character uuid>-ipc-<n>
+    if len(os.fsencode(Path(runtime_dir) / f"kernel-{'0' * 36}-ipc-99999")) > _MAX_SOCKET_PATH:
+        return AsyncKernelManager
+    return _ipc_manager()
+
+
+def _ipc_manager():
+    global _IPC_MANAGER
+    if _IPC_MANAGER is None:
+        import uuid
+
+        from jupyter_client.manager import AsyncKernelManager
+        from jupyter_core.paths import jupyter_runtime_dir
+        from traitlets import CaselessStrEnum, default
+
+        class IPCKernelManager(AsyncKernelManager):
+            """An AsyncKernelManager whose kernel listens on Unix sockets of its own in Jupyter's runtime
+            folder (jupyter_client's default for ipc, ``kernel-ipc-N`` in the working folder, would
+            be shared by kernels started side by side)."""
+            transport = CaselessStrEnum(["tcp", "ipc"], default_value="ipc", config=True)
+
+            @default("ip")
+            def _unique_socket_prefix(self) -> str:
+                folder = jupyter_runtime_dir()
+                os.makedirs(folder, mode=0o700, exist_ok=True)
+                return os.path.join(folder, f"kernel-{uuid.uuid4()}-ipc")
+
+        _IPC_MANAGER = IPCKernelManager
+    return _IPC_MANAGER
+
+
+_IPC_MANAGER = None
+
+
 def discover_notebooks(notebook_dir: str | os.PathLike = "notebooks") -> dict[str, Path]:
     """Map both the two-digit prefix ("01") and the full stem ("01_attention_patterns") to paths.
 
@@ -194,7 +246,7 @@ def run_notebook(
             pm.execute_notebook(
                 str(nb_path), str(stage_nb),
                 parameters={**run_params, "output_dir": str(stage_out.resolve())},
-                cwd=str(nb_path.parent), kernel_name=kernel_name,
+                cwd=str(nb_path.parent), kernel_name=kernel_name, kernel_manager_class=kernel_manager_class(),
                 progress_bar=sys.stderr.isatty(), log_output=False, request_save_on_cell_execute=False,
             )
             record.elapsed = time.perf_counter() - t0

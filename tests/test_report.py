@@ -372,3 +372,24 @@ def test_header_names_the_cpu_threads():
     assert "| device | cpu, 2 CPU threads |" in report.header_markdown(rec, {"device": "cpu", "cpu_threads": 2})
     assert "| device | cpu, 1 CPU thread |" in report.header_markdown(rec, {"device": "cpu", "cpu_threads": 1})
     assert "| device | cuda:0 |" in report.header_markdown(rec, {"device": "cuda:0", "cpu_threads": 2})
+
+
+def test_kernels_talk_over_unix_sockets_on_posix(tmp_path, monkeypatch):
+    import os
+
+    from jupyter_client.manager import AsyncKernelManager
+
+    ipc = report.kernel_manager_class("/tmp")
+    assert issubclass(ipc, AsyncKernelManager) and ipc is not AsyncKernelManager
+    a, b = ipc(), ipc()
+    assert a.transport == "ipc" and AsyncKernelManager().transport == "tcp"
+    assert os.path.isabs(a.ip) and a.ip != b.ip  # kernels started side by side get sockets of their own
+    assert report.kernel_manager_class(tmp_path / ("x" * 60)) is AsyncKernelManager  # socket paths too long
+    monkeypatch.setattr(report.os, "name", "nt")
+    assert report.kernel_manager_class(tmp_path) is AsyncKernelManager
+
+
+def test_a_run_prints_no_kernel_transport_warning(nb_dir, tmp_path, capfd):
+    rec = report.run_notebook(nb_dir / "01_ok.ipynb", "minilm", out=tmp_path, params={"n_items": 2})
+    assert rec.ok
+    assert "without encryption" not in capfd.readouterr().err
