@@ -92,6 +92,8 @@ def run_one(model: str, nb: str, out: Path, quick: bool, timings: Path, extra: l
 
 
 def main(argv=None) -> int:
+    from bertology.sizes import SIZES
+
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--models", default="minilm,bert-base", help="comma-separated: minilm, bert-base, or paths/ids")
     ap.add_argument("--notebooks", nargs="*", default=None, help="e.g. 01 04 (default: all)")
@@ -100,7 +102,7 @@ def main(argv=None) -> int:
     ap.add_argument("--cold", action="store_true", help="empty feature cache for each model")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--precision", default="float32", choices=("float32", "bfloat16", "float16"))
-    ap.add_argument("--size", default="full", choices=("full", "laptop"),
+    ap.add_argument("--size", default="full", choices=SIZES,
                     help="sample sizes of the notebooks (bertology.sizes): full defaults, or the laptop caps")
     ap.add_argument("--limit", type=float, default=None, help="seconds per notebook before it is stopped")
     ap.add_argument("--jobs", type=int, default=1,

@@ -325,7 +325,8 @@ def attention_gradients(loaded: LoadedModel, inputs: dict, masked: torch.Tensor,
         if objective is MLM_OBJECTIVE:
             loss = torch.nn.functional.cross_entropy(out.logits[masked], inputs["input_ids"][masked])
         else:
-            clean = forward(loaded, inputs, hidden_states=True).hidden_states[-1]
+            # the target in the same precision as the differentiated pass (float16 runs that one in float32)
+            clean = forward(loaded, inputs, hidden_states=True, grad=True).hidden_states[-1].detach()
             loss = (out.hidden_states[-1][masked] - clean[masked].clone()).pow(2).mean()
         return tuple(g.float() for g in torch.autograd.grad(loss, out.attentions))
 

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from . import __version__
+from .sizes import SIZES
 from .workflow import default_notebook_dir  # noqa: F401 - part of the command line's API
 
 
@@ -45,13 +46,15 @@ def _display(path: str | os.PathLike | None) -> str:
     return str(path) if rel.startswith("..") else rel
 
 
-def _cpu_advice(model: str, device: str, size) -> str | None:
+def _cpu_advice(model: str, device: str, size: str, cores: int) -> str | None:
     """:func:`bertology.sizes.cpu_advice` for a run's model, read without the network (None where it cannot be)."""
-    from .models import local_config, resolve_device
-    from .sizes import SIZES, cpu_advice
+    from .sizes import FEW_CORES
 
-    if size not in SIZES:
-        return None  # the notebook's own check names the choices
+    if size != "full" or cores > FEW_CORES or not (device == "auto" or device.startswith("cpu")):
+        return None  # cheap checks first: the config and torch only where the note can show
+    from .models import local_config, resolve_device
+    from .sizes import cpu_advice
+
     try:
         config, dev = local_config(model), resolve_device(device)
     except Exception:  # noqa: BLE001 - the run itself reports a bad model or device
@@ -59,7 +62,7 @@ def _cpu_advice(model: str, device: str, size) -> str | None:
     layers, width = getattr(config, "num_hidden_layers", None), getattr(config, "hidden_size", None)
     if not (isinstance(layers, int) and isinstance(width, int)):
         return None
-    return cpu_advice(layers, width, dev.type, size, False, os.cpu_count() or 1)
+    return cpu_advice(layers, width, dev.type, size, False, cores)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -81,7 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="compute precision of the forward passes (default float32, as the authors); "
                             "bfloat16 is about 3x faster on CPUs with AMX, float16 is CUDA only; "
                             "a deviation in the report header")
-    p_run.add_argument("--size", choices=("full", "laptop"), default=None,
+    p_run.add_argument("--size", choices=SIZES, default=None,
                        help="sample sizes: full (default, the notebooks' own) or laptop (capped to about a quarter of the "
                             "work, for bert-base-sized models on a CPU; each report lists what was capped)")
     p_run.add_argument("-p", "--param", dest="params", action="append", type=parse_param, default=[],
@@ -196,7 +199,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.precision is not None:
         params["precision"] = args.precision
     if args.size is not None:
+        if "size" in params and params["size"] != args.size:
+            parser.error(f"--size {args.size} and -p size={params['size']} disagree: give one")
         params["size"] = args.size
+    if "size" in params and params["size"] not in SIZES:
+        parser.error(f"-p size={params['size']}: choose one of {', '.join(SIZES)}")
     clash = sorted(set(params) & set(report.RESERVED_PARAMS))
     if clash:
         parser.error(f"-p {clash[0]}=...: use the --{clash[0].replace('_', '-')} option instead"
@@ -215,8 +222,8 @@ def main(argv: list[str] | None = None) -> int:
         except ValueError as exc:
             parser.error(str(exc))
 
-    if not args.quick:  # a large model on a small CPU at the full sizes: say that --size laptop exists
-        advice = _cpu_advice(args.model, args.device, params.get("size", "full"))
+    if not (args.quick or args.no_index):  # a large model on a small CPU at full size: say --size laptop exists
+        advice = _cpu_advice(args.model, args.device, params.get("size", "full"), report.available_cores())
         if advice:
             print(advice, file=sys.stderr, flush=True)
 

@@ -155,7 +155,7 @@ def _running(precision: str, device: torch.device, grad: bool):
     Michel's importances would underflow): they run in float32; bfloat16 keeps float32's range."""
     stack = ExitStack()
     stack.enter_context(torch.enable_grad() if grad else torch.inference_mode())
-    stack.enter_context(timed("forward"))
+    stack.enter_context(timed("forward", device))
     if precision != "float32" and not (grad and precision == "float16"):
         stack.enter_context(torch.autocast(device.type, dtype=getattr(torch, precision)))
     return stack

@@ -207,13 +207,19 @@ def _fingerprint_dir(path: Path) -> str:
     return "local-" + h.hexdigest()[:16]
 
 
+def _local_checkpoint(name: str) -> Path | None:
+    """The folder ``name`` stands for on this disk (the embedded MiniLM's alias or a directory), else None."""
+    path = default_model_path() if name.lower() in OFFLINE_ALIASES else Path(name).expanduser()
+    return path if path.is_dir() else None
+
+
 def local_config(name: str, revision: str | None = None):
     """The model's config where it can be read without the network (the embedded MiniLM's alias, a
     local checkpoint directory, the Hugging Face cache), else None; never loads weights."""
     from transformers import AutoConfig
 
-    path = default_model_path() if name.lower() in OFFLINE_ALIASES else Path(name).expanduser()
-    if path.is_dir():
+    path = _local_checkpoint(name)
+    if path is not None:
         return AutoConfig.from_pretrained(path) if (path / "config.json").exists() else None
     try:
         return AutoConfig.from_pretrained(name, revision=revision, local_files_only=True)
@@ -225,16 +231,12 @@ def _resolve(name: str, revision: str | None):
     """Return (source, is_local, config) or raise ModelLoadError naming everything tried."""
     from transformers import AutoConfig
 
-    if name.lower() in OFFLINE_ALIASES:
-        path = default_model_path()
-        return str(path), True, AutoConfig.from_pretrained(path)
-    tried = []
-    path = Path(name).expanduser()
-    if path.is_dir():
+    path = _local_checkpoint(name)
+    if path is not None:
         if not (path / "config.json").exists():
             raise ModelLoadError(f"{path} is a directory but holds no config.json, so it is not a model checkpoint")
         return str(path), True, AutoConfig.from_pretrained(path)
-    tried.append(f"local directory {path} (does not exist)")
+    tried = [f"local directory {Path(name).expanduser()} (does not exist)"]
     try:  # the local Hugging Face cache first: works offline once a model was downloaded
         return name, False, AutoConfig.from_pretrained(name, revision=revision, local_files_only=True)
     except Exception:  # noqa: BLE001 - not cached; go on to the hub

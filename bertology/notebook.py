@@ -379,7 +379,8 @@ def start(notebook: str, model: str = "minilm", seed: int = 0, quick: bool = Fal
                       "On MiniLM (two sentences, measured 2026-12-02) attention weights moved by at most 0.014 "
                       "(mean 0.0003), hidden states by under 1% of their norm, and up to 1.5% of rows changed "
                       "their most-attended token; findings near a tie can flip."
-                      + (" Passes that take gradients (gradient importance, head importance) run in float32: "
+                      + (" Passes that take gradients (gradient importance, head importance) and the structural "
+                         "probes' training run in float32: "
                          "float16 gradients underflow without loss scaling." if precision == "float16" else ""))
         if speedup is not None:
             run.note(f"{precision} matrix products ran {speedup:.1f}x as fast as float32 on this CPU "

@@ -27,8 +27,9 @@ def enabled() -> bool:
 
 
 @contextmanager
-def timed(section: str):
-    """Add the wall time of the block to ``section`` when timings are on (a no-op otherwise)."""
+def timed(section: str, device=None):
+    """Add the wall time of the block to ``section`` when timings are on (a no-op otherwise).
+    ``device``: the one the block computes on (:func:`synchronize`); None: CUDA's current device."""
     global _registered
     if not enabled():
         yield
@@ -36,23 +37,27 @@ def timed(section: str):
     if not _registered:
         atexit.register(flush)
         _registered = True
-    _synchronize()
+    synchronize(device)
     t0 = time.perf_counter()
     try:
         yield
     finally:
-        _synchronize()
+        synchronize(device)
         entry = _tally[section]
         entry[0] += time.perf_counter() - t0
         entry[1] += 1
 
 
-def _synchronize() -> None:
-    """Wait for queued GPU work, so a section's time is its work and not its launch (CUDA runs
-    asynchronously). Only when timings are on and a GPU is in use; torch is not imported here."""
+def synchronize(device=None) -> None:
+    """Wait for ``device``'s queued work (CUDA runs asynchronously), so that a clock read after it
+    times the work and not its launch. A CPU device has nothing to wait for; ``None`` means CUDA's
+    current device, and only where CUDA is already in use: torch is not imported here, and no
+    CUDA context is opened."""
     torch = sys.modules.get("torch")
-    if torch is not None and torch.cuda.is_available() and torch.cuda.is_initialized():
-        torch.cuda.synchronize()
+    if torch is None or getattr(device, "type", "cuda") != "cuda":
+        return
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.synchronize(device)
 
 
 def tally() -> dict[str, dict[str, float]]:

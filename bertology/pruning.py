@@ -34,7 +34,7 @@ from .interventions import (captured_heads, layer_stack, masked_heads, recorded_
                             skipped_layers)
 from .labels import head_label
 from .models import LoadedModel, MissingHeadError, UnsupportedModelError
-from .profiling import timed
+from .profiling import synchronize, timed
 
 TASKS = ("mlm", "upos", "embedding")
 
@@ -704,23 +704,17 @@ def pruned_copy(loaded: LoadedModel, removed: Sequence[tuple[int, int]]) -> Load
     return LoadedModel(loaded.tokenizer, model, loaded.info)
 
 
-def _synchronize(device: torch.device) -> None:
-    """Wait for the device's queued work (CUDA runs asynchronously; a CPU has nothing to wait for)."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def time_forward(model, batches: list, repeats: int = 3) -> float:
     """Best-of-``repeats`` seconds for one inference pass over ``batches``. On a GPU the clock
     starts and stops with the device's queue empty, so it times the work, not its launch."""
     device = next(model.parameters()).device
     best = float("inf")
     for _ in range(repeats):
-        _synchronize(device)
+        synchronize(device)
         t = time.perf_counter()
         for b in batches:
             forward(model, b, base=True)
-        _synchronize(device)
+        synchronize(device)
         best = min(best, time.perf_counter() - t)
     return best
 

@@ -45,6 +45,8 @@ _NOTEBOOK_RE = re.compile(r"^(\d\d)_[A-Za-z0-9_.-]+$")
 
 
 # --------------------------------------------------------------------------- notebooks
+#: Environment variable that picks the kernels' transport: "ipc" (default, POSIX) or "tcp".
+KERNEL_TRANSPORT_ENV = "BERTOLOGY_KERNEL_TRANSPORT"
 #: Longest socket path the kernel's IPC transport may use (AF_UNIX: 108 bytes on Linux, 104 on macOS).
 _MAX_SOCKET_PATH = 100
 
@@ -53,11 +55,16 @@ def kernel_manager_class(runtime_dir: str | os.PathLike | None = None):
     """The kernel manager papermill starts each notebook's kernel with. On POSIX it talks to the
     kernel over Unix sockets in Jupyter's runtime folder (``transport="ipc"``): no TCP ports that
     parallel jobs could race for, and no "Kernel is running over TCP without encryption" warning
-    on the console. TCP (jupyter_client's default) on Windows, or where the runtime folder's path
-    would make the socket paths too long (``runtime_dir``: default Jupyter's)."""
+    on the console. TCP (jupyter_client's default) on Windows, where the runtime folder's path
+    would make the socket paths too long (``runtime_dir``: default Jupyter's), or where
+    ``BERTOLOGY_KERNEL_TRANSPORT=tcp`` says so (a runtime folder on a file system without Unix
+    sockets, e.g. some network or WSL mounts)."""
     from jupyter_client.manager import AsyncKernelManager
 
-    if os.name != "posix":
+    transport = os.environ.get(KERNEL_TRANSPORT_ENV, "ipc").strip().lower() or "ipc"
+    if transport not in ("ipc", "tcp"):
+        raise ValueError(f"{KERNEL_TRANSPORT_ENV}={transport!r}: use 'ipc' (default) or 'tcp'")
+    if os.name != "posix" or transport == "tcp":
         return AsyncKernelManager
     if runtime_dir is None:
         from jupyter_core.paths import jupyter_runtime_dir
@@ -903,12 +910,15 @@ def _results(results_file: Path) -> dict:
 
 def comparison_table(out: Path) -> pd.DataFrame:
     """Key numbers (``values.key_numbers`` of each results.json) side by side: one row per
-    notebook and number, one column per model."""
+    notebook and number, one column per model; a run at another size than full, or in quick
+    mode, is a column of its own, named so (``"m (laptop)"``): its numbers are not the full run's."""
     rows = {}
     for slug, stems in _index_rows(out).items():
         for stem in stems:
             doc = _results(out / slug / stem / "results.json")
-            model = (doc.get("meta") or {}).get("model", slug)
+            meta = doc.get("meta") or {}
+            tags = (["quick"] if meta.get("quick") else []) + [x for x in [meta.get("size")] if x and x != "full"]
+            model = meta.get("model", slug) + (f" ({', '.join(tags)})" if tags else "")
             for name, value in ((doc.get("values") or {}).get("key_numbers") or {}).items():
                 rows.setdefault((stem, name), {})[model] = value
     if not rows:

@@ -55,9 +55,12 @@ def _all(value) -> bool:
 
 
 def cap(notebook: str, size: str, **values):
-    """The ``values`` (keyword order) capped by ``size`` for ``notebook``: a tuple, or the one value
-    when one was given. Names without a cap, and every value under ``"full"``, come back as given."""
-    caps = LAPTOP.get(notebook, {}) if check(size) == "laptop" else {}
+    """The ``values`` (keyword order) capped by ``size`` for ``notebook`` (a key of :data:`LAPTOP`,
+    else KeyError): a tuple, or the one value when one was given. Names without a cap, and every
+    value under ``"full"``, come back as given."""
+    if notebook not in LAPTOP:  # a misspelt name would leave the laptop size silently uncapped
+        raise KeyError(f"no sizes for notebook {notebook!r}; known: {', '.join(LAPTOP)}")
+    caps = LAPTOP[notebook] if check(size) == "laptop" else {}
     out = []
     for name, value in values.items():
         limit = caps.get(name, (None, None))[1]

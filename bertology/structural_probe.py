@@ -654,6 +654,7 @@ def fit_probe(train: WordStates, dev: WordStates, kind: str = "distance", rank: 
     schedule and early stop. Deterministic for a ``seed`` on one device. ``precision="bfloat16"``
     (the run's compute precision, :func:`bertology.models.check_precision`) computes the probe's
     products under ``torch.autocast`` (the parameters and Adam stay float32); default float32.
+    ``"float16"`` (CUDA) trains in float32: without loss scaling its gradients would underflow.
     """
     return fit_probes(train, dev, kind, [rank], layers=layers, max_epochs=max_epochs, patience=patience, lr=lr,
                       batch_size=batch_size, batching=batching, seed=seed, device=device, precision=precision,
@@ -692,6 +693,8 @@ def fit_probes(train: WordStates, dev: WordStates, kind: str = "distance", ranks
         raise ValueError(f"layers {bad} out of range 0..{train.n_layers - 1}")
     device = torch.device(device)
     check_precision(precision, device)
+    if precision == "float16":  # no loss scaling here: float16 gradients would underflow, so train in float32
+        precision = "float32"
 
     def autocast():
         return (torch.autocast(device.type, dtype=getattr(torch, precision)) if precision != "float32"

@@ -68,6 +68,7 @@ def test_the_upos_task_trains_its_probe_and_scores_on_the_gpu():
 
 @gpu
 def test_forward_timing_waits_for_the_gpu(monkeypatch):
+    monkeypatch.delenv("BERTOLOGY_TIMINGS", raising=False)  # the forward pass's own timing would sync too
     lm = random_bert(n_layers=1, n_heads=2, hidden_size=16, seed=0, device="cuda")
     calls = []
     real = torch.cuda.synchronize
@@ -82,3 +83,18 @@ def test_float16_gradient_passes_run_in_float32():
     lm = models.set_precision(random_bert(n_layers=1, n_heads=2, hidden_size=16, seed=0, device="cuda"), "float16")
     out = forward(lm, _batch(lm), attention=True, grad=True)
     assert out.attentions[0].dtype == torch.float32
+
+
+@gpu
+def test_float16_structural_probes_train_as_float32():
+    from bertology import structural_probe as sp
+
+    from test_structural_probe import _planted_states
+
+    rng = np.random.default_rng(0)
+    Q, _ = np.linalg.qr(rng.normal(size=(15, 15)))
+    train, dev = _planted_states(rng, 60, Q), _planted_states(rng, 20, Q)
+    fit = dict(rank=15, lr=0.05, max_epochs=3, batch_size=20, layers=[1], progress=False, device="cuda")
+    p16 = sp.fit_probe(train, dev, "distance", precision="float16", **fit)
+    p32 = sp.fit_probe(train, dev, "distance", **fit)
+    np.testing.assert_array_equal(p16.B, p32.B)

@@ -248,17 +248,17 @@ def test_index_puts_key_numbers_of_several_models_side_by_side(tmp_path):
 
     from bertology import report
 
-    for model, value, fig in (("m-one", 0.25, "b_key"), ("m-two", 0.5, "b_key")):
+    for model, value, fig, size in (("m-one", 0.25, "b_key", "full"), ("m-two", 0.5, "b_key", "laptop")):
         d = tmp_path / model / "01_x"
         (d / "figures").mkdir(parents=True)
         for name in ("a_first", "b_key"):
             (d / "figures" / f"{name}.png").write_bytes(b"\x89PNG")
         (tmp_path / model / "01_x.html").write_text("<html></html>")
         (d / "results.json").write_text(_json.dumps({
-            "meta": {"model": model, "key_figure": fig},
+            "meta": {"model": model, "key_figure": fig, "size": size},
             "values": {"key_numbers": {"best head accuracy: det": value}}}))
     table = report.comparison_table(tmp_path)
-    assert table.loc[("01_x", "best head accuracy: det")].to_dict() == {"m-one": 0.25, "m-two": 0.5}
+    assert table.loc[("01_x", "best head accuracy: det")].to_dict() == {"m-one": 0.25, "m-two (laptop)": 0.5}
     page = report.write_index(tmp_path).read_text()
     assert "Models side by side" in page and "0.250" in page and "0.500" in page
     assert "figures/b_key.png" in page and "figures/a_first.png" not in page  # the key figure is the thumbnail
@@ -385,6 +385,12 @@ def test_kernels_talk_over_unix_sockets_on_posix(tmp_path, monkeypatch):
     assert a.transport == "ipc" and AsyncKernelManager().transport == "tcp"
     assert os.path.isabs(a.ip) and a.ip != b.ip  # kernels started side by side get sockets of their own
     assert report.kernel_manager_class(tmp_path / ("x" * 60)) is AsyncKernelManager  # socket paths too long
+    monkeypatch.setenv(report.KERNEL_TRANSPORT_ENV, "TCP")  # the way back where Unix sockets cannot be made
+    assert report.kernel_manager_class("/tmp") is AsyncKernelManager
+    monkeypatch.setenv(report.KERNEL_TRANSPORT_ENV, "udp")
+    with pytest.raises(ValueError, match="BERTOLOGY_KERNEL_TRANSPORT='udp'"):
+        report.kernel_manager_class("/tmp")
+    monkeypatch.delenv(report.KERNEL_TRANSPORT_ENV)
     monkeypatch.setattr(report.os, "name", "nt")
     assert report.kernel_manager_class(tmp_path) is AsyncKernelManager
 

@@ -53,6 +53,8 @@ def test_cap_lowers_to_the_laptop_caps_and_keeps_smaller_values():
     assert sizes.cap("02_attention_heads_syntax", "laptop", n_sentences=0) == 500  # 0 is the whole split
     with pytest.raises(ValueError, match="'size' must be one of 'full', 'laptop', got 'small'"):
         sizes.cap(nb, "small", n_train=1)
+    with pytest.raises(KeyError, match="no sizes for notebook '01_attention_pattern'"):  # misspelt: not silently uncapped
+        sizes.cap("01_attention_pattern", "laptop", n_pairs=1000)
 
 
 def test_sampled_lists_what_is_below_the_full_default():
@@ -101,17 +103,28 @@ def test_relative_cost_and_cpu_advice_by_hand():
 
 
 @pytest.mark.parametrize("args, shown", [([], True), (["--size", "laptop"], False), (["--quick"], False),
-                                         (["--model", "minilm"], False)])
+                                         (["--no-index"], False), (["--model", "minilm"], False)])
 def test_run_suggests_the_laptop_size_for_a_large_local_model_on_a_small_cpu(tmp_path, monkeypatch, capsys, args, shown):
     from bertology import cli, report
     from transformers import BertConfig
 
     BertConfig(num_hidden_layers=12, hidden_size=768).save_pretrained(tmp_path / "big")  # a config, no weights
     monkeypatch.setattr(report, "run", lambda notebooks, **kw: [])
-    monkeypatch.setattr(cli.os, "cpu_count", lambda: 2)
-    argv = ["run", "--model", str(tmp_path / "big"), "--device", "cpu", "--notebooks", "01", "--no-index", *args]
-    if "--model" in args:
-        argv = ["run", *args, "--device", "cpu", "--notebooks", "01", "--no-index"]
+    monkeypatch.setattr(report, "available_cores", lambda: 2)
+    argv = ["run", "--model", str(tmp_path / "big"), "--device", "cpu", "--notebooks", "01", "--out", str(tmp_path), *args]
+    if "--model" in args:  # MiniLM: no note
+        argv = ["run", *args, "--device", "cpu", "--notebooks", "01", "--out", str(tmp_path)]
     assert cli.main(argv) == 0
     err = capsys.readouterr().err
     assert ("costs about 8x MiniLM's forward passes" in err) is shown
+
+
+@pytest.mark.parametrize("args, message", [(["-p", "size=huge"], "-p size=huge: choose one of full, laptop"),
+                                           (["--size", "laptop", "-p", "size=full"], "disagree: give one")])
+def test_run_refuses_a_bad_or_contradicting_size_before_any_notebook(tmp_path, capsys, args, message):
+    from bertology import cli
+
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["run", "--notebooks", "01", "--out", str(tmp_path / "r"), *args])
+    assert exc.value.code == 2 and message in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()
