@@ -326,7 +326,7 @@ def attention_gradients(loaded: LoadedModel, inputs: dict, masked: torch.Tensor,
             loss = torch.nn.functional.cross_entropy(out.logits[masked], inputs["input_ids"][masked])
         else:
             # the target in the same precision as the differentiated pass (float16 runs that one in float32)
-            clean = forward(loaded, inputs, hidden_states=True, grad=True).hidden_states[-1].detach()
+            clean = forward(loaded, inputs, hidden_states=True, grad=True).hidden_states[-1].detach().float()
             loss = (out.hidden_states[-1][masked] - clean[masked].clone()).pow(2).mean()
         return tuple(g.float() for g in torch.autograd.grad(loss, out.attentions))
 
