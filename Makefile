@@ -52,7 +52,9 @@ test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
 # bench: the engine's ratios, the probe epoch, then every notebook at full size for MiniLM and a
-# bert-base-shaped checkpoint (long: about an hour on 2 CPU cores; bench-reports alone for the table)
+# bert-base-shaped checkpoint (long: bert-base took an hour in bfloat16 on a 2-core Zen 4 and would take
+# hours in float32 on an AVX2-only CPU; SIZE=laptop BENCH_JOBS=2 took 41 min on a Zen 3; bench-reports
+# alone for the table)
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_extract.py
 	$(BIN)/python benchmarks/bench_importance.py
