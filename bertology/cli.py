@@ -46,14 +46,13 @@ def _display(path: str | os.PathLike | None) -> str:
     return str(path) if rel.startswith("..") else rel
 
 
-def _cpu_advice(model: str, device: str, size: str, cores: int) -> str | None:
+def _cpu_advice(model: str, device: str, size: str, quick: bool, cores: int) -> str | None:
     """:func:`bertology.sizes.cpu_advice` for a run's model, read without the network (None where it cannot be)."""
-    from .sizes import FEW_CORES
+    from .sizes import cpu_advice, may_advise
 
-    if size != "full" or cores > FEW_CORES or not (device == "auto" or device.startswith("cpu")):
+    if not may_advise(size, quick, cores) or not (device == "auto" or device.startswith("cpu")):
         return None  # cheap checks first: the config and torch only where the note can show
     from .models import local_config, resolve_device
-    from .sizes import cpu_advice
 
     try:
         config, dev = local_config(model), resolve_device(device)
@@ -62,7 +61,7 @@ def _cpu_advice(model: str, device: str, size: str, cores: int) -> str | None:
     layers, width = getattr(config, "num_hidden_layers", None), getattr(config, "hidden_size", None)
     if not (isinstance(layers, int) and isinstance(width, int)):
         return None
-    return cpu_advice(layers, width, dev.type, size, False, cores)
+    return cpu_advice(layers, width, dev.type, size, quick, cores)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -222,8 +221,8 @@ def main(argv: list[str] | None = None) -> int:
         except ValueError as exc:
             parser.error(str(exc))
 
-    if not (args.quick or args.no_index):  # a large model on a small CPU at full size: say --size laptop exists
-        advice = _cpu_advice(args.model, args.device, params.get("size", "full"), report.available_cores())
+    if not args.no_index:  # a large model on a small CPU at full size: say --size laptop exists (not in workflow jobs)
+        advice = _cpu_advice(args.model, args.device, params.get("size", "full"), args.quick, report.available_cores())
         if advice:
             print(advice, file=sys.stderr, flush=True)
 

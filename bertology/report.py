@@ -16,6 +16,7 @@ results.json) is moved into place, so a failing run never damages the last good 
 from __future__ import annotations
 
 import contextlib
+import functools
 import html
 import json
 import os
@@ -76,32 +77,27 @@ def kernel_manager_class(runtime_dir: str | os.PathLike | None = None):
     return _ipc_manager()
 
 
+@functools.lru_cache(maxsize=1)
 def _ipc_manager():
-    global _IPC_MANAGER
-    if _IPC_MANAGER is None:
-        import uuid
+    import uuid
 
-        from jupyter_client.manager import AsyncKernelManager
-        from jupyter_core.paths import jupyter_runtime_dir
-        from traitlets import CaselessStrEnum, default
+    from jupyter_client.manager import AsyncKernelManager
+    from jupyter_core.paths import jupyter_runtime_dir
+    from traitlets import CaselessStrEnum, default
 
-        class IPCKernelManager(AsyncKernelManager):
-            """An AsyncKernelManager whose kernel listens on Unix sockets of its own in Jupyter's runtime
-            folder (jupyter_client's default for ipc, ``kernel-ipc-N`` in the working folder, would
-            be shared by kernels started side by side)."""
-            transport = CaselessStrEnum(["tcp", "ipc"], default_value="ipc", config=True)
+    class IPCKernelManager(AsyncKernelManager):
+        """An AsyncKernelManager whose kernel listens on Unix sockets of its own in Jupyter's runtime
+        folder (jupyter_client's default for ipc, ``kernel-ipc-N`` in the working folder, would
+        be shared by kernels started side by side)."""
+        transport = CaselessStrEnum(["tcp", "ipc"], default_value="ipc", config=True)
 
-            @default("ip")
-            def _unique_socket_prefix(self) -> str:
-                folder = jupyter_runtime_dir()
-                os.makedirs(folder, mode=0o700, exist_ok=True)
-                return os.path.join(folder, f"kernel-{uuid.uuid4()}-ipc")
+        @default("ip")
+        def _unique_socket_prefix(self) -> str:
+            folder = jupyter_runtime_dir()
+            os.makedirs(folder, mode=0o700, exist_ok=True)
+            return os.path.join(folder, f"kernel-{uuid.uuid4()}-ipc")
 
-        _IPC_MANAGER = IPCKernelManager
-    return _IPC_MANAGER
-
-
-_IPC_MANAGER = None
+    return IPCKernelManager
 
 
 def discover_notebooks(notebook_dir: str | os.PathLike = "notebooks") -> dict[str, Path]:
@@ -917,7 +913,8 @@ def comparison_table(out: Path) -> pd.DataFrame:
         for stem in stems:
             doc = _results(out / slug / stem / "results.json")
             meta = doc.get("meta") or {}
-            tags = (["quick"] if meta.get("quick") else []) + [x for x in [meta.get("size")] if x and x != "full"]
+            size = meta.get("size") or "full"
+            tags = (["quick"] if meta.get("quick") else []) + ([size] if size != "full" else [])
             model = meta.get("model", slug) + (f" ({', '.join(tags)})" if tags else "")
             for name, value in ((doc.get("values") or {}).get("key_numbers") or {}).items():
                 rows.setdefault((stem, name), {})[model] = value

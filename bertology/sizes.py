@@ -100,12 +100,18 @@ def relative_cost(n_layers: int, hidden_size: int) -> float:
     return n_layers * hidden_size ** 2 / MINILM_COST
 
 
+def may_advise(size: str, quick: bool, cores: int) -> bool:
+    """Whether a run could get :func:`cpu_advice`'s note whatever its model: size ``"full"``, not
+    ``quick``, at most :data:`FEW_CORES` cores (the command line asks before it reads a config)."""
+    return not quick and check(size) == "full" and cores <= FEW_CORES
+
+
 def cpu_advice(n_layers: int, hidden_size: int, device_type: str, size: str, quick: bool, cores: int) -> str | None:
     """The note ``bertology run`` prints before a full-size run of a large model on a small CPU: at least
-    :data:`ADVICE_FACTOR` times MiniLM's cost per token, on ``"cpu"`` with at most :data:`FEW_CORES`
-    cores, at size ``"full"`` and not ``quick``; None otherwise. It suggests ``--size laptop``."""
+    :data:`ADVICE_FACTOR` times MiniLM's cost per token, on ``"cpu"``, where :func:`may_advise`;
+    None otherwise. It suggests ``--size laptop``."""
     factor = relative_cost(n_layers, hidden_size)
-    if quick or check(size) != "full" or device_type != "cpu" or cores > FEW_CORES or factor < ADVICE_FACTOR:
+    if not may_advise(size, quick, cores) or device_type != "cpu" or factor < ADVICE_FACTOR:
         return None
     return (f"note: this model ({n_layers} layers x {hidden_size}) costs about {factor:.0f}x MiniLM's forward passes, "
             f"on the CPU ({cores} cores) at the full sizes: on a 2-core machine a bert-base-sized model's full run took "

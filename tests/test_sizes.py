@@ -100,6 +100,8 @@ def test_relative_cost_and_cpu_advice_by_hand():
     assert sizes.cpu_advice(12, 768, "cpu", "full", False, 9) is None
     with pytest.raises(ValueError, match="'size' must be one of"):
         sizes.cpu_advice(12, 768, "cpu", "huge", False, 2)
+    assert sizes.may_advise("full", False, 8) and not sizes.may_advise("full", False, 9)
+    assert not sizes.may_advise("laptop", False, 2) and not sizes.may_advise("full", True, 2)
 
 
 @pytest.mark.parametrize("args, shown", [([], True), (["--size", "laptop"], False), (["--quick"], False),
