@@ -57,6 +57,7 @@ test: $(STAMP)
 # alone for the table)
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_extract.py
+	$(BIN)/python benchmarks/bench_buckets.py
 	$(BIN)/python benchmarks/bench_importance.py
 	$(BIN)/python benchmarks/bench_probes.py $(if $(PRECISION),--precision $(PRECISION),)
 	$(BIN)/python benchmarks/bench_reports.py --jobs $(BENCH_JOBS) $(if $(QUICK),--quick,) $(if $(PRECISION),--precision $(PRECISION),) $(if $(SIZE),--size $(SIZE),)

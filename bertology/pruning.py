@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import copy
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
@@ -180,10 +181,16 @@ def build_task(loaded: LoadedModel, task: str, sentences: Sequence, train_senten
 
         def prepare(sents):
             out = []
-            for _, b in _batches(loaded, encode(sents), batch_size):
+            es = encode(sents)
+            # one draw per piece, sentence by sentence, so the masked pieces do not depend on batching
+            draws = [torch.rand(e.n_tokens, generator=gen) for e in es]
+            for idx, b in _batches(loaded, es, batch_size):
                 ids = b["input_ids"]
                 special = (ids == tok.cls_token_id) | (ids == tok.sep_token_id) | (b["attention_mask"] == 0)
-                pick = (torch.rand(ids.shape, generator=gen) < 0.15).to(ids.device) & ~special
+                r = torch.ones(ids.shape)  # padding: never picked (and masked out as special)
+                for row, i in enumerate(idx):
+                    r[row, : len(draws[i])] = draws[i]
+                pick = (r < 0.15).to(ids.device) & ~special
                 pick[:, 1] |= ~pick.any(1) & ~special[:, 1]  # at least one target per input
                 b["labels"] = torch.where(pick, ids, torch.full_like(ids, -100))
                 b["input_ids"] = torch.where(pick, torch.full_like(ids, tok.mask_token_id), ids)
@@ -256,6 +263,7 @@ def build_task(loaded: LoadedModel, task: str, sentences: Sequence, train_senten
             for _, b in _batches(loaded, encode(sents), batch_size):
                 e = _mean_pool(_last_states(model, b), b["attention_mask"])
                 b["ref"] = F.normalize(e, dim=-1)
+                # drawn batch after batch in the sorted order of the inputs: the same whatever the batching
                 b["u"] = torch.randn(e.shape, generator=gen).to(e.device, e.dtype)
                 out.append(b)
         return out
@@ -309,16 +317,20 @@ def _shape(model):
 
 
 def evaluate(loaded: LoadedModel, task: Task, mask: torch.Tensor | np.ndarray | None = None,
-             prefix: list | None = None) -> float:
-    """The task metric with head mask ``mask`` (L x H; 0 removes a head), ``None`` = full model.
+             prefix: list | None = None, skip: Sequence[int] = ()) -> float:
+    """The task metric with head mask ``mask`` (L x H; 0 removes a head), ``None`` = full model;
+    ``skip``: transformer layers left out altogether (:func:`skip_layers`).
 
     ``prefix`` (from :func:`layer_outputs`): the full model's layer outputs on ``task``'s batches;
-    then the layers below the lowest one with a removed head are not run again but replayed
-    (:func:`bertology.interventions.resumed_at`), which gives the same metric."""
+    then the layers below the lowest one with a removed head or a skipped layer are not run again
+    but replayed (:func:`bertology.interventions.resumed_at`), which gives the same metric."""
     model = loaded.model
-    first = _first_masked_layer(mask)
+    skip = sorted({int(l) for l in skip})
+    first = min(_masked_layers(mask) + skip, default=0)  # the lowest layer that changes
+    if skip:  # the stack without the skipped layers keeps the layers below them first: the same replay
+        first = min(first, len(layer_stack(model).layer) - len(skip) - 1)
     total = count = 0
-    with masked_heads(model, mask), torch.no_grad():
+    with masked_heads(model, mask), (skip_layers(model, skip) if skip else nullcontext()), torch.no_grad():
         for i, b in enumerate(task.batches):
             if prefix is not None and first:
                 with resumed_at(model, first, prefix[i][first - 1]):
@@ -329,13 +341,12 @@ def evaluate(loaded: LoadedModel, task: Task, mask: torch.Tensor | np.ndarray | 
     return total / max(count, 1)
 
 
-def _first_masked_layer(mask) -> int:
-    """Index of the lowest layer with a gate other than 1 (0 when there is no mask or none)."""
+def _masked_layers(mask) -> list[int]:
+    """Indices of the layers with a gate other than 1 (none when there is no mask)."""
     if mask is None:
-        return 0
+        return []
     m = torch.as_tensor(mask).detach().cpu()
-    rows = torch.nonzero((m != 1).any(dim=1)).flatten()
-    return int(rows[0]) if len(rows) else 0
+    return torch.nonzero((m != 1).any(dim=1)).flatten().tolist()
 
 
 def layer_outputs(loaded: LoadedModel, task: Task) -> list | None:
@@ -583,26 +594,24 @@ def layers_vs_heads(loaded: LoadedModel, task: Task, importance: np.ndarray) -> 
     """Remove k whole layers (least harmful alone first) vs all heads of those layers vs k·H heads by importance."""
     model = loaded.model
     L, H = _shape(model)
-    alone = []
-    for l in range(L):
-        with skip_layers(model, [l]):
-            alone.append(evaluate(loaded, task))
+    prefix = layer_outputs(loaded, task)  # the layers below the lowest removed one are replayed
+    alone = [evaluate(loaded, task, skip=[l], prefix=prefix) for l in range(L)]
     layer_order = sorted(range(L), key=lambda l: (-alone[l], l))
     head_order = removal_order(importance)
-    rows = [{"strategy": s, "k_layers": 0, "heads_removed": 0, "params_removed": 0, "metric": evaluate(loaded, task)}
+    full = evaluate(loaded, task)
+    rows = [{"strategy": s, "k_layers": 0, "heads_removed": 0, "params_removed": 0, "metric": full}
             for s in ("whole layers", "attention of layers", "heads by importance")]
     for k in range(1, L):  # all L would leave no encoder
         drop = layer_order[:k]
-        with skip_layers(model, drop):
-            rows.append({"strategy": "whole layers", "k_layers": k, "heads_removed": k * H,
-                         "params_removed": k * layer_params(model), "metric": evaluate(loaded, task)})
+        rows.append({"strategy": "whole layers", "k_layers": k, "heads_removed": k * H,
+                     "params_removed": k * layer_params(model), "metric": evaluate(loaded, task, skip=drop, prefix=prefix)})
         m = np.ones((L, H))
         m[drop] = 0
         rows.append({"strategy": "attention of layers", "k_layers": k, "heads_removed": k * H,
-                     "params_removed": k * H * head_params(model), "metric": evaluate(loaded, task, m)})
+                     "params_removed": k * H * head_params(model), "metric": evaluate(loaded, task, m, prefix)})
         rows.append({"strategy": "heads by importance", "k_layers": k, "heads_removed": k * H,
                      "params_removed": k * H * head_params(model),
-                     "metric": evaluate(loaded, task, mask_without(head_order[: k * H], (L, H)))})
+                     "metric": evaluate(loaded, task, mask_without(head_order[: k * H], (L, H)), prefix)})
     return pd.DataFrame(rows)
 
 

@@ -189,3 +189,18 @@ def test_logits_at_are_the_full_logits_at_those_positions(arch):
     loss = ex.logits_at(model, batch, rows, cols, grad=True).logsumexp(-1).sum()
     loss.backward()
     assert next(model.parameters()).grad is not None
+
+
+def test_buckets_take_the_cheapest_cut():
+    """Padded tokens plus ``overhead`` per batch, minimised over cuts of the sorted lengths."""
+    lengths = [10, 10, 10, 40]
+    # one batch: 4 x 40 = 160 (+48) = 208; [10,10,10] + [40]: 30 + 40 (+96) = 166
+    assert ex.buckets_by_length(lengths, batch_size=8, max_tokens=10_000) == [[0, 1, 2], [3]]
+    # with a batch costing 100 tokens, one batch (260) beats two (270)
+    assert ex.buckets_by_length(lengths, 8, 10_000, overhead=100) == [[0, 1, 2, 3]]
+    # no overhead: every distinct length alone, ties by index
+    assert ex.buckets_by_length([5, 3, 5, 3], 8, 10_000, overhead=0) == [[1, 3], [0, 2]]
+    assert ex.buckets_by_length([], 8, 100) == []
+    assert ex.buckets_by_length([500, 2], 8, 100) == [[1], [0]]  # longer than the budget: alone
+    with pytest.raises(ValueError, match="overhead"):
+        ex.buckets_by_length([1], 8, 100, overhead=-1)

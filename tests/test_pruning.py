@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from bertology import models, pruning as pr
+from bertology.interventions import layer_stack
 from bertology.models import MissingHeadError, random_bert, set_head_mask
 
 SENTS = [["the", "cat", "sat", "on", "the", "mat", "."], ["dogs", "bark", "."], ["a", "b", "c", "d"]]
@@ -64,7 +65,7 @@ def test_token_gate_gradient_equals_finite_difference_at_that_position(tiny):
     b = task.batches[0]
     g = pr.gate_gradients(tiny, task, b)  # (L, B, T, H)
     mod = models.self_attention_modules(tiny.model)[0]
-    eps = 1e-5
+    eps = 1e-3  # the gradients are ~1e-8..1e-6 here; smaller steps drown in the rounding of a loss near 10
     for x, t, h in [(0, 2, 1), (1, 1, 3), (2, 0, 0)]:
         loss = []
         for s in (1, -1):
@@ -76,7 +77,7 @@ def test_token_gate_gradient_equals_finite_difference_at_that_position(tiny):
             with torch.no_grad():
                 loss.append(task.loss_fn(tiny.model, b).item())
             hd.remove()
-        assert g[0, x, t, h].item() == pytest.approx((loss[0] - loss[1]) / (2 * eps), rel=1e-6, abs=1e-10)
+        assert g[0, x, t, h].item() == pytest.approx((loss[0] - loss[1]) / (2 * eps), rel=1e-4, abs=1e-13)
 
 
 def test_importance_aggregation_by_hand():
@@ -261,6 +262,31 @@ def test_evaluation_resumed_above_the_removed_heads_gives_the_same_metric(tiny):
         hook.remove()
     assert [type(m).__name__ for m in tiny.model.bert.encoder.layer] == ["BertLayer", "BertLayer"]  # stack restored
 
+def test_skipped_layers_replay_the_layers_below_them(tokenizer):
+    """Whole layers left out (``skip``): the layers below the lowest skipped one (or removed head)
+    are replayed, and the metric equals the plain evaluation without them."""
+    lm = random_bert(tokenizer, n_layers=4, n_heads=2, hidden_size=8, mlm=False, seed=5)
+    lm.model.double()
+    task = pr.build_task(lm, "embedding", SENTS, batch_size=2, seed=1)
+    prefix = pr.layer_outputs(lm, task)
+    calls = []
+    hooks = [m.register_forward_hook(lambda *a, d=d: calls.append(d)) for d, m in enumerate(layer_stack(lm.model).layer)]
+    head0 = np.array([[0, 1], [1, 1], [1, 1], [1, 1]], dtype=float)  # a head of layer 0: nothing to replay
+    try:
+        for skip, mask, ran in (([2], None, {3}), ([3, 1], None, {2}), ([3], None, {2}), ([2], head0, {0, 1, 3})):
+            plain = pr.evaluate(lm, task, mask, skip=skip)
+            calls.clear()
+            assert pr.evaluate(lm, task, mask, prefix, skip=skip) == plain < 1 - 1e-9
+            assert set(calls) == ran, (skip, calls)
+        with pr.skip_layers(lm.model, [2]):
+            outside = pr.evaluate(lm, task)
+        assert pr.evaluate(lm, task, skip=[2]) == outside
+    finally:
+        for h in hooks:
+            h.remove()
+    assert len(layer_stack(lm.model).layer) == 4
+
+
 # ----------------------------------------------------------------------------- notebook 08 sections
 
 
@@ -322,3 +348,24 @@ def test_check_parameters_names_the_parameter():
                      (dict(abs_at="layer"), "'abs_at'"), (dict(step=0.0), "'step' must be in")):
         with pytest.raises(ParameterError, match=name):
             pr.check_parameters(**kw)
+
+
+@pytest.mark.parametrize("name", ["mlm", "embedding"])
+def test_task_draws_do_not_depend_on_batching(tiny, name):
+    """The masked pieces (mlm) and the projections (embedding) are drawn per sentence, so the
+    batch size changes neither the targets nor the metric, with or without a head removed."""
+    sents = SENTS + [[f"w{i}" for i in range(n)] for n in (12, 17, 9, 20)]  # long enough for 15% to pick pieces
+    one, many = (pr.build_task(tiny, name, sents, batch_size=bs, seed=4) for bs in (1, 8))
+    assert len(one.batches) == len(sents) and len(many.batches) < len(sents)
+
+    def rows(task):  # each input's targets (position, id) or projection, in a batch-free order
+        if name == "mlm":
+            return sorted(tuple((int(t), int(r[t])) for t in torch.nonzero(r != -100).flatten())
+                          for b in task.batches for r in b["labels"])
+        return sorted(tuple(np.round(r.numpy(), 12)) for b in task.batches for r in b["u"])
+
+    assert rows(one) == rows(many)
+    m = np.ones((2, 4))
+    m[1, 2] = 0
+    for mask in (None, m):
+        assert np.isclose(pr.evaluate(tiny, one, mask), pr.evaluate(tiny, many, mask), rtol=0, atol=1e-12)
