@@ -283,7 +283,7 @@ def gradient_importance(
     L = loaded.info.n_layers
     sums = {c: np.zeros(L) for c in ("[SEP]", "punctuation", "other")}
     counts = {c: np.zeros(L) for c in sums}
-    batches = _extract.length_buckets(encodings, batch_size)
+    batches = _extract.length_buckets(encodings, batch_size, overhead=_extract.batch_overhead(device))
     for batch in tqdm(batches, desc="gradients", disable=not progress):
         encs = [encodings[i] for i in batch]
         inputs = _extract.collate(encs, device)

@@ -87,11 +87,20 @@ def as_encodings(loaded: LoadedModel, inputs) -> list[Encoding]:
     return encode_inputs(loaded.tokenizer, inputs, loaded.info.max_length)
 
 
-#: What one more batch costs, in padded tokens: a forward pass over ``B x T`` tokens takes about
-#: ``BATCH_OVERHEAD + B * T`` token-times. Measured on a 2-core AMD EPYC (Zen 2), float32, one pass
-#: at a time: bert-base 55 ms + 1.24 ms per token (44 tokens), MiniLM-L6 10 ms + 0.185 ms per
-#: token (54 tokens); ``benchmarks/bench_extract.py`` prints it for the model it runs.
+#: What one more batch costs on a CPU, in padded tokens: a forward pass over ``B x T`` tokens takes
+#: about ``BATCH_OVERHEAD + B * T`` token-times. Measured on a 2-core AMD EPYC (Zen 2), float32,
+#: ``benchmarks/bench_buckets.py``: bert-base 48 ms + 1.30 ms per token (37 tokens), MiniLM-L6
+#: 8.2 ms + 0.180 ms per token (45 tokens).
 BATCH_OVERHEAD = 48
+#: The same on a GPU, where a pass over a few thousand tokens costs about what a pass over a few
+#: does (kernel launches): batches are filled as before unless padding passes this many tokens.
+#: Not measured here (no GPU was lent); it keeps the GPU's batches as they were.
+GPU_BATCH_OVERHEAD = 4096
+
+
+def batch_overhead(device) -> int:
+    """The ``overhead`` of :func:`buckets_by_length` for passes on ``device``."""
+    return BATCH_OVERHEAD if torch.device(device).type == "cpu" else GPU_BATCH_OVERHEAD
 
 
 def length_buckets(encodings: Sequence[Encoding], batch_size: int = 32, max_tokens: int = 8192,
@@ -148,14 +157,15 @@ def pad_ids(seqs: Sequence[Sequence[int]]) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def padded_batches(seqs: Sequence[Sequence[int]], batch_size: int, max_tokens: int = 16384, *,
-                   progress: bool = False, desc: str = "batches", min_bar: int = 5
-                   ) -> Iterator[tuple[list[int], torch.Tensor, torch.Tensor]]:
-    """Token-id lists in length buckets (:func:`buckets_by_length`), each padded by :func:`pad_ids`:
-    yields ``(indices, input_ids, attention_mask)``. A progress bar shows with ``progress`` when
-    there are at least ``min_bar`` batches."""
+                   progress: bool = False, desc: str = "batches", min_bar: int = 5,
+                   overhead: int = BATCH_OVERHEAD) -> Iterator[tuple[list[int], torch.Tensor, torch.Tensor]]:
+    """Token-id lists in length buckets (:func:`buckets_by_length`; ``overhead``: see
+    :func:`batch_overhead`), each padded by :func:`pad_ids`: yields ``(indices, input_ids,
+    attention_mask)``. A progress bar shows with ``progress`` when there are at least ``min_bar``
+    batches."""
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
-    batches = buckets_by_length([len(s) for s in seqs], batch_size, max_tokens)
+    batches = buckets_by_length([len(s) for s in seqs], batch_size, max_tokens, overhead)
     for batch in tqdm(batches, desc=desc, disable=not progress or len(batches) < min_bar, leave=False):
         ids, mask = pad_ids([seqs[i] for i in batch])
         yield batch, ids, mask
@@ -328,7 +338,7 @@ def extract(
             return ExtractStats(len(units), n_trunc, sum(e.n_tokens for e in encodings),
                                 time.perf_counter() - t0, True, str(cache.path))
     writer = cache.writer(cache_dtype) if cache is not None else None
-    batches = length_buckets(encodings, batch_size, max_tokens)
+    batches = length_buckets(encodings, batch_size, max_tokens, batch_overhead(loaded.device))
     bar = tqdm(total=len(units), desc=desc, disable=not progress)
     try:
         for batch in batches:

@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from .align import pooling_matrices
-from .extract import base_of, collate, encode_inputs, forward, length_buckets, logits_at
+from .extract import base_of, batch_overhead, collate, encode_inputs, forward, length_buckets, logits_at
 from .fidelity import declare, option_differs
 from .interventions import (captured_heads, layer_stack, masked_heads, recorded_layers, resumed_at, set_head_mask,
                             skipped_layers)
@@ -138,7 +138,7 @@ def _last_states(model, batch, grad=False):
 
 def _batches(loaded, encodings, batch_size):
     return [(idx, collate([encodings[i] for i in idx], loaded.device))
-            for idx in length_buckets(encodings, batch_size)]
+            for idx in length_buckets(encodings, batch_size, overhead=batch_overhead(loaded.device))]
 
 
 def _mean_pool(states, mask):

@@ -39,7 +39,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .extract import forward, padded_batches
+from .extract import batch_overhead, forward, padded_batches
 from .scorers import Scorer
 from .io import atomic_write_json
 from .models import LoadedModel
@@ -264,7 +264,7 @@ def masked_states(loaded: LoadedModel, sentences: Sequence[Sequence[str]], layer
     order = []
     with torch.inference_mode():
         for batch, ids, att in padded_batches(seqs, batch_size, 8192, progress=progress, desc="readout states",
-                                              min_bar=1):
+                                              min_bar=1, overhead=batch_overhead(dev)):
             rows, cols = [], []
             for b, i in enumerate(batch):
                 rows += [b] * len(pos[i])

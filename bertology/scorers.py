@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .extract import logits_at, padded_batches
+from .extract import batch_overhead, logits_at, padded_batches
 from .models import LoadedModel, MissingHeadError, random_from_config
 
 log = logging.getLogger(__name__)
@@ -194,7 +194,8 @@ def masked_log_probs(scorer: Scorer, seqs: Sequence[Sequence[int]], positions: S
         return
     first, members = _distinct(seqs, positions)
     distinct = [seqs[r] for r in first]
-    for batch, ids, mask in padded_batches(distinct, batch_size, 16384, progress=progress, desc=desc):
+    for batch, ids, mask in padded_batches(distinct, batch_size, 16384, progress=progress, desc=desc,
+                                             overhead=batch_overhead(scorer.device)):
         where = torch.stack([torch.arange(len(batch)), torch.as_tensor([int(positions[first[u]]) for u in batch])], 1)
         out = scorer.log_probs(ids, mask, where)  # [B, V], one row per distinct sequence
         idx = np.concatenate([members[u] for u in batch])

@@ -342,7 +342,7 @@ def context_cloze(scorer, contexts: Sequence[str], words: Sequence[Sequence[str]
     import torch
 
     from . import cloze
-    from .extract import padded_batches
+    from .extract import batch_overhead, padded_batches
 
     contexts = list(contexts)
     if len(words) != len(contexts):
@@ -379,7 +379,8 @@ def context_cloze(scorer, contexts: Sequence[str], words: Sequence[Sequence[str]
     rank_all = np.full(len(rows), np.nan)
     first_row = np.cumsum([0] + [len(w) for w in words])
     top_rows = []
-    for batch, ids, mask in padded_batches(seqs, batch_size, 16384, progress=progress, desc="cloze"):
+    for batch, ids, mask in padded_batches(seqs, batch_size, 16384, progress=progress, desc="cloze",
+                                         overhead=batch_overhead(scorer.device)):
         positions = torch.stack([torch.arange(len(batch)), torch.as_tensor([pos[i] for i in batch])], 1)
         out = scorer.log_probs(ids, mask, positions).cpu()
         sub = out[:, allowed]

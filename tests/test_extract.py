@@ -204,3 +204,41 @@ def test_buckets_take_the_cheapest_cut():
     assert ex.buckets_by_length([500, 2], 8, 100) == [[1], [0]]  # longer than the budget: alone
     with pytest.raises(ValueError, match="overhead"):
         ex.buckets_by_length([1], 8, 100, overhead=-1)
+
+
+def test_batch_overhead_by_device():
+    """On the CPU a batch costs 48 padded tokens; on a GPU batches stay filled unless padding is huge."""
+    assert ex.batch_overhead("cpu") == ex.batch_overhead(torch.device("cpu")) == ex.BATCH_OVERHEAD == 48
+    assert ex.batch_overhead("cuda") == ex.batch_overhead("cuda:1") == ex.GPU_BATCH_OVERHEAD
+    lengths = list(range(5, 69, 2))  # 32 inputs of 5..67 tokens: 2,144 padded in one batch, 1,184 real
+    assert len(ex.buckets_by_length(lengths, 32, 8192, ex.batch_overhead("cuda"))) == 1
+    assert len(ex.buckets_by_length(lengths, 32, 8192, ex.batch_overhead("cpu"))) > 1
+
+
+def test_buckets_match_a_search_over_every_cut():
+    """On small random cases the cut's cost equals the least over all cuts of the sorted inputs."""
+    from itertools import combinations
+
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        n = int(rng.integers(1, 8))
+        lengths = rng.integers(1, 40, n).tolist()
+        bs, budget, overhead = int(rng.integers(1, 5)), int(rng.integers(40, 120)), int(rng.integers(0, 60))
+        ls = sorted(lengths)
+
+        def cost(groups):
+            return sum(overhead + len(g) * max(g) for g in groups)
+
+        def ok(g):
+            return len(g) <= bs and (len(g) == 1 or len(g) * max(g) <= budget)
+
+        best = float("inf")
+        for k in range(n):
+            for cuts in combinations(range(1, n), k):
+                groups = [ls[a:b] for a, b in zip((0, *cuts), (*cuts, n))]
+                if all(ok(g) for g in groups):
+                    best = min(best, cost(groups))
+        got = ex.buckets_by_length(lengths, bs, budget, overhead)
+        assert sorted(i for b in got for i in b) == list(range(n))
+        assert all(ok([lengths[i] for i in b]) for b in got)
+        assert cost([[lengths[i] for i in b] for b in got]) == best
