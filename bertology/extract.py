@@ -128,16 +128,14 @@ def buckets_by_length(lengths: Sequence[int], batch_size: int, max_tokens: int,
     order = sorted(range(len(lengths)), key=lambda i: (lengths[i], i))
     ls = [int(lengths[i]) for i in order]
     n = len(ls)
-    cost = [0.0] + [float("inf")] * n  # cost[j]: the cheapest cut of the first j sorted inputs
+    cost = np.zeros(n + 1)  # cost[j]: the cheapest cut of the first j sorted inputs (exact in float64)
     start = [0] * (n + 1)  # where the last batch of that cut begins
     for j in range(1, n + 1):
-        longest = ls[j - 1]
-        for k in range(1, min(batch_size, j) + 1):  # the last batch holds sorted inputs j-k .. j-1
-            if k > 1 and k * longest > max_tokens:
-                break
-            c = cost[j - k] + overhead + k * longest
-            if c <= cost[j]:
-                cost[j], start[j] = c, j - k
+        longest = ls[j - 1]  # the last batch holds sorted inputs i .. j-1, i from j-most to j-1
+        most = min(batch_size, j, max(1, max_tokens // longest))
+        c = cost[j - most:j] + (overhead + longest * np.arange(most, 0, -1))
+        best = int(np.argmin(c))  # the first least: the largest batch among equals
+        cost[j], start[j] = c[best], j - most + best
     batches, j = [], n
     while j > 0:
         batches.append(order[start[j]:j])
