@@ -240,8 +240,9 @@ declare("clark.gradients", "objective",
 declare("clark.gradients", "averaging",
         "Fig. 3: the paper gives the gradient magnitude of the masked-LM loss with respect to each attention "
         "weight but not how it was masked or averaged; we replace a fraction mask_prob (15% unless set) of the word pieces of each input "
-        "(at least one) by [MASK] and average |dL/dα| over heads and over every (query, key) cell whose key is of "
-        "the category, pooled over inputs.", reference=_FIG3)
+        "(at least one) by [MASK], take L as the mean loss over every masked piece of the inputs, and average "
+        "|dL/dα| over heads and over every (query, key) cell whose key is of the category, pooled over inputs.",
+        reference=_FIG3)
 
 
 def gradient_importance(
@@ -284,19 +285,23 @@ def gradient_importance(
     sums = {c: np.zeros(L) for c in ("[SEP]", "punctuation", "other")}
     counts = {c: np.zeros(L) for c in sums}
     batches = _extract.length_buckets(encodings, batch_size, overhead=_extract.batch_overhead(device))
+    picks = {}  # the masked pieces of each input, drawn in the sorted order of the inputs (any cut keeps it)
+    for i in (i for batch in batches for i in batch):
+        e = encodings[i]
+        words = np.flatnonzero(e.unit_word[e.unit_of_token] >= 0)
+        picks[i] = rng.choice(words, size=max(1, int(round(mask_prob * len(words)))), replace=False)
+    n_masked = sum(len(p) for p in picks.values())  # L: the mean loss over every masked piece of the study
     for batch in tqdm(batches, desc="gradients", disable=not progress):
         encs = [encodings[i] for i in batch]
         inputs = _extract.collate(encs, device)
         masked = torch.zeros_like(inputs["input_ids"], dtype=torch.bool)
         key_cat = torch.zeros_like(inputs["input_ids"])  # 0 pad, 1 sep, 2 punct, 3 other
-        for b, e in enumerate(encs):
-            words = np.flatnonzero(e.unit_word[e.unit_of_token] >= 0)
-            k = max(1, int(round(mask_prob * len(words))))
-            masked[b, torch.as_tensor(rng.choice(words, size=k, replace=False))] = True
+        for b, (i, e) in enumerate(zip(batch, encs)):
+            masked[b, torch.as_tensor(picks[i])] = True
             kinds = np.asarray(e.unit_kind)[e.unit_of_token]
             cat = np.where(kinds == SEP, 1, np.where(np.isin(e.tokens, list(PUNCT)), 2, 3))
             key_cat[b, : e.n_tokens] = torch.as_tensor(cat)
-        grads = attention_gradients(loaded, inputs, masked, obj)
+        grads = attention_gradients(loaded, inputs, masked, obj, n_masked=n_masked)
         query_ok = inputs["attention_mask"].bool()  # (B, T)
         for layer, g in enumerate(grads):
             g = g.abs().detach().mean(1)  # mean over heads: (B, T, T)
@@ -312,22 +317,27 @@ def gradient_importance(
     return pd.DataFrame(rows, columns=["layer", "category", "value", "n"]), obj
 
 
-def attention_gradients(loaded: LoadedModel, inputs: dict, masked: torch.Tensor, objective: GradientObjective):
+def attention_gradients(loaded: LoadedModel, inputs: dict, masked: torch.Tensor, objective: GradientObjective,
+                        n_masked: int | None = None):
     """dL/dα for every layer's attention (tuple of float32 B x H x T x T), for one padded batch.
 
     ``masked`` (B x T, bool) marks the pieces replaced by [MASK]; the loss is the MLM
     cross-entropy of the original pieces there, or the reconstruction substitute
-    (see :data:`RECON_OBJECTIVE`), averaged over masked pieces.
+    (see :data:`RECON_OBJECTIVE`), summed over the masked pieces and divided by ``n_masked``
+    (default: this batch's masked pieces, i.e. their mean). A study passes its total, so that
+    the gradient at an input does not depend on which inputs share its batch.
     """
     corrupted = dict(inputs, input_ids=inputs["input_ids"].masked_fill(masked, loaded.tokenizer.mask_token_id))
+    n_masked = int(masked.sum()) if n_masked is None else n_masked
     with torch.enable_grad():
         out = forward(loaded, corrupted, attention=True, hidden_states=objective is RECON_OBJECTIVE, grad=True)
         if objective is MLM_OBJECTIVE:
-            loss = torch.nn.functional.cross_entropy(out.logits[masked], inputs["input_ids"][masked])
+            loss = torch.nn.functional.cross_entropy(out.logits[masked], inputs["input_ids"][masked],
+                                                     reduction="sum") / n_masked
         else:
             # the target in the same precision as the differentiated pass (float16 runs that one in float32)
             clean = forward(loaded, inputs, hidden_states=True, grad=True).hidden_states[-1].detach().float()
-            loss = (out.hidden_states[-1][masked] - clean[masked].clone()).pow(2).mean()
+            loss = (out.hidden_states[-1][masked] - clean[masked].clone()).pow(2).mean(-1).sum() / n_masked
         return tuple(g.float() for g in torch.autograd.grad(loss, out.attentions))
 
 

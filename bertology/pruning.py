@@ -161,6 +161,10 @@ def build_task(loaded: LoadedModel, task: str, sentences: Sequence, train_senten
       has zero gradient at ξ = 1 (a maximum of fidelity), so the gradient loss is a fixed Gaussian
       projection L = Σ u·e/|e|: for a gate gradient J = ∂(e/|e|)/∂ξ, u·J is Gaussian with standard
       deviation |J|, so E_u|∂L/∂ξ| = |J|·sqrt(2/π), and 1 - cos ≈ |J|²/2 to second order.
+
+    The losses (for gradients) are sums over a batch divided by ``batch_size``: a full batch's
+    mean, as in the authors' fixed-size batches, and the same gradient at an input whatever batch
+    the length buckets put it in (a mean over each batch would weigh inputs by 1 / its size).
     """
     if task not in TASKS:
         raise ValueError(f"task must be one of {TASKS}, not {task!r}")
@@ -203,9 +207,9 @@ def build_task(loaded: LoadedModel, task: str, sentences: Sequence, train_senten
             logits = logits_at(m, b, rows, cols)
             return (logits.argmax(-1) == b["labels"][rows, cols]).sum().item(), len(rows)
 
-        def loss(m, b):
+        def loss(m, b):  # per input, as a full batch's mean would weigh it (see build_task)
             rows, cols = (b["labels"] != -100).nonzero(as_tuple=True)
-            return F.cross_entropy(logits_at(m, b, rows, cols, grad=True), b["labels"][rows, cols])
+            return F.cross_entropy(logits_at(m, b, rows, cols, grad=True), b["labels"][rows, cols], reduction="sum") / batch_size
 
         ev, imp = both(prepare)
         return Task(task, "masked-token accuracy", ev, metric, loss, importance_batches=imp)
@@ -250,7 +254,7 @@ def build_task(loaded: LoadedModel, task: str, sentences: Sequence, train_senten
             return (probe(word_states(m, b)).argmax(-1) == b["labels"]).sum().item(), len(b["labels"])
 
         def loss(m, b):
-            return F.cross_entropy(probe(word_states(m, b, grad=True)), b["labels"])
+            return F.cross_entropy(probe(word_states(m, b, grad=True)), b["labels"], reduction="sum") / batch_size
 
         train_acc = (probe(X.to(loaded.device)).argmax(-1) == y).float().mean().item()
         return Task(task, "UPOS probe accuracy", ev, metric, loss,
@@ -274,7 +278,7 @@ def build_task(loaded: LoadedModel, task: str, sentences: Sequence, train_senten
 
     def loss(m, b):
         e = F.normalize(_mean_pool(_last_states(m, b, grad=True), b["attention_mask"]), dim=-1)
-        return (b["u"] * e).sum(-1).mean()
+        return (b["u"] * e).sum() / batch_size
 
     ev, imp = both(prepare)
     return Task(task, "cosine to unpruned embedding", ev, metric, loss, importance_batches=imp)

@@ -149,6 +149,29 @@ def test_attention_gradient_matches_finite_difference(tokenizer):
     assert grad == pytest.approx(fd, rel=1e-4, abs=1e-8) and abs(grad) > 1e-6
 
 
+@pytest.fixture(scope="module")
+def tiny_mlm(tokenizer):
+    from bertology.models import random_bert
+
+    lm = random_bert(tokenizer, n_layers=2, n_heads=4, hidden_size=16, mlm=True, seed=7)
+    lm.model.double()
+    return lm
+
+
+@pytest.mark.parametrize("objective", ["mlm", "reconstruction"])
+def test_gradient_importance_does_not_depend_on_batching(tiny_mlm, objective):
+    """L is the mean loss over every masked piece of the study, so the batch an input lands in
+    changes neither its masked pieces nor its |dL/dα| (a per-batch mean would weigh it by 1 / the
+    batch's masked pieces)."""
+    words = [["the", "cat", "sat", "on", "the", "mat", "."], ["dogs", "bark", ","], ["a", "b", "c", "d", "e"],
+             [f"w{i}" for i in range(14)], ["x", "y"]]
+    encs = ex.encode_inputs(tiny_mlm.tokenizer, words, 64)
+    one, _ = at.gradient_importance(tiny_mlm, encs, objective=objective, batch_size=1, seed=3, progress=False)
+    many, _ = at.gradient_importance(tiny_mlm, encs, objective=objective, batch_size=8, seed=3, progress=False)
+    assert (one["n"] == many["n"]).all()
+    assert np.allclose(one["value"], many["value"], rtol=1e-5, atol=0)  # float32 gradients
+
+
 def test_gradient_importance_table(planted, minilm):
     encs = ex.encode_inputs(planted.tokenizer, [(["the", "cat", "sat", "."], ["dogs", "bark", ","])], 64)
     df, obj = at.gradient_importance(planted, encs, seed=0, progress=False)

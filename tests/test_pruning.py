@@ -369,3 +369,16 @@ def test_task_draws_do_not_depend_on_batching(tiny, name):
     m[1, 2] = 0
     for mask in (None, m):
         assert np.isclose(pr.evaluate(tiny, one, mask), pr.evaluate(tiny, many, mask), rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("name", ["mlm", "embedding"])
+def test_importance_does_not_depend_on_batching(tiny, name):
+    """The loss is a sum over the batch / batch_size, so an input's |dL/dξ| does not depend on
+    which inputs share its batch (a mean over each batch would weigh it by 1 / the batch's size)."""
+    sents = SENTS + [[f"w{i}" for i in range(n)] for n in (12, 17, 9, 20)]
+    tasks = [pr.build_task(tiny, name, sents, batch_size=8, seed=4) for _ in range(2)]
+    tasks[1].batches = [b for b in pr.build_task(tiny, name, sents, batch_size=1, seed=4).batches]
+    assert len(tasks[1].batches) == len(sents) > len(tasks[0].batches)
+    for abs_at in ("token", "example"):
+        eight, single = (pr.head_importance(tiny, t, normalize=False, abs_at=abs_at) for t in tasks)
+        assert np.allclose(eight, single, rtol=1e-9, atol=0) and (eight > 0).all()
