@@ -280,7 +280,7 @@ class _NotScorer:
     """A scorer whose log-probabilities over the vocabulary are planted: one distribution for
     sentences with "not", another without."""
 
-    source, label = "mlm", "planted"
+    source, label, device = "mlm", "planted", "cpu"
 
     def __init__(self, tokenizer, plain: dict, negated: dict):
         import torch
