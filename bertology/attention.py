@@ -286,7 +286,7 @@ def gradient_importance(
     counts = {c: np.zeros(L) for c in sums}
     batches = _extract.length_buckets(encodings, batch_size, overhead=_extract.batch_overhead(device))
     picks = {}  # the masked pieces of each input, drawn in the sorted order of the inputs (any cut keeps it)
-    for i in (i for batch in batches for i in batch):
+    for i in [i for batch in batches for i in batch]:
         e = encodings[i]
         words = np.flatnonzero(e.unit_word[e.unit_of_token] >= 0)
         picks[i] = rng.choice(words, size=max(1, int(round(mask_prob * len(words)))), replace=False)

@@ -334,7 +334,7 @@ def evaluate(loaded: LoadedModel, task: Task, mask: torch.Tensor | np.ndarray | 
     if skip:  # the stack without the skipped layers keeps the layers below them first: the same replay
         first = min(first, len(layer_stack(model).layer) - len(skip) - 1)
     total = count = 0
-    with masked_heads(model, mask), (skip_layers(model, skip) if skip else nullcontext()), torch.no_grad():
+    with masked_heads(model, mask), (skipped_layers(model, skip) if skip else nullcontext()), torch.no_grad():
         for i, b in enumerate(task.batches):
             if prefix is not None and first:
                 with resumed_at(model, first, prefix[i][first - 1]):

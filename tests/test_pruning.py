@@ -377,7 +377,7 @@ def test_importance_does_not_depend_on_batching(tiny, name):
     which inputs share its batch (a mean over each batch would weigh it by 1 / the batch's size)."""
     sents = SENTS + [[f"w{i}" for i in range(n)] for n in (12, 17, 9, 20)]
     tasks = [pr.build_task(tiny, name, sents, batch_size=8, seed=4) for _ in range(2)]
-    tasks[1].batches = [b for b in pr.build_task(tiny, name, sents, batch_size=1, seed=4).batches]
+    tasks[1].batches = pr.build_task(tiny, name, sents, batch_size=1, seed=4).batches  # same loss, other batches
     assert len(tasks[1].batches) == len(sents) > len(tasks[0].batches)
     for abs_at in ("token", "example"):
         eight, single = (pr.head_importance(tiny, t, normalize=False, abs_at=abs_at) for t in tasks)
