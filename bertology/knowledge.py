@@ -616,8 +616,43 @@ def pair_features(ea: np.ndarray, eb: np.ndarray) -> np.ndarray:
     return np.concatenate([ea, eb, ea * eb], axis=1)
 
 
+def _class_weights(y: np.ndarray, cnt: np.ndarray) -> np.ndarray:
+    """Per-row weights of the class-balanced objective: scikit-learn's ``class_weight="balanced"``
+    on the data in which each row stands for ``cnt`` identical rows."""
+    n = float(cnt.sum())
+    pos = float(cnt @ y)
+    return cnt * np.where(y > 0, n / (2 * pos), n / (2 * (n - pos)))
+
+
+def _check_counts(y: np.ndarray, counts) -> np.ndarray:
+    cnt = np.ones(len(y), dtype=np.float64) if counts is None else np.asarray(counts, dtype=np.float64)
+    if cnt.shape != y.shape or (cnt <= 0).any():
+        raise ValueError("counts must be positive, one per training row")
+    return cnt
+
+
+def _fit_logistic(loss_sum, n: float, dim: int, c: float, max_iter: int):
+    """``(w, b)`` minimising ``loss_sum(w, b)`` (the weighted sum of the training rows' log-losses)
+    / n + ||w||^2 / (2 c n), by full-batch L-BFGS (strong Wolfe line search) from zero weights."""
+    import torch
+
+    w = torch.zeros(dim, requires_grad=True)
+    b = torch.zeros(1, requires_grad=True)
+    opt = torch.optim.LBFGS([w, b], lr=1.0, max_iter=max_iter, line_search_fn="strong_wolfe")
+
+    def closure():
+        opt.zero_grad()
+        loss = loss_sum(w, b) / n + (w @ w) / (2 * c * n)
+        loss.backward()
+        return loss
+
+    with torch.enable_grad():
+        opt.step(closure)
+    return w.detach(), b.detach()
+
+
 def fit_predict(x_train, y_train, x_test, seed: int = 0, c: float = 1.0, max_iter: int = 100,
-                counts=None) -> np.ndarray:
+                counts=None, decision: bool = False) -> np.ndarray:
     """Class-balanced, standardised, L2-regularised logistic regression; 0/1 predictions for ``x_test``.
 
     The same objective as scikit-learn's ``LogisticRegression(C=c, class_weight="balanced")``
@@ -625,42 +660,104 @@ def fit_predict(x_train, y_train, x_test, seed: int = 0, c: float = 1.0, max_ite
     L-BFGS in torch from zero weights, so it is deterministic and fast on thousands of
     1,000-dimensional pair features. ``counts`` (optional, one per row) says how many identical
     training rows a row stands for: the objective, the class balance and the standardisation are
-    those of the expanded data, computed without expanding it.
+    those of the expanded data, computed without expanding it. ``decision``: the test rows' decision
+    values (logits; > 0 predicts 1) instead of the predictions. :func:`fit_predict_pairs` fits the
+    same regression on pair features without forming them.
     """
     import torch
 
     x_train = np.asarray(x_train, dtype=np.float32)
     y_train = np.asarray(y_train, dtype=np.float32)
     if len(np.unique(y_train)) < 2:
-        return np.full(len(x_test), int(y_train[0]))
-    cnt = np.ones(len(y_train), dtype=np.float64) if counts is None else np.asarray(counts, dtype=np.float64)
-    if cnt.shape != y_train.shape or (cnt <= 0).any():
-        raise ValueError("counts must be positive, one per training row")
+        return np.full(len(x_test), (2.0 * y_train[0] - 1) * np.inf if decision else int(y_train[0]))
+    cnt = _check_counts(y_train, counts)
     n = float(cnt.sum())
     mu = (cnt @ x_train.astype(np.float64)) / n
     sd = (np.sqrt((cnt @ (x_train.astype(np.float64) - mu) ** 2) / n) + 1e-6).astype(np.float32)
     mu = mu.astype(np.float32)
     x = torch.as_tensor((x_train - mu) / sd)
     y = torch.as_tensor(y_train)
-    pos = float(cnt @ y_train)
-    w_pos, w_neg = n / (2 * pos), n / (2 * (n - pos))
-    weight = torch.as_tensor(cnt, dtype=torch.float32) * torch.where(y > 0, torch.tensor(w_pos), torch.tensor(w_neg))
-    w = torch.zeros(x.shape[1], requires_grad=True)
-    b = torch.zeros(1, requires_grad=True)
-    opt = torch.optim.LBFGS([w, b], lr=1.0, max_iter=max_iter, line_search_fn="strong_wolfe")
-
-    def closure():
-        opt.zero_grad()
-        loss = torch.nn.functional.binary_cross_entropy_with_logits(x @ w + b, y, weight=weight, reduction="sum") / n
-        loss = loss + (w @ w) / (2 * c * n)
-        loss.backward()
-        return loss
-
-    with torch.enable_grad():
-        opt.step(closure)
+    weight = torch.as_tensor(_class_weights(y_train, cnt).astype(np.float32))
+    bce = torch.nn.functional.binary_cross_entropy_with_logits
+    w, b = _fit_logistic(lambda w, b: bce(x @ w + b, y, weight=weight, reduction="sum"), n, x.shape[1], c, max_iter)
     xt = torch.as_tensor((np.asarray(x_test, dtype=np.float32) - mu) / sd)
+    s = (xt @ w + b).numpy()
+    return s if decision else (s > 0).astype(int)
+
+
+def fit_predict_pairs(left: np.ndarray, right: np.ndarray, a, b, y_train, test_a, test_b, seed: int = 0,
+                      c: float = 1.0, max_iter: int = 100, counts=None, decision: bool = False) -> np.ndarray:
+    """:func:`fit_predict` on the pair features ``[u, v, u * v]`` (:func:`pair_features`) of
+    ``u = left[a[i]]``, ``v = right[b[i]]``, without forming them: 0/1 predictions for the pairs
+    ``(left[test_a[j]], right[test_b[j]])`` (``decision``: their decision values, as :func:`fit_predict`).
+
+    Forbes's pairs combine a few hundred objects with a few dozen properties, so every logit of
+    the training objects x properties grid comes from three small products: ``u·w1`` and ``v·w2``
+    (each table times its weights) and ``(u * v)·w3 = u^T diag(w3) v`` (one product of the two
+    tables). The rows' log-losses are summed per grid cell (the cell's positive and negative rows
+    weighted together), and the standardisation (weighted mean and standard deviation of every
+    feature of the expanded data, as :func:`fit_predict`) comes from the tables and the pair
+    counts, folded into the weights after centring the tables. The objective, the optimiser and
+    its start are :func:`fit_predict`'s; the float32 sums run in another order, so a prediction
+    on the decision boundary can differ (measured: 40 of 40,629 Forbes test predictions of
+    MiniLM, 0.1%). A fit is several times faster than on the formed features, whose products
+    stream the whole feature matrix twice per L-BFGS step.
+    """
+    import torch
+
+    y_train = np.asarray(y_train, dtype=np.float64)
+    a, b = np.asarray(a, dtype=np.int64), np.asarray(b, dtype=np.int64)
+    test_a, test_b = np.asarray(test_a, dtype=np.int64), np.asarray(test_b, dtype=np.int64)
+    if a.shape != y_train.shape or b.shape != y_train.shape or test_a.shape != test_b.shape:
+        raise ValueError("a, b and y_train need one entry per training pair, test_a and test_b one per test pair")
+    if len(np.unique(y_train)) < 2:
+        return np.full(len(test_a), (2.0 * y_train[0] - 1) * np.inf if decision else int(y_train[0]))
+    cnt = _check_counts(y_train, counts)
+    n = float(cnt.sum())
+    ua, ia = np.unique(a, return_inverse=True)  # the training grid: its objects x its properties
+    ub, ib = np.unique(b, return_inverse=True)
+    L, R = np.asarray(left, dtype=np.float64), np.asarray(right, dtype=np.float64)
+    D = L.shape[1]
+    if R.shape[1] != D:
+        raise ValueError(f"left and right embeddings differ in width: {L.shape[1]} and {R.shape[1]}")
+    La, Rb = L[ua], R[ub]
+    C = np.zeros((len(ua), len(ub)))
+    np.add.at(C, (ia, ib), cnt)  # how many rows of the expanded data each cell stands for
+    mu1, mu2 = C.sum(1) @ La / n, C.sum(0) @ Rb / n
+    Lc, Rc = La - mu1, Rb - mu2
+    mu3 = (La * (C @ Rb)).sum(0) / n
+    var = np.concatenate([C.sum(1) @ Lc ** 2 / n, C.sum(0) @ Rc ** 2 / n,
+                          np.maximum((La ** 2 * (C @ Rb ** 2)).sum(0) / n - mu3 ** 2, 0.0)])
+    sd = torch.as_tensor((np.sqrt(var) + 1e-6).astype(np.float32))
+    m1, m2 = torch.as_tensor(mu1.astype(np.float32)), torch.as_tensor(mu2.astype(np.float32))
+    m3 = torch.as_tensor(((Lc * (C @ Rc)).sum(0) / n).astype(np.float32))  # mean centred product: mu3 - mu1 mu2
+    weight = _class_weights(y_train, cnt)
+    pos, neg = np.zeros_like(C), np.zeros_like(C)
+    np.add.at(pos, (ia, ib), np.where(y_train > 0, weight, 0.0))
+    np.add.at(neg, (ia, ib), np.where(y_train > 0, 0.0, weight))
+    pos, neg = torch.as_tensor(pos.astype(np.float32)), torch.as_tensor(neg.astype(np.float32))
+    Lt, Rt = torch.as_tensor(Lc.astype(np.float32)), torch.as_tensor(Rc.astype(np.float32))
+
+    def parts(w):
+        # (x - mu) / sd · w for x = [u, v, u * v], tables centred (u = Lc + mu1, v = Rc + mu2), w' = w / sd:
+        # Lc·(w1' + mu2 w3') + Rc·(w2' + mu1 w3') + Lc diag(w3') Rc^T - mean(Lc * Rc)·w3'
+        v1, v2, v3 = (w / sd).split(D)
+        return v1 + m2 * v3, v2 + m1 * v3, v3, m3 @ v3
+
+    def loss_sum(w, b0):
+        p1, p2, v3, off = parts(w)
+        grid = (Lt @ p1)[:, None] + (Rt @ p2)[None, :] + (Lt * v3) @ Rt.T - off + b0
+        # -log sigmoid(s) for the positive rows of a cell, -log sigmoid(-s) for its negative rows
+        sp = torch.nn.functional.softplus
+        return (pos * sp(-grid)).sum() + (neg * sp(grid)).sum()
+
+    w, b0 = _fit_logistic(loss_sum, n, 3 * D, c, max_iter)
     with torch.no_grad():
-        return ((xt @ w + b) > 0).numpy().astype(int)
+        p1, p2, v3, off = parts(w)
+        tl = torch.as_tensor((L[test_a] - mu1).astype(np.float32))
+        tr = torch.as_tensor((R[test_b] - mu2).astype(np.float32))
+        s = (tl @ p1 + tr @ p2 + (tl * v3 * tr).sum(1) - off + b0).numpy()
+    return s if decision else (s > 0).astype(int)
 
 
 def probe_forbes(embeddings: dict[str, np.ndarray], task: str, train: pd.DataFrame, test: pd.DataFrame,
@@ -686,18 +783,18 @@ def probe_forbes(embeddings: dict[str, np.ndarray], task: str, train: pd.DataFra
     if missing:
         raise KeyError(f"{task}: no embedding for {missing[:5]}")
 
-    def feats(df, layer):
-        ea = np.stack([embeddings[x][layer] for x in df["a"]])
-        eb = np.stack([embeddings[x][layer] for x in df["b"]])
-        return pair_features(ea, eb)
-
     def fit(df, layer, target):
         # Situated pairs repeat (one row per image): a distinct (a, b, label) row is fitted once with
         # its count, the same objective at a fraction of the cost; predictions per distinct (a, b).
         rows = df.groupby(["a", "b", "label"], sort=True).size().reset_index(name="count")
         pairs = target[["a", "b"]].drop_duplicates().reset_index(drop=True)
-        pred = fit_predict(feats(rows, layer), rows["label"].to_numpy(), feats(pairs, layer), seed, c,
-                           counts=rows["count"].to_numpy())
+        left = sorted(set(rows["a"]) | set(pairs["a"]))
+        right = sorted(set(rows["b"]) | set(pairs["b"]))
+        ia, ib = {k: i for i, k in enumerate(left)}, {k: i for i, k in enumerate(right)}
+        pred = fit_predict_pairs(np.stack([embeddings[k][layer] for k in left]),
+                                 np.stack([embeddings[k][layer] for k in right]),
+                                 rows["a"].map(ia), rows["b"].map(ib), rows["label"].to_numpy(),
+                                 pairs["a"].map(ia), pairs["b"].map(ib), seed, c, counts=rows["count"].to_numpy())
         return target[["a", "b"]].merge(pairs.assign(pred=pred), on=["a", "b"], how="left")["pred"].to_numpy()
 
     def scores(split, layer, df, pred):

@@ -194,6 +194,42 @@ def test_counted_rows_fit_the_same_regression_as_the_expanded_data():
         kn.fit_predict(x, y, test, counts=counts[:-1])
 
 
+def test_pair_regression_without_forming_the_features_is_the_same_fit():
+    """fit_predict_pairs reads [u, v, u*v] off the two tables; fitted on the formed features with
+    the same counts (fit_predict), the predictions agree. Tables with a large common offset (as
+    BERT's outlier dimensions) test the centring; a cell holds rows of both labels, as Forbes's
+    situated pairs do; an unused table row and test objects outside the training grid are there too."""
+    rng = np.random.default_rng(3)
+    left = rng.normal(size=(30, 6)) + rng.normal(scale=5.0, size=6)  # 25 training objects, 5 test objects
+    right = rng.normal(size=(9, 6)) * 2 + 3.0  # row 8 is never used
+    a = np.repeat(np.arange(25), 8)
+    b = np.tile(np.arange(8), 25)
+    x = kn.pair_features(left[a], right[b])
+    score = x @ rng.normal(size=18) + rng.normal(scale=4.0, size=len(a))
+    y = (score > np.median(score)).astype(int)
+    a, b = np.concatenate([a, a[:10]]), np.concatenate([b, b[:10]])
+    y = np.concatenate([y, 1 - y[:10]])  # ten cells with a row of each label
+    counts = rng.integers(1, 4, size=len(a))
+    ta, tb = np.repeat(np.arange(25, 30), 8), np.tile(np.arange(8), 5)
+    formed = kn.fit_predict(kn.pair_features(left[a], right[b]), y, kn.pair_features(left[ta], right[tb]),
+                            c=0.02, counts=counts)
+    tables = kn.fit_predict_pairs(left, right, a, b, y, ta, tb, c=0.02, counts=counts)
+    assert (formed == tables).all() and 0.1 < tables.mean() < 0.9
+    # the decision values themselves: the same regression, not only the same side of the boundary
+    scores = [f(*args, c=0.02, counts=counts, decision=True) for f, args in (
+        (kn.fit_predict, (kn.pair_features(left[a], right[b]), y, kn.pair_features(left[ta], right[tb]))),
+        (kn.fit_predict_pairs, (left, right, a, b, y, ta, tb)))]
+    assert scores[1] == pytest.approx(scores[0], rel=1e-3, abs=1e-3 * float(np.abs(scores[0]).max()))
+    assert ((scores[1] > 0) == tables).all()
+    plain = kn.fit_predict_pairs(left, right, a, b, y, ta, tb, c=0.02)
+    assert (plain != tables).any()  # the counts weigh the rows
+    assert (kn.fit_predict_pairs(left, right, a, b, np.ones(len(a)), ta, tb) == 1).all()  # one class: that class
+    with pytest.raises(ValueError, match="one entry per training pair"):
+        kn.fit_predict_pairs(left, right, a[:-1], b, y, ta, tb)
+    with pytest.raises(ValueError, match="differ in width"):
+        kn.fit_predict_pairs(left, right[:, :5], a, b, y, ta, tb)
+
+
 def test_probe_learns_a_planted_property_and_picks_its_layer():
     rng = np.random.default_rng(0)
     objs = [f"o{i}" for i in range(60)]
