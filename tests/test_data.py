@@ -88,6 +88,30 @@ def test_malformed_file_names_path(tmp_path):
         read_conllu(p)
 
 
+def test_limit_reads_the_first_sentences_only(tmp_path):
+    """read_conllu(limit=k) gives the first k sentences of the full read (doc ids carried), and a
+    malformed sentence after them is never reached; load_treebank passes its limit on."""
+    text = MWT + "\n" + _sent(GOOD) + "# only a comment\n\n" + _sent(GOOD, "# sent_id = y\n")
+    full = read_conllu(text)
+    assert len(full) == 4
+    for k in range(1, 5):
+        assert read_conllu(text, limit=k) == full[:k]
+    assert read_conllu(text, limit=9) == full
+    assert read_conllu(text, limit=1)[0].doc_id == "d1" and read_conllu(text, limit=2)[1].doc_id == "d1"
+    bad = _sent(GOOD) + _sent(GOOD) + _sent(["1 A _ DET _ _ 9 det _ _", "2 b _ NOUN _ _ 0 root _ _"])
+    assert len(read_conllu(bad, limit=2)) == 2
+    with pytest.raises(CoNLLUError, match="line 10: HEAD 9"):
+        read_conllu(bad, limit=3)
+    with pytest.raises(ValueError, match="positive integer"):
+        read_conllu(text, limit=0)
+    p = tmp_path / "bad.conllu"
+    p.write_text(bad)
+    tb = load_treebank(str(p), limit=2)
+    assert len(tb) == 2 and tb.n_read == 2
+    with pytest.raises(CoNLLUError):
+        load_treebank(str(p), limit=2, max_words=5)  # a length filter reads the whole file
+
+
 def test_empty_input_is_an_error(tmp_path):
     p = tmp_path / "empty.conllu"
     p.write_text("")
@@ -235,6 +259,9 @@ def test_ewt_through_mirror():
     short = load_treebank("ewt", "dev", max_words=10, limit=50)
     assert len(short) == 50 and all(s.n <= 10 for s in short)
     assert short.n_read == 2001 and short.n_too_long > 500
+    head = load_treebank("ewt", "train", limit=30)  # the first 30 sentences, the rest of the file unread
+    whole = read_conllu(data_path("ud-english-ewt", "en_ewt-ud-train.conllu"))
+    assert head.n_read == 30 and list(head) == whole[:30] and len(whole) == 12544
 
 
 @needs_mirror

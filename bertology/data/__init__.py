@@ -160,10 +160,13 @@ def load_treebank(name: str = "sample", split: str = "dev", limit: int | None = 
 
     ``max_words`` drops sentences with more than that many (syntactic) words, e.g. to stay under a
     model's length limit; ``limit`` then keeps the first ``limit`` of the remaining sentences. How
-    many were read and dropped is on the result (``n_read``, ``n_too_long``) and logged.
+    many were read and dropped is on the result (``n_read``, ``n_too_long``) and logged. Without
+    ``max_words``, only the first ``limit`` sentences of the file are read (``n_read`` counts them).
     """
     info = treebank_info(name)
     note = None
+    # without a length filter the first ``limit`` sentences are all that is needed: the rest is not parsed
+    head = limit if max_words is None else None
     if name == "sample":
         if split not in _SAMPLE_SIZES:
             raise ValueError(f"sample treebank has splits {sorted(_SAMPLE_SIZES)}, not {split!r}")
@@ -173,7 +176,8 @@ def load_treebank(name: str = "sample", split: str = "dev", limit: int | None = 
             sentences = read_conllu(sample_path()) + sentences
     elif info.dataset is not None:
         if split == "train" and "train" not in info.splits and train_from_dev is not None and "dev" in info.splits:
-            dev = read_conllu(data_path(info.dataset, f"{info.code}-ud-dev.conllu"))
+            dev = read_conllu(data_path(info.dataset, f"{info.code}-ud-dev.conllu"),
+                              limit=None if head is None else train_from_dev + head)
             sentences, split = dev[train_from_dev:], "train (from dev)"
             note = (f"{info.title} has no train split in the registry (mirror): training sentences are taken from "
                     f"its dev split" + (f" after the first {train_from_dev}, which stay held out" if train_from_dev else "")
@@ -181,14 +185,14 @@ def load_treebank(name: str = "sample", split: str = "dev", limit: int | None = 
         elif split not in info.splits:
             raise ValueError(f"{name} has splits {list(info.splits)} in the registry, not {split!r}")
         else:
-            sentences = read_conllu(data_path(info.dataset, f"{info.code}-ud-{split}.conllu"))
+            sentences = read_conllu(data_path(info.dataset, f"{info.code}-ud-{split}.conllu"), limit=head)
     else:
         path = Path(os.path.expanduser(name))
         if not path.is_file():
             raise FileNotFoundError(
                 f"{name!r} is neither a known treebank ('sample', 'ewt', 'gum', 'ud:<code>' with code one of "
                 f"{', '.join(sorted(_ud_catalogue()))}) nor an existing CoNLL-U file")
-        sentences = read_conllu(path)
+        sentences = read_conllu(path, limit=head)
         split = ""
 
     n_read = len(sentences)

@@ -66,8 +66,10 @@ class _Block:
     word_lines: list[int]  # line of each syntactic word, in order
 
 
-def _validate(lines: list[str], name: str) -> list[_Block]:
-    """Check structure line by line; returns one _Block per block, aligned with conllu's sentences."""
+def _validate(lines: list[str], name: str, limit: int | None = None) -> tuple[list[_Block], int]:
+    """Check structure line by line; returns one _Block per block, aligned with conllu's sentences,
+    and how many lines were read: all, or (``limit``) those up to the end of the ``limit``-th
+    block that has words."""
     blocks: list[_Block] = []
     cur: _Block | None = None
     heads: list[int] = []
@@ -77,11 +79,15 @@ def _validate(lines: list[str], name: str) -> list[_Block]:
             _check_tree(cur, heads, name)
             blocks.append(cur)
 
+    n_words = 0
     for lineno, raw in enumerate(lines, start=1):
         line = raw.rstrip("\r\n")
         if not line.strip():
+            n_words += bool(cur is not None and cur.word_lines)
             close()
             cur, heads = None, []
+            if limit is not None and n_words >= limit:
+                return blocks, lineno
             continue
         if cur is None:
             cur = _Block(lineno, [])
@@ -107,7 +113,7 @@ def _validate(lines: list[str], name: str) -> list[_Block]:
         cur.word_lines.append(lineno)
         heads.append(int(head))
     close()
-    return blocks
+    return blocks, len(lines)
 
 
 def _check_tree(block: _Block, heads: list[int], name: str) -> None:
@@ -146,12 +152,16 @@ _FIELD_PARSERS = {
 }
 
 
-def read_conllu(source: str | os.PathLike, name: str | None = None) -> list[Sentence]:
+def read_conllu(source: str | os.PathLike, name: str | None = None, limit: int | None = None) -> list[Sentence]:
     """Read a CoNLL-U file (a path) or CoNLL-U text (a str containing a newline).
 
     ``doc_id`` comes from ``# newdoc id = ...`` and carries forward until the next ``# newdoc``.
+    ``limit``: only the first ``limit`` sentences are read (and checked); the rest of the file is
+    not parsed (UD English-EWT's train split: about 10 s for its 12,544 sentences).
     Raises :class:`CoNLLUError` for malformed input, including input with no sentences.
     """
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+        raise ValueError(f"limit must be a positive integer or None, got {limit!r}")
     if isinstance(source, os.PathLike) or (isinstance(source, str) and not any(c in source for c in "\n\t")):
         path = Path(source)
         name = name or str(path)
@@ -160,9 +170,12 @@ def read_conllu(source: str | os.PathLike, name: str | None = None) -> list[Sent
         name = name or "<string>"
         text = source
     # Split on "\n" only, as conllu does, so that our blocks line up with its sentences.
-    blocks = _validate(text.split("\n"), name)
+    lines = text.split("\n")
+    blocks, n_lines = _validate(lines, name, limit)
     if not any(b.word_lines for b in blocks):
         raise CoNLLUError(name, None, "no sentences found (empty input)")
+    if n_lines < len(lines):
+        text = "\n".join(lines[:n_lines])
 
     sentences: list[Sentence] = []
     doc_id: str | None = None
