@@ -157,7 +157,7 @@ def read_conllu(source: str | os.PathLike, name: str | None = None, limit: int |
 
     ``doc_id`` comes from ``# newdoc id = ...`` and carries forward until the next ``# newdoc``.
     ``limit``: only the first ``limit`` sentences are read (and checked); the rest of the file is
-    not parsed (UD English-EWT's train split: about 10 s for its 12,544 sentences).
+    not parsed (UD English-EWT's train split: 3.7 s for its 12,544 sentences, 0.3 s for 500).
     Raises :class:`CoNLLUError` for malformed input, including input with no sentences.
     """
     if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
