@@ -53,7 +53,7 @@ test: $(STAMP)
 
 # bench: the engine's ratios, the probe epoch, then every notebook at full size for MiniLM and a
 # bert-base-shaped checkpoint (long: bert-base took an hour in bfloat16 on a 2-core Zen 4 and would take
-# hours in float32 on an AVX2-only CPU; SIZE=laptop BENCH_JOBS=2 took 41 min on a Zen 3, 35 min on a Zen 2 after the least-cost batches; bench-reports
+# hours in float32 on an AVX2-only CPU; SIZE=laptop BENCH_JOBS=2 took 41 min on a Zen 3, 33 min on a Zen 2 on 2026-12-07; bench-reports
 # alone for the table)
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_extract.py
