@@ -60,7 +60,8 @@ import torch
 from .data import Sentence
 from .extract import encode_inputs, states
 from .fidelity import declare, option_differs
-from .models import LoadedModel, check_precision
+from .interventions import layer_stack, skipped_layers
+from .models import LoadedModel, UnsupportedModelError, check_precision
 from .profiling import timed
 
 STUDIES = ("hewitt_manning.probe",)
@@ -418,17 +419,36 @@ class WordStates:
 
 
 def word_states(loaded: LoadedModel, sentences: Sequence[Sentence], *, batch_size: int = 32,
-                cache_dir=None, progress: bool = True, desc: str = "states") -> WordStates:
-    """Mean-pooled word vectors of every layer for ``sentences`` (one batched, length-bucketed pass)."""
+                cache_dir=None, progress: bool = True, desc: str = "states", top: int | None = None) -> WordStates:
+    """Mean-pooled word vectors of every layer for ``sentences`` (one batched, length-bucketed pass).
+
+    ``top``: only the layers 0..``top`` (0 = embeddings) are wanted; the model then runs its first
+    ``top`` transformer layers only (at least one; :func:`bertology.interventions.skipped_layers`
+    leaves out the rest, which cannot change the layers below them), and ``states`` holds those
+    ``top + 1`` layers.
+    A model whose layers cannot be left out (ALBERT) runs them all."""
     if not sentences:
         raise ValueError("no sentences to extract word states from")
+    n = loaded.info.n_layers
+    if top is not None and (isinstance(top, bool) or not isinstance(top, (int, np.integer)) or not 0 <= top <= n):
+        raise ValueError(f"top must be a layer in 0..{n} (0 = embeddings) or None, got {top!r}")
+    cut = nullcontext()
+    if top is not None and top < n:
+        try:
+            layer_stack(loaded.model)
+            # at least one layer runs: without any, the model reports no hidden states at all
+            cut = skipped_layers(loaded, range(max(int(top), 1), n))
+        except UnsupportedModelError:
+            pass
     t0 = time.perf_counter()
     encs = encode_inputs(loaded.tokenizer, [s.words for s in sentences], loaded.info.max_length)
     keep = [k for k, e in enumerate(encs) if not e.truncated]
     kept = [sentences[k] for k in keep]
     offsets = np.concatenate([[0], np.cumsum([s.n for s in kept])]).astype(np.int64)
-    flat = states(loaded, [encs[k] for k in keep], pool="mean", unit="word", concat=True, batch_size=batch_size,
-                  cache=cache_dir, progress=progress, desc=desc)
+    with cut:
+        flat = states(loaded, [encs[k] for k in keep], layers=None if top is None else list(range(int(top) + 1)),
+                      pool="mean", unit="word", concat=True, batch_size=batch_size, cache=cache_dir,
+                      progress=progress, desc=desc)
     return WordStates(flat, offsets, kept, len(sentences) - len(kept), time.perf_counter() - t0)
 
 
@@ -937,10 +957,11 @@ def check_parameters(ranks: Sequence[int], batching: str = "shuffled", uuas_gold
 
 
 def split_states(loaded: LoadedModel, splits: dict[str, Sequence[Sentence]], *, batch_size: int = 32,
-                 desc: str = "states", progress: bool = True) -> dict[str, WordStates]:
+                 desc: str = "states", progress: bool = True, top: int | None = None) -> dict[str, WordStates]:
     """:func:`word_states` of every named split (``{"train": [...], "dev": [...], "test": [...]}``),
-    in that order, each in one batched pass (progress bar ``"<desc> <name>"``)."""
-    return {name: word_states(loaded, sents, batch_size=batch_size, desc=f"{desc} {name}", progress=progress)
+    in that order, each in one batched pass (progress bar ``"<desc> <name>"``; ``top``: the layers
+    0..top only, the model cut there)."""
+    return {name: word_states(loaded, sents, batch_size=batch_size, desc=f"{desc} {name}", progress=progress, top=top)
             for name, sents in splits.items()}
 
 
@@ -1022,7 +1043,9 @@ def probe_study(run, splits: dict[str, Sequence[Sentence]], rank: int | None = N
     """Notebook 04, section 1: structural probes of every layer of ``run.loaded`` and of its
     random-init control (:func:`bertology.models.random_init_control`, seeded with ``run.seed``),
     the control at :func:`control_layer_set` (``control_layers`` evenly spaced layers and the
-    model's best distance and depth layers; None, the default here: every layer).
+    model's best distance and depth layers; None, the default here: every layer). The control runs
+    up to the highest layer it is probed at (:func:`word_states` ``top``): the same states, fewer
+    passes through layers no probe reads.
 
     :func:`split_states` of ``splits`` (:func:`probe_splits`) for the model and for the control,
     both fitted with :func:`fit_splits` (``rank``, ``max_epochs``, ``patience``, ``lr``,
@@ -1053,7 +1076,9 @@ def probe_study(run, splits: dict[str, Sequence[Sentence]], rank: int | None = N
                  + ("" if control_layers else "control_layers=4 adds 4 evenly spaced layers, ")
                  + "control_layers=None probes every layer. Hewitt & Manning report their random baseline as one number.")
     control = random_init_control(run.loaded, seed=run.seed)
-    control_states = split_states(control, splits, batch_size=batch_size, desc="control states", progress=progress)
+    # the control runs up to its highest probed layer only (the layers above it cannot change its states)
+    control_states = split_states(control, splits, batch_size=batch_size, desc="control states", progress=progress,
+                                  top=max(layers))
     control_table, _ = fit_splits(control_states, rank, layers=layers, label="random-init control",
                                   progress=progress, **fit)
     del control, control_states

@@ -510,3 +510,44 @@ def test_ranks_fitted_together_equal_fits_of_one_rank(planted, kind):
         np.testing.assert_allclose(p.history.dev_loss, alone.history.dev_loss, rtol=1e-5)
     with pytest.raises(ValueError, match="distinct"):
         sp.fit_probes(train, dev, kind, [4, 4], **fit)
+
+
+def test_word_states_up_to_a_layer_run_only_the_layers_below(tokenizer):
+    """top=k: the states of layers 0..k, the same as those of the full pass, from a model that ran
+    k transformer layers (at least one; counted with a hook)."""
+    from bertology.data import load_treebank
+    from bertology.interventions import layer_stack
+    from bertology.models import random_bert
+
+    lm = random_bert(tokenizer, n_layers=4, n_heads=2, seed=0)
+    sents = list(load_treebank("sample", "dev", limit=6))
+    full = sp.word_states(lm, sents, batch_size=4, progress=False)
+    calls = []
+    hooks = [m.register_forward_hook(lambda *_, d=d: calls.append(d)) for d, m in enumerate(layer_stack(lm.model).layer)]
+    for k in (0, 2, 4):
+        calls.clear()
+        ws = sp.word_states(lm, sents, batch_size=4, progress=False, top=k)
+        assert ws.states.shape[0] == k + 1 and np.array_equal(ws.states, full.states[: k + 1])
+        assert sorted(set(calls)) == list(range(max(k, 1))) and ws.offsets.tolist() == full.offsets.tolist()
+    for h in hooks:
+        h.remove()
+    assert len(layer_stack(lm.model).layer) == 4  # the stack is whole again
+    with pytest.raises(ValueError, match="top must be a layer in 0..4"):
+        sp.word_states(lm, sents, progress=False, top=5)
+
+
+def test_word_states_up_to_a_layer_of_albert_run_every_layer(tokenizer):
+    """ALBERT shares one layer group across depth, so no layer can be left out: top=k still gives
+    layers 0..k, from the full pass."""
+    from transformers import AlbertConfig
+
+    from bertology.data import load_treebank
+    from bertology.models import random_from_config
+
+    cfg = AlbertConfig(vocab_size=tokenizer.vocab_size, embedding_size=8, hidden_size=16, num_hidden_layers=3,
+                       num_attention_heads=2, intermediate_size=32, max_position_embeddings=128)
+    lm = random_from_config(cfg, tokenizer, False, 0, "tiny-albert", "cpu")
+    sents = list(load_treebank("sample", "dev", limit=4))
+    full = sp.word_states(lm, sents, progress=False)
+    ws = sp.word_states(lm, sents, progress=False, top=1)
+    assert full.states.shape[0] == 4 and np.array_equal(ws.states, full.states[:2])
