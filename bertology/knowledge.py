@@ -699,8 +699,8 @@ def fit_predict_pairs(left: np.ndarray, right: np.ndarray, a, b, y_train, test_a
     feature of the expanded data, as :func:`fit_predict`) comes from the tables and the pair
     counts, folded into the weights after centring the tables. The objective, the optimiser and
     its start are :func:`fit_predict`'s; the float32 sums run in another order, so a prediction
-    on the decision boundary can differ (measured: 40 of 40,629 Forbes test predictions of
-    MiniLM, 0.1%). A fit is several times faster than on the formed features, whose products
+    on the decision boundary can differ (measured: 27 of 40,629 Forbes test predictions of
+    MiniLM, 0.07%). A fit is several times faster than on the formed features, whose products
     stream the whole feature matrix twice per L-BFGS step.
     """
     import torch

@@ -5,6 +5,7 @@ import collections
 import hashlib
 import os
 
+import numpy as np
 import pytest
 
 from bertology.data import (
@@ -108,6 +109,10 @@ def test_limit_reads_the_first_sentences_only(tmp_path):
     p.write_text(bad)
     tb = load_treebank(str(p), limit=2)
     assert len(tb) == 2 and tb.n_read == 2
+    assert read_conllu(text, limit=np.int64(2)) == full[:2]  # a numpy count, as sizes often are
+    good = tmp_path / "good.conllu"
+    good.write_text(text)
+    assert len(load_treebank(str(good), limit=0)) == 0  # no sentence, as a plain slice gives
     with pytest.raises(CoNLLUError):
         load_treebank(str(p), limit=2, max_words=5)  # a length filter reads the whole file
 

@@ -166,7 +166,7 @@ def load_treebank(name: str = "sample", split: str = "dev", limit: int | None = 
     info = treebank_info(name)
     note = None
     # without a length filter the first ``limit`` sentences are all that is needed: the rest is not parsed
-    head = limit if max_words is None else None
+    head = limit if max_words is None and limit else None  # (limit 0 keeps no sentence, as before)
     if name == "sample":
         if split not in _SAMPLE_SIZES:
             raise ValueError(f"sample treebank has splits {sorted(_SAMPLE_SIZES)}, not {split!r}")

@@ -7,6 +7,7 @@ index found deep inside an analysis is much harder to trace than one found here.
 from __future__ import annotations
 
 import io
+import numbers
 import os
 import re
 from dataclasses import dataclass, field
@@ -160,8 +161,9 @@ def read_conllu(source: str | os.PathLike, name: str | None = None, limit: int |
     not parsed (UD English-EWT's train split: 3.7 s for its 12,544 sentences, 0.3 s for 500).
     Raises :class:`CoNLLUError` for malformed input, including input with no sentences.
     """
-    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, numbers.Integral) or limit < 1):
         raise ValueError(f"limit must be a positive integer or None, got {limit!r}")
+    limit = None if limit is None else int(limit)
     if isinstance(source, os.PathLike) or (isinstance(source, str) and not any(c in source for c in "\n\t")):
         path = Path(source)
         name = name or str(path)
