@@ -149,6 +149,39 @@ def test_attention_gradient_matches_finite_difference(tokenizer):
     assert grad == pytest.approx(fd, rel=1e-4, abs=1e-8) and abs(grad) > 1e-6
 
 
+@pytest.mark.parametrize("arch", ["bert", "distilbert"])
+def test_mlm_gradients_read_the_head_at_masked_pieces_only(arch):
+    """dL/dα with the head on the masked pieces only (BERT: one-module head) equals the reference
+    formula on the full logits, and the head maps exactly the masked pieces; DistilBERT's split
+    head falls back to the full logits, same values."""
+    from types import SimpleNamespace
+
+    from test_extract import HeadCalls, tiny_mlm_model
+
+    from bertology.models import LoadedModel
+
+    model, batch = tiny_mlm_model(arch)
+    model.double()
+
+    class Tok:
+        mask_token_id = 4
+
+    loaded = LoadedModel(Tok(), model, SimpleNamespace(precision="float32"))
+    masked = torch.zeros_like(batch["input_ids"], dtype=torch.bool)
+    masked[0, [1, 5]] = masked[1, 3] = masked[2, 2] = True
+    calls = HeadCalls(model)
+    got = at.attention_gradients(loaded, batch, masked, at.MLM_OBJECTIVE, n_masked=7)
+    assert calls.rows == (4 if arch == "bert" else 3 * 7)
+    with torch.enable_grad():  # the reference: every position's logits, the masked ones read
+        ids = batch["input_ids"].masked_fill(masked, 4)
+        out = model(**dict(batch, input_ids=ids), output_attentions=True)
+        loss = torch.nn.functional.cross_entropy(out.logits[masked], batch["input_ids"][masked], reduction="sum") / 7
+        ref = torch.autograd.grad(loss, out.attentions)
+    assert all(a.abs().max() > 0 for a in ref)
+    for a, b in zip(got, ref):
+        torch.testing.assert_close(a, b.float(), rtol=1e-6, atol=1e-9)
+
+
 @pytest.fixture(scope="module")
 def tiny_mlm(tokenizer):
     from bertology.models import random_bert

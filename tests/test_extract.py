@@ -161,10 +161,11 @@ def test_states_select_layers_units_and_pooling_by_hand(tokenizer, tmp_path):
             ex.states(lm, [words], progress=False, **bad)
 
 
-@pytest.mark.parametrize("arch", ["bert", "roberta", "albert", "distilbert", "electra"])
-def test_logits_at_are_the_full_logits_at_those_positions(arch):
-    """The head on chosen positions only gives the rows of the full logits (BERT, RoBERTa, ALBERT:
-    one-module heads; DistilBERT, ELECTRA: the full-logits fallback); gradients flow with grad=True."""
+ARCHS = ["bert", "roberta", "albert", "distilbert", "electra"]
+
+
+def tiny_mlm_model(arch: str):
+    """A tiny random masked-LM model of ``arch`` (vocabulary of 60) and a padded batch of 3 x 7."""
     from transformers import AutoModelForMaskedLM
 
     from bertology import zoo
@@ -175,13 +176,68 @@ def test_logits_at_are_the_full_logits_at_those_positions(arch):
         def __len__(self):
             return 60
 
-    config = zoo.model_config("bert" if arch == "bert" else arch, Tok(), "tiny", max_length=32)
+    config = zoo.model_config(arch, Tok(), "tiny", max_length=32)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
         model = AutoModelForMaskedLM.from_config(config, attn_implementation="eager").eval()
     g = torch.Generator().manual_seed(0)
     batch = {"input_ids": torch.randint(3, 60, (3, 7), generator=g), "attention_mask": torch.ones(3, 7, dtype=torch.long)}
     batch["attention_mask"][2, 5:] = 0
+    return model, batch
+
+
+class HeadCalls:
+    """Counts the rows the vocabulary projection (``get_output_embeddings``) of a model maps."""
+
+    def __init__(self, model):
+        self.rows = 0
+        model.get_output_embeddings().register_forward_hook(self)
+
+    def __call__(self, module, args, out):
+        self.rows += args[0].reshape(-1, args[0].shape[-1]).shape[0]
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_extraction_runs_the_encoder_without_the_head(arch):
+    """Attention maps and hidden states come from the encoder alone (the head would map every
+    position to vocabulary logits nobody reads): the head never runs, and the maps and states are
+    the masked-LM model's own, bit for bit."""
+    model, batch = tiny_mlm_model(arch)
+    calls = HeadCalls(model)
+    with torch.inference_mode():
+        ref = model(**batch, output_attentions=True, output_hidden_states=True)
+    assert calls.rows == 3 * 7
+    out = ex.forward(model, batch, attention=True, hidden_states=True, base=True)
+    assert calls.rows == 3 * 7  # the head did not run again
+    for a, b in zip(out.attentions, ref.attentions):
+        assert torch.equal(a, b)
+    for a, b in zip(out.hidden_states, ref.hidden_states):
+        assert torch.equal(a, b)
+
+
+def test_extract_and_states_never_run_the_head(tokenizer):
+    """extract() and states() on a model with a masked-LM head (the one path every study's maps
+    and states take) leave the head out, and equal the full model's outputs."""
+    from bertology.models import random_bert
+
+    lm = random_bert(tokenizer, n_layers=2, n_heads=2, hidden_size=16, mlm=True, seed=4)
+    calls = HeadCalls(lm.model)
+    col = Collect()
+    ex.extract(lm, SENTS, col, level="token", hidden_states=True, batch_size=2, progress=False)
+    (st,) = ex.states(lm, [SENTS[0]], layers=-1, unit="piece", specials=True, progress=False)
+    assert calls.rows == 0
+    enc = tokenizer(SENTS[0], is_split_into_words=True, return_tensors="pt")
+    with torch.inference_mode():
+        out = lm.model(**enc, output_attentions=True, output_hidden_states=True)
+    assert np.allclose(col.items[0].attention, torch.stack(out.attentions, 1)[0].numpy(), atol=1e-6)
+    assert np.allclose(st[0], out.hidden_states[-1][0].numpy(), atol=1e-6)
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_logits_at_are_the_full_logits_at_those_positions(arch):
+    """The head on chosen positions only gives the rows of the full logits (BERT, RoBERTa, ALBERT:
+    one-module heads; DistilBERT, ELECTRA: the full-logits fallback); gradients flow with grad=True."""
+    model, batch = tiny_mlm_model(arch)
     rows, cols = torch.tensor([0, 0, 1, 2]), torch.tensor([1, 6, 3, 4])
     assert (ex.mlm_head(model) is None) == (arch in ("distilbert", "electra"))
     full = ex.forward(model, batch).logits[rows, cols]
