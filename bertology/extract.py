@@ -18,7 +18,7 @@ import logging
 import os
 import shutil
 import time
-from contextlib import ExitStack
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Iterator, Protocol, Sequence
@@ -30,7 +30,7 @@ from tqdm.auto import tqdm
 from . import align
 from .align import Encoding
 from .io import atomic_write_json
-from .models import LoadedModel
+from .models import ATTN_IMPL, LoadedModel, UnsupportedModelError
 from .profiling import timed
 
 log = logging.getLogger(__name__)
@@ -235,40 +235,191 @@ def forward(loaded: LoadedModel | torch.nn.Module, batch: dict, *, attention: bo
 #: in one module (BERT ``cls``, RoBERTa ``lm_head``, ALBERT ``predictions``).
 MLM_HEADS = ("cls", "lm_head", "predictions")
 
+#: Heads split over several modules of the model, applied in this order (DistilBERT: transform,
+#: activation, LayerNorm, projector; ELECTRA's generator: dense-activation-LayerNorm, projector).
+SPLIT_MLM_HEADS = (("vocab_transform", "activation", "vocab_layer_norm", "vocab_projector"),
+                   ("generator_predictions", "generator_lm_head"))
 
-def mlm_head(model: torch.nn.Module) -> torch.nn.Module | None:
-    """The one-module masked-LM head of ``model`` (see :data:`MLM_HEADS`), or None (no head, or a
-    head split over several modules, as DistilBERT's and ELECTRA's)."""
-    return next((getattr(model, a) for a in MLM_HEADS if isinstance(getattr(model, a, None), torch.nn.Module)), None)
+
+class _SplitHead:
+    """A masked-LM head kept in several modules of the model, called as one (no module of its own,
+    so it adds nothing to the model's parameters or state)."""
+
+    def __init__(self, parts):
+        self.parts = parts
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        for part in self.parts:
+            x = part(x)
+        return x
+
+
+def mlm_head(model: torch.nn.Module):
+    """The masked-LM head of ``model`` as one callable mapping last-layer states ``[..., d]`` to
+    logits: a module of :data:`MLM_HEADS`, or the parts of :data:`SPLIT_MLM_HEADS` in order; None
+    when the model has no head that we know."""
+    one = next((getattr(model, a) for a in MLM_HEADS if isinstance(getattr(model, a, None), torch.nn.Module)), None)
+    if one is not None:
+        return one
+    for names in SPLIT_MLM_HEADS:
+        parts = [getattr(model, n, None) for n in names]
+        if all(callable(p) for p in parts) and isinstance(parts[-1], torch.nn.Linear):
+            return _SplitHead(parts)
+    return None
 
 
 def logits_at(loaded: LoadedModel | torch.nn.Module, batch: dict, rows: torch.Tensor, cols: torch.Tensor, *,
               grad: bool = False) -> torch.Tensor:
     """Masked-LM logits ``[N, V]`` at the positions ``(rows[i], cols[i])`` of ``batch`` only: the
-    encoder runs on the whole batch and the head on those positions (the head maps each position
-    on its own, so these are the rows of the full ``logits``; on a bert-base-sized model the head
-    over every position costs about a quarter of the forward pass). Falls back to the full
-    logits for heads :func:`mlm_head` does not know. Same context as :func:`forward`."""
+    head maps those positions (it maps each position on its own, so these are the rows of the full
+    ``logits``; on a bert-base-sized model the head over every position costs about a quarter of
+    the forward pass), and the last layer computes them only (:func:`states_at`). Falls back to
+    the full logits for heads :func:`mlm_head` does not know. Same context as :func:`forward`."""
     model = loaded.model if isinstance(loaded, LoadedModel) else loaded
     if mlm_head(model) is None:
         return forward(loaded, batch, grad=grad).logits[rows, cols]
-    hidden = forward(loaded, batch, base=True, grad=grad).last_hidden_state
-    return head_logits(loaded, hidden, rows, cols, grad=grad)
+    return head_logits(loaded, states_at(loaded, batch, rows, cols, grad=grad), grad=grad)
 
 
-def head_logits(loaded: LoadedModel | torch.nn.Module, hidden: torch.Tensor, rows: torch.Tensor,
-                cols: torch.Tensor, *, grad: bool = False) -> torch.Tensor:
-    """The masked-LM head of ``loaded`` (:func:`mlm_head`, which must know it) on the rows
-    ``(rows[i], cols[i])`` of ``hidden`` (the encoder's last states, ``[B, T, d]``): logits ``[N, V]``,
-    float32, in the precision and gradient context of :func:`forward`."""
+def layer_stack(model: torch.nn.Module):
+    """The module whose ``layer`` attribute holds the stack of transformer blocks (BERT-style
+    ``encoder``, DistilBERT's ``transformer``); ALBERT has none."""
+    base = base_of(model)
+    for owner in (getattr(base, "encoder", None), getattr(base, "transformer", None)):
+        if owner is not None and isinstance(getattr(owner, "layer", None), torch.nn.ModuleList):
+            return owner
+    raise UnsupportedModelError(f"{type(model).__name__} keeps no list of transformer layers that can be skipped "
+                                "(ALBERT shares one layer group across depth)")
+
+
+@contextmanager
+def skipped_layers(loaded_or_model, layers: Sequence[int]) -> Iterator[torch.nn.Module]:
+    """Within the block the encoder runs without the transformer layers ``layers`` (0-indexed);
+    the full stack is put back on exit, also on an exception."""
+    encoder = layer_stack(loaded_or_model.model if isinstance(loaded_or_model, LoadedModel) else loaded_or_model)
+    full = encoder.layer
+    drop = {int(x) for x in layers}
+    bad = sorted(x for x in drop if not 0 <= x < len(full))
+    if bad:
+        raise ValueError(f"layers {bad} out of range: the encoder has layers 0..{len(full) - 1}")
+    encoder.layer = torch.nn.ModuleList([m for i, m in enumerate(full) if i not in drop])
+    try:
+        yield encoder
+    finally:
+        encoder.layer = full
+
+
+#: Attention implementations :func:`states_at` computes a layer's chosen rows with (they take
+#: queries of any length and a broadcast padding mask).
+ROWS_ATTENTION = ("eager", "sdpa", ATTN_IMPL)
+
+
+def _rows_layer(model: torch.nn.Module, layer: torch.nn.Module) -> bool:
+    """Whether ``layer`` is a BERT-style encoder block (BERT, RoBERTa, ELECTRA: ``attention.self``
+    with ``query``/``key``/``value``, ``attention.output``, ``intermediate``, ``output``) that
+    :func:`states_at` can compute at chosen rows: absolute positions, no cross-attention, no
+    planted pattern or head-output capture, eval mode."""
+    att = getattr(layer, "attention", None)
+    sa = getattr(att, "self", None)
+    if sa is None or not all(isinstance(getattr(sa, k, None), torch.nn.Linear) for k in ("query", "key", "value")):
+        return False
+    if not all(hasattr(x, k) for x, k in ((att, "output"), (layer, "intermediate"), (layer, "output"))):
+        return False
+    config = getattr(sa, "config", None) or model.config
+    return (getattr(config, "position_embedding_type", "absolute") in (None, "absolute")
+            and not getattr(layer, "add_cross_attention", False) and not getattr(config, "is_decoder", False)
+            and config._attn_implementation in ROWS_ATTENTION and hasattr(sa, "attention_head_size")
+            and getattr(sa, "_bertology_planted", None) is None and getattr(sa, "_bertology_capture", None) is None
+            and not model.training)
+
+
+def _layer_at(layer: torch.nn.Module, below: torch.Tensor, mask: torch.Tensor, rows: torch.Tensor,
+              cols: torch.Tensor) -> torch.Tensor:
+    """The output ``[N, d]`` of the BERT-style block ``layer`` (:func:`_rows_layer`) at ``(rows[i],
+    cols[i])`` given its input ``below`` ``[B, T, d]`` and the padding ``mask`` ``[B, T]``: keys and
+    values of every position of those rows' sequences, queries, output projection and
+    feed-forward at the chosen positions only (each position's output depends on the others only
+    through keys and values). The attention is the model's own implementation, so head masks apply."""
+    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+    from transformers.models.bert.modeling_bert import eager_attention_forward
+
+    seqs, where = torch.unique(rows, return_inverse=True)  # the sequences that have a chosen row
+    order = torch.argsort(where, stable=True)
+    counts = torch.bincount(where, minlength=len(seqs))
+    start = torch.cumsum(counts, 0) - counts
+    slot = torch.empty_like(where)
+    slot[order] = torch.arange(len(where), device=where.device) - start[where[order]]
+    q_at = torch.zeros(len(seqs), int(counts.max()), dtype=torch.long, device=below.device)
+    q_at[where, slot] = cols  # padded with position 0, whose rows are dropped
+    kv = below[seqs]
+    q_in = kv[torch.arange(len(seqs), device=below.device)[:, None], q_at]
+    sa = layer.attention.self
+    d = sa.attention_head_size
+
+    def heads(x):
+        return x.view(*x.shape[:2], -1, d).transpose(1, 2)
+
+    additive = (1.0 - mask[seqs].to(kv.dtype))[:, None, None, :] * torch.finfo(kv.dtype).min
+    attend = ALL_ATTENTION_FUNCTIONS.get_interface(sa.config._attn_implementation, eager_attention_forward)
+    ctx, _ = attend(sa, heads(sa.query(q_in)), heads(sa.key(kv)), heads(sa.value(kv)), additive, dropout=0.0,
+                    scaling=getattr(sa, "scaling", d ** -0.5))
+    a = layer.attention.output(ctx.reshape(*q_in.shape[:2], -1), q_in)
+    out = layer.output(layer.intermediate(a), a)
+    return out[where, slot]
+
+
+def states_at(loaded: LoadedModel | torch.nn.Module, batch: dict, rows: torch.Tensor, cols: torch.Tensor, *,
+              layer: int | None = None, grad: bool = False) -> torch.Tensor:
+    """Hidden states ``[N, d]`` of ``layer`` (0 = embeddings, None = the last) at the positions
+    ``(rows[i], cols[i])`` of ``batch``, computing no more than they need: the layers above
+    ``layer`` do not run, and a BERT-style ``layer`` (:func:`_rows_layer`: BERT, RoBERTa, ELECTRA)
+    computes only the chosen positions' queries, output projection and feed-forward (with every
+    position's keys and values), about 10/12 of that layer's work saved where one position per
+    sequence is read. Other models run the stack up to ``layer`` (DistilBERT) or whole (ALBERT).
+    The same numbers as the full pass up to float rounding. Same context as :func:`forward`."""
+    model = loaded.model if isinstance(loaded, LoadedModel) else loaded
+    config = model.config
+    n_layers = getattr(config, "num_hidden_layers", None) or config.n_layers
+    if layer is not None and (isinstance(layer, bool) or not 0 <= int(layer) <= n_layers):
+        raise ValueError(f"layer must be in [0, {n_layers}], got {layer!r}")
+    try:
+        stack = layer_stack(model).layer
+    except UnsupportedModelError:  # ALBERT: the stack runs whole
+        stack = None
+    # layer None: the top of the stack as it is now (a caller may have cut or replayed part of it);
+    # a given layer counts from the embeddings of the whole stack
+    if stack is None or (layer is not None and len(stack) != n_layers):
+        out = forward(loaded, batch, base=True, grad=grad, hidden_states=layer is not None)
+        hidden = out.last_hidden_state if layer is None else out.hidden_states[int(layer)]
+        return hidden[rows.to(hidden.device), cols.to(hidden.device)]
+    top = len(stack) if layer is None else int(layer)
+    last = stack[top - 1] if top else None
+    rows_only = last is not None and _rows_layer(model, last)
+    run = top - 1 if rows_only else top
+    with skipped_layers(model, range(run, len(stack))):
+        below = forward(loaded, batch, base=True, grad=grad).last_hidden_state
+    device = below.device
+    rows, cols = rows.to(device), cols.to(device)
+    if not rows_only:
+        return below[rows, cols]
+    with _running(_precision_of(loaded), device, grad):
+        mask = batch.get("attention_mask")
+        mask = torch.ones(below.shape[:2], device=device) if mask is None else mask.to(device)
+        out = _layer_at(last, below, mask, rows, cols)
+    return out.float() if _precision_of(loaded) != "float32" else out
+
+
+def head_logits(loaded: LoadedModel | torch.nn.Module, states: torch.Tensor, *, grad: bool = False) -> torch.Tensor:
+    """The masked-LM head of ``loaded`` (:func:`mlm_head`, which must know it) on last-layer
+    ``states`` ``[N, d]`` (the positions to score only): logits ``[N, V]``, float32, in the
+    precision and gradient context of :func:`forward`."""
     model = loaded.model if isinstance(loaded, LoadedModel) else loaded
     head = mlm_head(model)
     if head is None:
-        raise ValueError(f"{type(model).__name__} has no one-module masked-LM head (see MLM_HEADS)")
-    device = hidden.device
+        raise ValueError(f"{type(model).__name__} has no masked-LM head that we know (see MLM_HEADS, SPLIT_MLM_HEADS)")
     precision = _precision_of(loaded)
-    with _running(precision, device, grad):
-        out = head(hidden[rows.to(device), cols.to(device)])
+    with _running(precision, states.device, grad):
+        out = head(states)
     return out.float() if precision != "float32" else out
 
 

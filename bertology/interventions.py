@@ -4,7 +4,9 @@
   a tensor that requires grad makes the gates differentiable, as Michel et al. 2019 need) and
   puts back whatever mask was there before when the block ends, also on an exception, so nested
   blocks work and no caller has to undo anything.
-* :func:`skipped_layers` runs the model without some transformer layers (attention + FFN).
+* :func:`skipped_layers` runs the model without some transformer layers (attention + FFN); it lives
+  in :mod:`bertology.extract` (whose :func:`~bertology.extract.states_at` runs part of the stack) and
+  is re-exported here.
 * :func:`plant_attention` (from :mod:`bertology.models`) makes every head attend as a given
   pattern says; it returns a planted copy of the handle rather than a context, since tests build
   a planted model once and use it throughout.
@@ -19,7 +21,7 @@ from typing import Iterator, Sequence
 import numpy as np
 import torch
 
-from .extract import base_of
+from .extract import base_of, layer_stack, skipped_layers  # noqa: F401  (the engine owns the layer stack)
 from .models import (LoadedModel, UnsupportedModelError, layer_head_masks, plant_attention, self_attention_modules,
                      set_head_mask, set_layer_head_masks, use_bertology_attention)
 
@@ -70,34 +72,6 @@ def captured_heads(loaded_or_model) -> Iterator[dict]:
     finally:
         for m in mods:
             m._bertology_capture = None
-
-
-def layer_stack(model: torch.nn.Module):
-    """The module whose ``layer`` attribute holds the stack of transformer blocks (BERT-style
-    ``encoder``, DistilBERT's ``transformer``); ALBERT has none."""
-    base = base_of(model)
-    for owner in (getattr(base, "encoder", None), getattr(base, "transformer", None)):
-        if owner is not None and isinstance(getattr(owner, "layer", None), torch.nn.ModuleList):
-            return owner
-    raise UnsupportedModelError(f"{type(model).__name__} keeps no list of transformer layers that can be skipped "
-                                "(ALBERT shares one layer group across depth)")
-
-
-@contextmanager
-def skipped_layers(loaded_or_model, layers: Sequence[int]) -> Iterator[torch.nn.Module]:
-    """Within the block the encoder runs without the transformer layers ``layers`` (0-indexed);
-    the full stack is put back on exit, also on an exception."""
-    encoder = layer_stack(_module_of(loaded_or_model))
-    full = encoder.layer
-    drop = {int(x) for x in layers}
-    bad = sorted(x for x in drop if not 0 <= x < len(full))
-    if bad:
-        raise ValueError(f"layers {bad} out of range: the encoder has layers 0..{len(full) - 1}")
-    encoder.layer = torch.nn.ModuleList([m for i, m in enumerate(full) if i not in drop])
-    try:
-        yield encoder
-    finally:
-        encoder.layer = full
 
 
 @contextmanager

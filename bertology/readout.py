@@ -39,7 +39,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .extract import batch_overhead, forward, padded_batches
+from .extract import batch_overhead, forward, padded_batches, states_at
 from .scorers import Scorer
 from .io import atomic_write_json
 from .models import LoadedModel
@@ -436,11 +436,10 @@ class ReadoutScorer(Scorer):
         self.meta = meta
 
     def _states(self, input_ids, attention_mask, positions):
-        rows, cols = positions[:, 0], positions[:, 1]
-        out = forward(self.loaded, {"input_ids": input_ids, "attention_mask": attention_mask}, base=True,
-                      hidden_states=self.layer < self.loaded.info.n_layers)
-        h = out.last_hidden_state if self.layer == self.loaded.info.n_layers else out.hidden_states[self.layer]
-        return self.head(h[rows, cols].float())
+        # the layers above the readout's do not run, and its own layer computes the read rows only
+        h = states_at(self.loaded, {"input_ids": input_ids, "attention_mask": attention_mask}, positions[:, 0],
+                      positions[:, 1], layer=self.layer)
+        return self.head(h.float())
 
 
 def fit_command(model: str = "minilm", layers: str = "all", out: str | Path | None = None, device: str = "auto",

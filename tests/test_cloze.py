@@ -189,6 +189,31 @@ def test_readout_fit_cache_and_label(tokenizer, tmp_path, monkeypatch):
         R.get_readout(m, 3, cache_dir=tmp_path, settings=settings)
 
 
+def test_readout_scorer_reads_its_layer_without_the_layers_above(tokenizer):
+    """A readout on layer k scores the full pass's states of layer k at the masked rows, and the
+    layers above k do not run."""
+    from bertology import readout as R
+    from bertology.extract import layer_stack
+
+    m = random_bert(tokenizer, n_layers=3, n_heads=2, hidden_size=16, mlm=False, seed=3)
+    ids = torch.tensor([[101, 2023, 103, 2003, 102], [101, 103, 102, 0, 0]])
+    att = (ids > 0).long()
+    where = torch.tensor([[0, 2], [1, 1], [0, 3]])
+    with torch.inference_mode():
+        hs = m.model(input_ids=ids, attention_mask=att, output_hidden_states=True).hidden_states
+    ran = []
+    for d, layer in enumerate(layer_stack(m.model).layer):
+        layer.register_forward_hook(lambda *_, d=d: ran.append(d))
+    for k in range(4):
+        head = torch.nn.Linear(16, len(tokenizer))
+        sc = R.ReadoutScorer(m, k, head, {"label": "test"})
+        ran.clear()
+        lp = sc.log_probs(ids, att, where)
+        want = torch.log_softmax(head(hs[k][where[:, 0], where[:, 1]]), -1)
+        torch.testing.assert_close(lp, want, rtol=1e-5, atol=1e-5)
+        assert ran == list(range(k - 1)), (k, ran)  # layer k itself runs at the read rows only
+
+
 def test_shipped_minilm_readout_loads(minilm):
     from bertology.readout import shipped_readouts
 

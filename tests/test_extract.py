@@ -236,12 +236,16 @@ def test_extract_and_states_never_run_the_head(tokenizer):
 @pytest.mark.parametrize("arch", ARCHS)
 def test_logits_at_are_the_full_logits_at_those_positions(arch):
     """The head on chosen positions only gives the rows of the full logits (BERT, RoBERTa, ALBERT:
-    one-module heads; DistilBERT, ELECTRA: the full-logits fallback); gradients flow with grad=True."""
+    one-module heads; DistilBERT, ELECTRA: heads split over several modules, called in order) and
+    maps those positions only; gradients flow with grad=True."""
     model, batch = tiny_mlm_model(arch)
+    calls = HeadCalls(model)
     rows, cols = torch.tensor([0, 0, 1, 2]), torch.tensor([1, 6, 3, 4])
-    assert (ex.mlm_head(model) is None) == (arch in ("distilbert", "electra"))
+    assert ex.mlm_head(model) is not None
     full = ex.forward(model, batch).logits[rows, cols]
+    calls.rows = 0
     torch.testing.assert_close(ex.logits_at(model, batch, rows, cols), full, rtol=1e-5, atol=1e-5)
+    assert calls.rows == 4
     loss = ex.logits_at(model, batch, rows, cols, grad=True).logsumexp(-1).sum()
     loss.backward()
     assert next(model.parameters()).grad is not None
@@ -298,3 +302,71 @@ def test_buckets_match_a_search_over_every_cut():
         assert sorted(i for b in got for i in b) == list(range(n))
         assert all(ok([lengths[i] for i in b]) for b in got)
         assert cost([[lengths[i] for i in b] for b in got]) == best
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_states_at_equal_the_full_pass_at_those_positions(arch):
+    """states_at: every layer's states at chosen positions (several per sequence, one sequence
+    padded, one with none) equal the full pass's; BERT, RoBERTa and ELECTRA compute their top
+    layer's feed-forward at the chosen positions only (padded to the most per sequence), and no
+    layer above the one asked for runs."""
+    model, batch = tiny_mlm_model(arch)
+    with torch.inference_mode():
+        ref = ex.forward(model, batch, hidden_states=True, base=True).hidden_states
+    rows, cols = torch.tensor([2, 0, 2, 0, 0]), torch.tensor([4, 6, 0, 1, 3])
+    n = len(ref) - 1
+    rows_only = arch in ("bert", "roberta", "electra")
+    try:
+        stack = list(ex.layer_stack(model).layer)
+    except Exception:
+        stack = []
+    assert bool(stack) == (arch != "albert")
+    seen = []
+    hooks = [m.register_forward_hook(lambda mod, a, o, d=d: seen.append((d, a[0].shape[:2]))) for d, m in enumerate(stack)]
+    for layer in (None, n, 1, 0):
+        seen.clear()
+        got = ex.states_at(model, batch, rows, cols, layer=layer)
+        want = ref[n if layer is None else layer][rows, cols]
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+        top = n if layer is None else layer
+        if stack:  # whole layers run below the top (the top too, where it cannot run at rows)
+            assert [d for d, _ in seen] == list(range(top - 1 if rows_only and top else top))
+        if rows_only and top:
+            ffn = []
+            h = stack[top - 1].intermediate.dense.register_forward_hook(lambda mod, a, o: ffn.append(a[0].shape[:2]))
+            ex.states_at(model, batch, rows, cols, layer=layer)
+            h.remove()
+            assert ffn == [torch.Size([2, 3])]  # sequences 0 and 2, at most 3 positions each
+    for h in hooks:
+        h.remove()
+    with pytest.raises(ValueError, match="layer"):
+        ex.states_at(model, batch, rows, cols, layer=n + 1)
+
+
+def test_states_at_honour_head_masks_cut_and_replayed_stacks(tokenizer):
+    """The top layer at chosen rows runs the model's own attention, so head masks apply; the top
+    of a stack cut by skipped_layers or resumed by a replay is what states_at computes."""
+    from bertology.interventions import masked_heads, recorded_layers, resumed_at
+    from bertology.models import random_bert
+
+    lm = random_bert(tokenizer, n_layers=3, n_heads=4, hidden_size=16, mlm=True, seed=5)
+    batch = ex.collate(ex.encode_inputs(tokenizer, [["the", "cat", "sat", "."], ["dogs", "bark"]], 64), "cpu")
+    rows, cols = torch.tensor([0, 1, 0]), torch.tensor([2, 1, 4])
+    mask = torch.ones(3, 4)
+    mask[2, [0, 3]] = 0
+    mask[1, 1] = 0
+    with masked_heads(lm.model, mask), torch.inference_mode():
+        full = ex.forward(lm, batch, base=True).last_hidden_state[rows, cols]
+        got = ex.states_at(lm, batch, rows, cols)
+    torch.testing.assert_close(got, full, rtol=1e-5, atol=1e-6)
+    with torch.inference_mode():
+        plain = ex.forward(lm, batch, base=True).last_hidden_state[rows, cols]
+    assert (plain - full).abs().max() > 1e-3  # the mask mattered
+    with ex.skipped_layers(lm, [2]), torch.inference_mode():
+        full = ex.forward(lm, batch, base=True).last_hidden_state[rows, cols]
+        torch.testing.assert_close(ex.states_at(lm, batch, rows, cols), full, rtol=1e-5, atol=1e-6)
+    with recorded_layers(lm) as calls, torch.inference_mode():
+        ex.forward(lm, batch, base=True)
+    with resumed_at(lm, 2, calls[0][1]), torch.inference_mode():
+        torch.testing.assert_close(ex.states_at(lm, batch, rows, cols), plain, rtol=1e-5, atol=1e-6)
+    assert len(ex.layer_stack(lm.model).layer) == 3
