@@ -400,8 +400,8 @@ def states_at(loaded: LoadedModel | torch.nn.Module, batch: dict, rows: torch.Te
         below = forward(loaded, batch, base=True, grad=grad).last_hidden_state
     device = below.device
     rows, cols = rows.to(device), cols.to(device)
-    if not rows_only:
-        return below[rows, cols]
+    if not rows_only or not len(rows):  # (no row: nothing to compute at the top layer)
+        return below[rows, cols] if len(rows) else below.new_zeros(0, below.shape[-1])
     with _running(_precision_of(loaded), device, grad):
         mask = batch.get("attention_mask")
         mask = torch.ones(below.shape[:2], device=device) if mask is None else mask.to(device)

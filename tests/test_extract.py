@@ -339,6 +339,8 @@ def test_states_at_equal_the_full_pass_at_those_positions(arch):
             assert ffn == [torch.Size([2, 3])]  # sequences 0 and 2, at most 3 positions each
     for h in hooks:
         h.remove()
+    none = torch.zeros(0, dtype=torch.long)
+    assert ex.states_at(model, batch, none, none).shape == (0, ref[0].shape[-1])
     with pytest.raises(ValueError, match="layer"):
         ex.states_at(model, batch, rows, cols, layer=n + 1)
 
