@@ -53,7 +53,8 @@ test: $(STAMP)
 
 # bench: the engine's ratios, the probe epoch, then every notebook at full size for MiniLM and a
 # bert-base-shaped checkpoint (long: bert-base took an hour in bfloat16 on a 2-core Zen 4 and would take
-# hours in float32 on an AVX2-only CPU; SIZE=laptop BENCH_JOBS=2 took 41 min on a Zen 3, 33 min on a Zen 2 on 2026-12-07; bench-reports
+# hours in float32 on an AVX2-only CPU; SIZE=laptop BENCH_JOBS=2 took 41 min on a Zen 3, 33 min on a Zen 2 on 2026-12-07,
+# 29.5 min on that Zen 2 once extraction left out the masked-LM head and the top layer ran at the read rows only; bench-reports
 # alone for the table)
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_extract.py
