@@ -372,3 +372,17 @@ def test_states_at_honour_head_masks_cut_and_replayed_stacks(tokenizer):
     with resumed_at(lm, 2, calls[0][1]), torch.inference_mode():
         torch.testing.assert_close(ex.states_at(lm, batch, rows, cols), plain, rtol=1e-5, atol=1e-6)
     assert len(ex.layer_stack(lm.model).layer) == 3
+
+
+def test_states_at_under_sdpa_attention():
+    """A model loaded with SDPA attention (not bertology's default, eager) computes its top layer at
+    the chosen rows through SDPA too, with the same numbers."""
+    model, batch = tiny_mlm_model("bert")
+    model.set_attn_implementation("sdpa")
+    rows, cols = torch.tensor([2, 0, 2, 0, 0]), torch.tensor([4, 6, 0, 1, 3])
+    with torch.inference_mode():
+        ref = ex.forward(model, batch, base=True).last_hidden_state[rows, cols]
+    ffn = []
+    ex.layer_stack(model).layer[-1].intermediate.dense.register_forward_hook(lambda m, a, o: ffn.append(a[0].shape[:2]))
+    torch.testing.assert_close(ex.states_at(model, batch, rows, cols), ref, rtol=1e-5, atol=1e-6)
+    assert ffn == [torch.Size([2, 3])]  # the top layer ran at the chosen rows
