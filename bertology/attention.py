@@ -331,13 +331,13 @@ def attention_gradients(loaded: LoadedModel, inputs: dict, masked: torch.Tensor,
     n_masked = int(masked.sum()) if n_masked is None else n_masked
     # the masked-LM head runs at the masked pieces only (where the loss reads it) where
     # extract.mlm_head knows it; the reconstruction objective needs no head at all
-    at_rows = objective is RECON_OBJECTIVE or _extract.mlm_head(loaded.model) is not None
+    encoder_only = objective is RECON_OBJECTIVE or _extract.mlm_head(loaded.model) is not None
     with torch.enable_grad():
         out = forward(loaded, corrupted, attention=True, hidden_states=objective is RECON_OBJECTIVE, grad=True,
-                      base=at_rows)
+                      base=encoder_only)
         if objective is MLM_OBJECTIVE:
             rows, cols = masked.nonzero(as_tuple=True)
-            logits = (_extract.head_logits(loaded, out.last_hidden_state[rows, cols], grad=True) if at_rows
+            logits = (_extract.head_logits(loaded, out.last_hidden_state[rows, cols], grad=True) if encoder_only
                       else out.logits[rows, cols])
             loss = torch.nn.functional.cross_entropy(logits, inputs["input_ids"][rows, cols], reduction="sum") / n_masked
         else:

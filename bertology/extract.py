@@ -178,6 +178,11 @@ def base_of(model: torch.nn.Module) -> torch.nn.Module:
     return getattr(model, getattr(model, "base_model_prefix", ""), model)
 
 
+def model_of(loaded_or_model: LoadedModel | torch.nn.Module) -> torch.nn.Module:
+    """The model inside a :class:`LoadedModel` handle, or the module itself (e.g. a pruned copy)."""
+    return loaded_or_model.model if isinstance(loaded_or_model, LoadedModel) else loaded_or_model
+
+
 def _precision_of(loaded) -> str:
     if isinstance(loaded, LoadedModel):
         return loaded.info.precision
@@ -210,7 +215,7 @@ def forward(loaded: LoadedModel | torch.nn.Module, batch: dict, *, attention: bo
     come back as float32, except, with ``grad=True``, the attention maps and hidden states (the
     graph's own tensors, so that gradients with respect to them exist).
     """
-    model = loaded.model if isinstance(loaded, LoadedModel) else loaded
+    model = model_of(loaded)
     precision = _precision_of(loaded)
     if base:
         model = base_of(model)
@@ -275,7 +280,7 @@ def logits_at(loaded: LoadedModel | torch.nn.Module, batch: dict, rows: torch.Te
     ``logits``; on a bert-base-sized model the head over every position costs about a quarter of
     the forward pass), and the last layer computes them only (:func:`states_at`). Falls back to
     the full logits for heads :func:`mlm_head` does not know. Same context as :func:`forward`."""
-    model = loaded.model if isinstance(loaded, LoadedModel) else loaded
+    model = model_of(loaded)
     if mlm_head(model) is None:
         return forward(loaded, batch, grad=grad).logits[rows, cols]
     return head_logits(loaded, states_at(loaded, batch, rows, cols, grad=grad), grad=grad)
@@ -296,7 +301,7 @@ def layer_stack(model: torch.nn.Module):
 def skipped_layers(loaded_or_model, layers: Sequence[int]) -> Iterator[torch.nn.Module]:
     """Within the block the encoder runs without the transformer layers ``layers`` (0-indexed);
     the full stack is put back on exit, also on an exception."""
-    encoder = layer_stack(loaded_or_model.model if isinstance(loaded_or_model, LoadedModel) else loaded_or_model)
+    encoder = layer_stack(model_of(loaded_or_model))
     full = encoder.layer
     drop = {int(x) for x in layers}
     bad = sorted(x for x in drop if not 0 <= x < len(full))
@@ -377,7 +382,7 @@ def states_at(loaded: LoadedModel | torch.nn.Module, batch: dict, rows: torch.Te
     position's keys and values), about 10/12 of that layer's work saved where one position per
     sequence is read. Other models run the stack up to ``layer`` (DistilBERT) or whole (ALBERT).
     The same numbers as the full pass up to float rounding. Same context as :func:`forward`."""
-    model = loaded.model if isinstance(loaded, LoadedModel) else loaded
+    model = model_of(loaded)
     config = model.config
     n_layers = getattr(config, "num_hidden_layers", None) or config.n_layers
     if layer is not None and (isinstance(layer, bool) or not 0 <= int(layer) <= n_layers):
@@ -413,7 +418,7 @@ def head_logits(loaded: LoadedModel | torch.nn.Module, states: torch.Tensor, *, 
     """The masked-LM head of ``loaded`` (:func:`mlm_head`, which must know it) on last-layer
     ``states`` ``[N, d]`` (the positions to score only): logits ``[N, V]``, float32, in the
     precision and gradient context of :func:`forward`."""
-    model = loaded.model if isinstance(loaded, LoadedModel) else loaded
+    model = model_of(loaded)
     head = mlm_head(model)
     if head is None:
         raise ValueError(f"{type(model).__name__} has no masked-LM head that we know (see MLM_HEADS, SPLIT_MLM_HEADS)")

@@ -16,26 +16,22 @@ Forward passes themselves stay in :func:`bertology.extract.forward`.
 from __future__ import annotations
 
 from contextlib import contextmanager
-from typing import Iterator, Sequence
+from typing import Iterator
 
 import numpy as np
 import torch
 
-from .extract import base_of, layer_stack, skipped_layers  # noqa: F401  (the engine owns the layer stack)
-from .models import (LoadedModel, UnsupportedModelError, layer_head_masks, plant_attention, self_attention_modules,
+from .extract import layer_stack, model_of, skipped_layers  # the engine owns the layer stack; re-exported (__all__)
+from .models import (layer_head_masks, plant_attention, self_attention_modules,
                      set_head_mask, set_layer_head_masks, use_bertology_attention)
 
 __all__ = ["masked_heads", "skipped_layers", "captured_heads", "layer_stack", "recorded_layers", "resumed_at", "plant_attention",
            "set_head_mask", "head_mask_of"]
 
 
-def _module_of(loaded_or_model) -> torch.nn.Module:
-    return loaded_or_model.model if isinstance(loaded_or_model, LoadedModel) else loaded_or_model
-
-
 def head_mask_of(loaded_or_model) -> list:
     """The mask each layer's self-attention carries now (``None`` entries: no mask)."""
-    return layer_head_masks(_module_of(loaded_or_model))
+    return layer_head_masks(model_of(loaded_or_model))
 
 
 @contextmanager
@@ -44,7 +40,7 @@ def masked_heads(loaded_or_model, mask: torch.Tensor | np.ndarray | None) -> Ite
     layers x heads); ``None`` runs the full, unmasked model. Yields the mask as set on the model
     (a tensor in the model's dtype on its device; a tensor already so is used as is, keeping its
     gradient). The previous masks are restored on exit, whatever happens in the block."""
-    model = _module_of(loaded_or_model)
+    model = model_of(loaded_or_model)
     previous = head_mask_of(model)
     if mask is not None:
         p = next(model.parameters())
@@ -61,7 +57,7 @@ def captured_heads(loaded_or_model) -> Iterator[dict]:
     """Within the block, every forward pass records each layer's head outputs before the output
     projection, ``(batch, tokens, heads, head size)``, in the yielded dict keyed by layer (the last
     pass wins). Works for shared attention modules (ALBERT) too, since the layer is known per call."""
-    model = _module_of(loaded_or_model)
+    model = model_of(loaded_or_model)
     use_bertology_attention(model)
     mods = set(self_attention_modules(model))
     store: dict[int, torch.Tensor] = {}
@@ -79,7 +75,7 @@ def recorded_layers(loaded_or_model) -> Iterator[list]:
     """Within the block, every forward pass appends to the yielded list the outputs of its
     transformer layers, in depth order (whatever object each layer returns), for
     :func:`resumed_at`. Raises :class:`UnsupportedModelError` where :func:`layer_stack` does."""
-    stack = layer_stack(_module_of(loaded_or_model))
+    stack = layer_stack(model_of(loaded_or_model))
     calls: list[list] = []
 
     def record(depth):
@@ -116,7 +112,7 @@ def resumed_at(loaded_or_model, layer: int, output) -> Iterator[torch.nn.Module]
     again (nothing in them changed, e.g. every removed head sits at ``layer`` or above); the
     saving is their share of the forward pass. ``layer=0`` runs the whole stack. Only the last
     hidden state is right inside the block (not the per-layer states). The stack is put back on exit."""
-    encoder = layer_stack(_module_of(loaded_or_model))
+    encoder = layer_stack(model_of(loaded_or_model))
     full = encoder.layer
     if not 0 <= layer < len(full):
         raise ValueError(f"layer {layer} out of range: the encoder has layers 0..{len(full) - 1}")
